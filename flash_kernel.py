@@ -1,0 +1,611 @@
+"""
+Causal flash attention in Triton: forward, backward and attention dropout, registered as a torch custom op.
+
+Public surface:
+    flash_attn(q, k, v, causal=True, softmax_scale=None, dropout_p=0.0)  the fused kernel, differentiable
+    attention_ref(q, k, v, causal=True, softmax_scale=None, ...)          the plain fp32 reference the tests use
+    dropout_mask(seed, B, H, T, dropout_p)                                 the keep-mask a call with `seed` applies
+
+q, k, v are (B, H, T, D) CUDA tensors read through their strides (the last dim must have unit stride), so the
+model's `qkv.split(...)` + `.view(B, T, H, D).transpose(1, 2)` views go in without a copy. The output is
+(B, H, T, D) laid out in memory as (B, T, H, D), which makes the model's transpose back to (B, T, C) free.
+
+The forward keeps only O and the per-row log-sum-exp (in base 2); the backward recomputes the probabilities tile
+by tile, FlashAttention-2 style: one kernel for dK/dV (a program per key block, sweeping the query blocks that
+see it) and one for dQ (a program per query block), so no T x T matrix is ever stored and nothing needs atomics.
+
+Dropout draws its mask from Philox keyed on (seed, row, column, batch*head): the backward regenerates exactly the
+same mask, and the seed comes from torch's generator, so torch.manual_seed makes a run reproducible.
+"""
+import math
+import os
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+LOG2E = 1.4426950408889634  # the kernels work in base 2: exp(x) = exp2(x * log2(e))
+DROPOUT_BITS = tl.constexpr(24)  # a probability is kept when 24 random bits >= dropout_p * 2**24 (resolution 6e-8)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reference
+
+
+def attention_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool = True,
+    softmax_scale: Optional[float] = None,
+    dropout_mask: Optional[torch.Tensor] = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """Matmul, mask, softmax, (dropout), matmul in fp32. Returns fp32; holds the full T x T matrix."""
+    T, D = q.shape[-2], q.shape[-1]
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(D)
+    att = (q.float() @ k.float().transpose(-2, -1)) * scale  # (B, H, T, T)
+    if causal:
+        future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
+        att = att.masked_fill(future, float("-inf"))
+    att = torch.softmax(att, dim=-1)
+    if dropout_mask is not None:
+        att = att * dropout_mask / (1.0 - dropout_p)
+    return att @ v.float()  # (B, H, T, D)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Kernels
+
+
+@triton.jit
+def _dropout_keep(seed, bh, rows, cols, DROP_THRESHOLD):
+    # rows, cols: int32 tiles of one shape. One Philox draw per (row, col, batch*head) under the call's seed, so
+    # the forward, the backward and dropout_mask all see the same bits whatever their tiling.
+    zero = rows * 0
+    bits, _, _, _ = tl.philox(seed, rows, cols, zero + bh, zero)
+    return (bits >> (32 - DROPOUT_BITS)).to(tl.int32) >= DROP_THRESHOLD
+
+
+@triton.jit
+def _dropout_mask_kernel(Mask, SEED, T, DROP_THRESHOLD, BLOCK: tl.constexpr):
+    # grid: (cdiv(T, BLOCK), cdiv(T, BLOCK), B * H); each program writes one [BLOCK, BLOCK] tile of the keep-mask
+    bh = tl.program_id(2)
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    seed = tl.load(SEED)
+    r = tl.broadcast_to(rows[:, None], (BLOCK, BLOCK))  # [BLOCK, BLOCK]
+    c = tl.broadcast_to(cols[None, :], (BLOCK, BLOCK))  # [BLOCK, BLOCK]
+    keep = _dropout_keep(seed, bh, r, c, DROP_THRESHOLD)
+    ptrs = Mask + bh.to(tl.int64) * T * T + r * T + c
+    tl.store(ptrs, keep.to(tl.int8), mask=(r < T) & (c < T))
+
+
+@triton.jit
+def _attn_fwd_inner(
+    acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kt, stride_vt,
+    offs_m, lo, hi, T, qk_scale, seed, bh, DROP_THRESHOLD,
+    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    # Sweeps key blocks [lo, hi). MASKED blocks may hold keys past T or (causal) after the query: they are loaded
+    # under a bounds mask and their scores set to -inf; the blocks before them need neither.
+    offs_n = tl.arange(0, BLOCK_N)
+    for start_n in range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        cols = start_n + offs_n
+        if MASKED:
+            k = tl.load(k_ptrs + start_n * stride_kt, mask=cols[None, :] < T, other=0.0)  # [HEAD_DIM, BLOCK_N]
+        else:
+            k = tl.load(k_ptrs + start_n * stride_kt)  # [HEAD_DIM, BLOCK_N]
+        s = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N], log2 units
+        if MASKED:
+            if CAUSAL:
+                s = tl.where(offs_m[:, None] >= cols[None, :], s, float("-inf"))
+            else:
+                s = tl.where(cols[None, :] < T, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))  # [BLOCK_M]
+        p = tl.math.exp2(s - m_new[:, None])  # [BLOCK_M, BLOCK_N]
+        alpha = tl.math.exp2(m_i - m_new)  # [BLOCK_M]
+        l_i = l_i * alpha + tl.sum(p, 1)  # the normaliser counts dropped entries too: dropout acts after softmax
+        acc = acc * alpha[:, None]
+        if DROPOUT:
+            rows = tl.broadcast_to(offs_m[:, None], p.shape)
+            keep = _dropout_keep(seed, bh, rows, tl.broadcast_to(cols[None, :], p.shape), DROP_THRESHOLD)
+            p = tl.where(keep, p, 0.0)
+        if MASKED:
+            v = tl.load(v_ptrs + start_n * stride_vt, mask=cols[:, None] < T, other=0.0)  # [BLOCK_N, HEAD_DIM]
+        else:
+            v = tl.load(v_ptrs + start_n * stride_vt)  # [BLOCK_N, HEAD_DIM]
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)  # [BLOCK_M, HEAD_DIM]
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    Q, K, V, O, LSE, SEED,
+    stride_qb, stride_qh, stride_qt,
+    stride_kb, stride_kh, stride_kt,
+    stride_vb, stride_vh, stride_vt,
+    stride_ob, stride_oh, stride_ot,
+    H, T, qk_scale, DROP_THRESHOLD, drop_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    # grid: (cdiv(T, BLOCK_M), B * H). Each program computes O and the log-sum-exp for query rows
+    # [start_m, start_m + BLOCK_M) of one (batch, head), sweeping key blocks of BLOCK_N. BLOCK_M % BLOCK_N == 0.
+    # Causal work grows with the row index, so program 0 takes the last row block: long programs start first.
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+
+    q_ptrs = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :]
+    k_ptrs = K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh + offs_n[None, :] * stride_kt + offs_d[:, None]
+    v_ptrs = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh + offs_n[:, None] * stride_vt + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=offs_m[:, None] < T, other=0.0)  # [BLOCK_M, HEAD_DIM]
+    seed = tl.load(SEED) if DROPOUT else 0
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    if CAUSAL:
+        # keys before this row block are all visible and all < T; the diagonal block needs the mask
+        full_end = start_m
+        masked_end = tl.minimum(start_m + BLOCK_M, T)
+    else:
+        full_end = (T // BLOCK_N) * BLOCK_N
+        masked_end = T
+    acc, l_i, m_i = _attn_fwd_inner(
+        acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kt, stride_vt, offs_m, 0, full_end, T, qk_scale,
+        seed, bh, DROP_THRESHOLD, BLOCK_N, False, CAUSAL, DROPOUT, DOT_PRECISION,
+    )
+    acc, l_i, m_i = _attn_fwd_inner(
+        acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kt, stride_vt, offs_m, full_end, masked_end, T, qk_scale,
+        seed, bh, DROP_THRESHOLD, BLOCK_N, True, CAUSAL, DROPOUT, DOT_PRECISION,
+    )
+
+    if DROPOUT:
+        acc = acc * drop_scale
+    acc = acc / l_i[:, None]
+    o_ptrs = O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :]
+    tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=offs_m[:, None] < T)
+    tl.store(LSE + bh.to(tl.int64) * T + offs_m, m_i + tl.math.log2(l_i), mask=offs_m < T)
+
+
+@triton.jit
+def _attn_bwd_delta_kernel(
+    O, DO, DELTA,
+    stride_ob, stride_oh, stride_ot,
+    stride_dob, stride_doh, stride_dot,
+    H, T,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    # grid: (cdiv(T, BLOCK_M), B * H). Each program writes delta = rowsum(O * dO) for BLOCK_M rows: the term
+    # of dS = P * (dP - delta) that needs all of a row, computed once instead of in every key block.
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    rows = offs_m[:, None] < T
+    o = tl.load(O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :], mask=rows, other=0.0)
+    do = tl.load(DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh + offs_m[:, None] * stride_dot + offs_d[None, :], mask=rows, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # [BLOCK_M]
+    tl.store(DELTA + bh.to(tl.int64) * T + offs_m, delta, mask=offs_m < T)
+
+
+@triton.jit
+def _attn_bwd_dkdv_inner(
+    dk, dv, k, v, q_ptrs, do_ptrs, lse_ptrs, delta_ptrs, stride_qt, stride_dot,
+    offs_n, lo, hi, T, qk_scale, seed, bh, DROP_THRESHOLD, drop_scale,
+    BLOCK_M: tl.constexpr, MASKED: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    # Sweeps query blocks [lo, hi) for one key block, in the transposed orientation (keys on rows) so that
+    # dV += P^T dO and dK += dS^T Q are plain dots. Query rows past T load as zero with lse = +inf, so their P is 0.
+    # MASKED applies the causal mask (the diagonal blocks).
+    offs_m = tl.arange(0, BLOCK_M)
+    for start_m in range(lo, hi, BLOCK_M):
+        start_m = tl.multiple_of(start_m, BLOCK_M)
+        rows = start_m + offs_m  # [BLOCK_M]
+        in_bounds = rows < T
+        qT = tl.load(q_ptrs + start_m * stride_qt, mask=in_bounds[None, :], other=0.0)  # [HEAD_DIM, BLOCK_M]
+        lse = tl.load(lse_ptrs + start_m, mask=in_bounds, other=float("inf"))  # [BLOCK_M]
+        sT = tl.dot(k, qT, input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_N, BLOCK_M]
+        pT = tl.math.exp2(sT - lse[None, :])  # [BLOCK_N, BLOCK_M]
+        if MASKED:
+            pT = tl.where(rows[None, :] >= offs_n[:, None], pT, 0.0)
+        do = tl.load(do_ptrs + start_m * stride_dot, mask=in_bounds[:, None], other=0.0)  # [BLOCK_M, HEAD_DIM]
+        dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_M]
+        if DROPOUT:
+            keep = _dropout_keep(seed, bh, tl.broadcast_to(rows[None, :], pT.shape), tl.broadcast_to(offs_n[:, None], pT.shape), DROP_THRESHOLD)
+            dv = tl.dot(tl.where(keep, pT * drop_scale, 0.0).to(do.dtype), do, dv, input_precision=DOT_PRECISION)
+            dpT = tl.where(keep, dpT * drop_scale, 0.0)
+        else:
+            dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PRECISION)  # [BLOCK_N, HEAD_DIM]
+        delta = tl.load(delta_ptrs + start_m, mask=in_bounds, other=0.0)  # [BLOCK_M]
+        dsT = pT * (dpT - delta[None, :])  # [BLOCK_N, BLOCK_M]
+        dk = tl.dot(dsT.to(qT.dtype), tl.trans(qT), dk, input_precision=DOT_PRECISION)  # [BLOCK_N, HEAD_DIM]
+    return dk, dv
+
+
+@triton.jit
+def _attn_bwd_dkdv_kernel(
+    Q, K, V, DO, DK, DV, LSE, DELTA, SEED,
+    stride_qb, stride_qh, stride_qt,
+    stride_kb, stride_kh, stride_kt,
+    stride_vb, stride_vh, stride_vt,
+    stride_dob, stride_doh, stride_dot,
+    stride_dkb, stride_dkh, stride_dkt,
+    stride_dvb, stride_dvh, stride_dvt,
+    H, T, qk_scale, sm_scale, DROP_THRESHOLD, drop_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    # grid: (cdiv(T, BLOCK_N), B * H). Each program owns key/value rows [start_n, start_n + BLOCK_N) of one
+    # (batch, head), accumulates dK and dV for them in registers over the query blocks of BLOCK_M that see them,
+    # and writes them once. BLOCK_N % BLOCK_M == 0, so the causal diagonal starts on a query-block boundary.
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    start_n = tl.program_id(0) * BLOCK_N
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    keys = offs_n[:, None] < T
+
+    k = tl.load(K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh + offs_n[:, None] * stride_kt + offs_d[None, :], mask=keys, other=0.0)  # [BLOCK_N, HEAD_DIM]
+    v = tl.load(V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh + offs_n[:, None] * stride_vt + offs_d[None, :], mask=keys, other=0.0)  # [BLOCK_N, HEAD_DIM]
+    q_ptrs = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + offs_m[None, :] * stride_qt + offs_d[:, None]
+    do_ptrs = DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh + offs_m[:, None] * stride_dot + offs_d[None, :]
+    lse_ptrs = LSE + bh.to(tl.int64) * T + offs_m
+    delta_ptrs = DELTA + bh.to(tl.int64) * T + offs_m
+    seed = tl.load(SEED) if DROPOUT else 0
+
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    if CAUSAL:
+        # query blocks before start_n see none of these keys; the ones overlapping the block need the mask
+        masked_end = start_n + BLOCK_N
+        dk, dv = _attn_bwd_dkdv_inner(
+            dk, dv, k, v, q_ptrs, do_ptrs, lse_ptrs, delta_ptrs, stride_qt, stride_dot, offs_n, start_n,
+            masked_end, T, qk_scale, seed, bh, DROP_THRESHOLD, drop_scale, BLOCK_M, True, DROPOUT, DOT_PRECISION,
+        )
+    else:
+        masked_end = 0
+    dk, dv = _attn_bwd_dkdv_inner(
+        dk, dv, k, v, q_ptrs, do_ptrs, lse_ptrs, delta_ptrs, stride_qt, stride_dot, offs_n, masked_end, T,
+        T, qk_scale, seed, bh, DROP_THRESHOLD, drop_scale, BLOCK_M, False, DROPOUT, DOT_PRECISION,
+    )
+
+    dk = dk * sm_scale  # S = scale * Q K^T, so dK = scale * dS^T Q
+    tl.store(DK + b.to(tl.int64) * stride_dkb + h.to(tl.int64) * stride_dkh + offs_n[:, None] * stride_dkt + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=keys)
+    tl.store(DV + b.to(tl.int64) * stride_dvb + h.to(tl.int64) * stride_dvh + offs_n[:, None] * stride_dvt + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=keys)
+
+
+@triton.jit
+def _attn_bwd_dq_inner(
+    dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kt, stride_vt,
+    offs_m, lo, hi, T, qk_scale, seed, bh, DROP_THRESHOLD, drop_scale,
+    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    # Sweeps key blocks [lo, hi) for one query block: dQ += dS K. MASKED as in the forward.
+    offs_n = tl.arange(0, BLOCK_N)
+    for start_n in range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        cols = start_n + offs_n
+        if MASKED:
+            kT = tl.load(k_ptrs + start_n * stride_kt, mask=cols[None, :] < T, other=0.0)  # [HEAD_DIM, BLOCK_N]
+            vT = tl.load(v_ptrs + start_n * stride_vt, mask=cols[None, :] < T, other=0.0)  # [HEAD_DIM, BLOCK_N]
+        else:
+            kT = tl.load(k_ptrs + start_n * stride_kt)  # [HEAD_DIM, BLOCK_N]
+            vT = tl.load(v_ptrs + start_n * stride_vt)  # [HEAD_DIM, BLOCK_N]
+        s = tl.dot(q, kT, input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
+        p = tl.math.exp2(s - lse[:, None])  # [BLOCK_M, BLOCK_N]
+        if MASKED:
+            if CAUSAL:
+                p = tl.where(offs_m[:, None] >= cols[None, :], p, 0.0)
+            else:
+                p = tl.where(cols[None, :] < T, p, 0.0)
+        dp = tl.dot(do, vT, input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
+        if DROPOUT:
+            keep = _dropout_keep(seed, bh, tl.broadcast_to(offs_m[:, None], p.shape), tl.broadcast_to(cols[None, :], p.shape), DROP_THRESHOLD)
+            dp = tl.where(keep, dp * drop_scale, 0.0)
+        ds = p * (dp - delta[:, None])  # [BLOCK_M, BLOCK_N]
+        dq = tl.dot(ds.to(kT.dtype), tl.trans(kT), dq, input_precision=DOT_PRECISION)  # [BLOCK_M, HEAD_DIM]
+    return dq
+
+
+@triton.jit
+def _attn_bwd_dq_kernel(
+    Q, K, V, DO, DQ, LSE, DELTA, SEED,
+    stride_qb, stride_qh, stride_qt,
+    stride_kb, stride_kh, stride_kt,
+    stride_vb, stride_vh, stride_vt,
+    stride_dob, stride_doh, stride_dot,
+    stride_dqb, stride_dqh, stride_dqt,
+    H, T, qk_scale, sm_scale, DROP_THRESHOLD, drop_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    # grid: (cdiv(T, BLOCK_M), B * H). Each program owns query rows [start_m, start_m + BLOCK_M) of one
+    # (batch, head) and accumulates dQ over the key blocks of BLOCK_N they see, like the forward.
+    # BLOCK_M % BLOCK_N == 0. Heaviest row blocks first, as in the forward.
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    rows = offs_m[:, None] < T
+
+    q = tl.load(Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :], mask=rows, other=0.0)  # [BLOCK_M, HEAD_DIM]
+    do = tl.load(DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh + offs_m[:, None] * stride_dot + offs_d[None, :], mask=rows, other=0.0)  # [BLOCK_M, HEAD_DIM]
+    lse = tl.load(LSE + bh.to(tl.int64) * T + offs_m, mask=offs_m < T, other=float("inf"))  # [BLOCK_M]
+    delta = tl.load(DELTA + bh.to(tl.int64) * T + offs_m, mask=offs_m < T, other=0.0)  # [BLOCK_M]
+    k_ptrs = K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh + offs_n[None, :] * stride_kt + offs_d[:, None]
+    v_ptrs = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh + offs_n[None, :] * stride_vt + offs_d[:, None]
+    seed = tl.load(SEED) if DROPOUT else 0
+
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    if CAUSAL:
+        full_end = start_m
+        masked_end = tl.minimum(start_m + BLOCK_M, T)
+    else:
+        full_end = (T // BLOCK_N) * BLOCK_N
+        masked_end = T
+    dq = _attn_bwd_dq_inner(
+        dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kt, stride_vt, offs_m, 0, full_end, T, qk_scale,
+        seed, bh, DROP_THRESHOLD, drop_scale, BLOCK_N, False, CAUSAL, DROPOUT, DOT_PRECISION,
+    )
+    dq = _attn_bwd_dq_inner(
+        dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kt, stride_vt, offs_m, full_end, masked_end, T, qk_scale,
+        seed, bh, DROP_THRESHOLD, drop_scale, BLOCK_N, True, CAUSAL, DROPOUT, DOT_PRECISION,
+    )
+
+    dq = dq * sm_scale
+    tl.store(DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh + offs_m[:, None] * stride_dqt + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=rows)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Launchers
+
+
+def _fwd_config(D: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for the forward."""
+    if dtype == torch.float32:  # 4-byte tiles: half the tile to stay inside shared memory
+        return 64, 32, 4, 2
+    if D <= 64:
+        return 128, 64, 4, 3
+    return 128, 64, 8, 3
+
+
+def _bwd_config(D: int, dtype: torch.dtype) -> tuple[int, int, int, int, int, int]:
+    """(BLOCK_M1, BLOCK_N1) for dK/dV, (BLOCK_M2, BLOCK_N2) for dQ, num_warps, num_stages."""
+    if dtype == torch.float32:
+        return 32, 64, 64, 32, 4, 2
+    if D <= 64:
+        return 32, 128, 128, 32, 4, 3
+    return 32, 64, 64, 32, 4, 3
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # fp32 inputs get true fp32 products: a user who asks for fp32 asks for its accuracy, not tf32's ~1e-3
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _empty_bhtd(B: int, H: int, T: int, D: int, like: torch.Tensor) -> torch.Tensor:
+    # (B, H, T, D) laid out as (B, T, H, D): the model's transpose back to (B, T, C) is then free
+    return torch.empty((B, T, H, D), dtype=like.dtype, device=like.device).transpose(1, 2)
+
+
+def _drop_threshold(dropout_p: float) -> int:
+    return int(round(dropout_p * (1 << DROPOUT_BITS.value)))
+
+
+def _seed_arg(seed: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    # The kernels read the seed through a pointer even when dropout is off (the load is compiled out then)
+    return seed if seed is not None else torch.empty(1, dtype=torch.int64, device=like.device)
+
+
+def _attn_fwd(q, k, v, seed, causal, softmax_scale, dropout_p):
+    B, H, T, D = q.shape
+    o = _empty_bhtd(B, H, T, D, q)
+    lse = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
+    BLOCK_M, BLOCK_N, num_warps, num_stages = _fwd_config(D, q.dtype)
+    grid = (triton.cdiv(T, BLOCK_M), B * H)
+    _attn_fwd_kernel[grid](
+        q, k, v, o, lse, _seed_arg(seed, q),
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        o.stride(0), o.stride(1), o.stride(2),
+        H, T, softmax_scale * LOG2E, _drop_threshold(dropout_p), 1.0 / (1.0 - dropout_p),
+        HEAD_DIM=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, CAUSAL=causal, DROPOUT=dropout_p > 0,
+        DOT_PRECISION=_dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages,
+    )
+    return o, lse
+
+
+def _attn_bwd(do, q, k, v, o, lse, seed, causal, softmax_scale, dropout_p):
+    B, H, T, D = q.shape
+    if do.stride(-1) != 1:  # autograd can hand us an expanded or transposed gradient; rare, so a copy is fine
+        do = do.contiguous()
+    dq = _empty_bhtd(B, H, T, D, q)
+    dk = _empty_bhtd(B, H, T, D, k)
+    dv = _empty_bhtd(B, H, T, D, v)
+    delta = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
+    BLOCK_M1, BLOCK_N1, BLOCK_M2, BLOCK_N2, num_warps, num_stages = _bwd_config(D, q.dtype)
+    _attn_bwd_delta_kernel[(triton.cdiv(T, 64), B * H)](
+        o, do, delta,
+        o.stride(0), o.stride(1), o.stride(2),
+        do.stride(0), do.stride(1), do.stride(2),
+        H, T, HEAD_DIM=D, BLOCK_M=64,
+    )
+    seed = _seed_arg(seed, q)
+    common = dict(
+        HEAD_DIM=D, CAUSAL=causal, DROPOUT=dropout_p > 0, DOT_PRECISION=_dot_precision(q.dtype),
+        num_warps=num_warps, num_stages=num_stages,
+    )
+    scalars = (H, T, softmax_scale * LOG2E, softmax_scale, _drop_threshold(dropout_p), 1.0 / (1.0 - dropout_p))
+    _attn_bwd_dkdv_kernel[(triton.cdiv(T, BLOCK_N1), B * H)](
+        q, k, v, do, dk, dv, lse, delta, seed,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        do.stride(0), do.stride(1), do.stride(2),
+        dk.stride(0), dk.stride(1), dk.stride(2),
+        dv.stride(0), dv.stride(1), dv.stride(2),
+        *scalars, BLOCK_M=BLOCK_M1, BLOCK_N=BLOCK_N1, **common,
+    )
+    _attn_bwd_dq_kernel[(triton.cdiv(T, BLOCK_M2), B * H)](
+        q, k, v, do, dq, lse, delta, seed,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        do.stride(0), do.stride(1), do.stride(2),
+        dq.stride(0), dq.stride(1), dq.stride(2),
+        *scalars, BLOCK_M=BLOCK_M2, BLOCK_N=BLOCK_N2, **common,
+    )
+    return dq, dk, dv
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# torch custom ops: opaque to torch.compile (no graph break), with a registered backward
+
+
+@torch.library.custom_op("flashgpt::attn_fwd", mutates_args=())
+def _attn_fwd_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seed: Optional[torch.Tensor],
+    causal: bool, softmax_scale: float, dropout_p: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _attn_fwd(q, k, v, seed, causal, softmax_scale, dropout_p)
+
+
+@_attn_fwd_op.register_fake
+def _(q, k, v, seed, causal, softmax_scale, dropout_p):
+    B, H, T, D = q.shape
+    return _empty_bhtd(B, H, T, D, q), q.new_empty((B, H, T), dtype=torch.float32)
+
+
+@torch.library.custom_op("flashgpt::attn_bwd", mutates_args=())
+def _attn_bwd_op(
+    do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
+    seed: Optional[torch.Tensor], causal: bool, softmax_scale: float, dropout_p: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _attn_bwd(do, q, k, v, o, lse, seed, causal, softmax_scale, dropout_p)
+
+
+@_attn_bwd_op.register_fake
+def _(do, q, k, v, o, lse, seed, causal, softmax_scale, dropout_p):
+    B, H, T, D = q.shape
+    return _empty_bhtd(B, H, T, D, q), _empty_bhtd(B, H, T, D, k), _empty_bhtd(B, H, T, D, v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, seed, causal, softmax_scale, dropout_p = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, o, lse, seed)
+    ctx.causal, ctx.softmax_scale, ctx.dropout_p = causal, softmax_scale, dropout_p
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, do, dlse):
+    q, k, v, o, lse, seed = ctx.saved_tensors
+    dq, dk, dv = _attn_bwd_op(do, q, k, v, o, lse, seed, ctx.causal, ctx.softmax_scale, ctx.dropout_p)
+    return dq, dk, dv, None, None, None, None
+
+
+_attn_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Public API
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"flash_attn: {name} must be a 4-d tensor shaped (B, H, T, D), got {got}")
+    if not (q.shape == k.shape == v.shape):
+        raise ValueError(
+            f"flash_attn: q, k, v must have the same shape (B, H, T, D) (causal self-attention), got "
+            f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    B, H, T, D = q.shape
+    if D not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(f"flash_attn: head dim {D} is not supported; supported head dims are {SUPPORTED_HEAD_DIMS}")
+    if T == 0 or B == 0 or H == 0:
+        raise ValueError(f"flash_attn: empty input of shape {tuple(q.shape)}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"flash_attn: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"flash_attn: dtype {q.dtype} is not supported; use one of {SUPPORTED_DTYPES}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"flash_attn: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if q.device.type != "cuda" and not _interpreting():
+        raise RuntimeError(
+            f"flash_attn: tensors are on '{q.device.type}', but the Triton kernel runs on CUDA GPUs only. "
+            "Move them to a GPU, use attn='sdpa' or attn='naive', or set TRITON_INTERPRET=1 before importing "
+            "triton to run the kernel (slowly) on the CPU."
+        )
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.stride(-1) != 1:
+            raise ValueError(
+                f"flash_attn: {name} must have unit stride in its last (head) dim, got strides {t.stride()}; "
+                "call .contiguous() on it first"
+            )
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"flash_attn: dropout_p must be in [0, 1), got {dropout_p}")
+
+
+def _draw_seed(device: torch.device) -> torch.Tensor:
+    # From torch's generator for `device`, so torch.manual_seed makes dropout reproducible. It stays a device
+    # tensor (no host sync) and torch.compile traces the draw like any other random op.
+    return torch.randint(0, 2**62, (1,), dtype=torch.int64, device=device)
+
+
+def flash_attn(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool = True,
+    softmax_scale: Optional[float] = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """Fused (causal) attention softmax(q k^T * scale) v over (B, H, T, D) tensors; differentiable.
+
+    softmax_scale defaults to 1/sqrt(D). dropout_p drops attention probabilities (after the softmax, kept ones
+    scaled by 1/(1-p)) with a mask drawn from torch's RNG. Head dims 16, 32, 64, 128; fp16, bf16, fp32
+    (accumulation is fp32 in every case). Returns (B, H, T, D) in q's dtype.
+    """
+    _check_inputs(q, k, v, dropout_p)
+    scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    seed = _draw_seed(q.device) if dropout_p > 0 else None
+    o, _ = _attn_fwd_op(q, k, v, seed, bool(causal), scale, float(dropout_p))
+    return o
+
+
+def dropout_mask(seed: torch.Tensor, B: int, H: int, T: int, dropout_p: float) -> torch.Tensor:
+    """The (B, H, T, T) bool keep-mask that a flash_attn call whose seed tensor is `seed` applies."""
+    mask = torch.empty((B, H, T, T), dtype=torch.int8, device=seed.device)
+    BLOCK = 32
+    grid = (triton.cdiv(T, BLOCK), triton.cdiv(T, BLOCK), B * H)
+    _dropout_mask_kernel[grid](mask, seed, T, _drop_threshold(dropout_p), BLOCK=BLOCK)
+    return mask.bool()

@@ -1,0 +1,13 @@
+import os
+import sys
+
+import torch
+
+# Without a GPU the Triton kernels run through Triton's interpreter on CPU tensors. The switch is read when a
+# kernel is decorated, so it must be set before flash_kernel (or anything importing it) is imported; tests that
+# start subprocesses (torchrun) pass it on through the environment.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Tests import the top-level scripts (model.py, train.py, flash_kernel.py) the way a user's `python` would.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
