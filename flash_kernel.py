@@ -382,22 +382,22 @@ def _attn_bwd_dq_kernel(
 # Launchers
 
 
-def _fwd_config(D: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
+def _fwd_config(D: int, T: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) for the forward."""
-    if dtype == torch.float32:  # 4-byte tiles: half the tile to stay inside shared memory
+    if dtype == torch.float32:  # 4-byte tiles and fp32 FMA dots: small tiles stay inside shared memory
         return 64, 32, 4, 2
     if D <= 64:
         return 128, 64, 4, 3
     return 128, 64, 8, 3
 
 
-def _bwd_config(D: int, dtype: torch.dtype) -> tuple[int, int, int, int, int, int]:
-    """(BLOCK_M1, BLOCK_N1) for dK/dV, (BLOCK_M2, BLOCK_N2) for dQ, num_warps, num_stages."""
+def _bwd_config(D: int, T: int, dtype: torch.dtype) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for the dK/dV kernel, then the same for the dQ kernel."""
     if dtype == torch.float32:
-        return 32, 64, 64, 32, 4, 2
+        return (32, 64, 4, 2), (64, 32, 4, 2)
     if D <= 64:
-        return 32, 128, 128, 32, 4, 3
-    return 32, 64, 64, 32, 4, 3
+        return (32, 128, 4, 3), (128, 32, 4, 3)
+    return (32, 64, 4, 3), (64, 32, 4, 3)
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -423,7 +423,7 @@ def _attn_fwd(q, k, v, seed, causal, softmax_scale, dropout_p):
     B, H, T, D = q.shape
     o = _empty_bhtd(B, H, T, D, q)
     lse = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
-    BLOCK_M, BLOCK_N, num_warps, num_stages = _fwd_config(D, q.dtype)
+    BLOCK_M, BLOCK_N, num_warps, num_stages = _fwd_config(D, T, q.dtype)
     grid = (triton.cdiv(T, BLOCK_M), B * H)
     _attn_fwd_kernel[grid](
         q, k, v, o, lse, _seed_arg(seed, q),
@@ -446,7 +446,7 @@ def _attn_bwd(do, q, k, v, o, lse, seed, causal, softmax_scale, dropout_p):
     dk = _empty_bhtd(B, H, T, D, k)
     dv = _empty_bhtd(B, H, T, D, v)
     delta = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
-    BLOCK_M1, BLOCK_N1, BLOCK_M2, BLOCK_N2, num_warps, num_stages = _bwd_config(D, q.dtype)
+    (BLOCK_M1, BLOCK_N1, warps1, stages1), (BLOCK_M2, BLOCK_N2, warps2, stages2) = _bwd_config(D, T, q.dtype)
     _attn_bwd_delta_kernel[(triton.cdiv(T, 64), B * H)](
         o, do, delta,
         o.stride(0), o.stride(1), o.stride(2),
@@ -454,10 +454,7 @@ def _attn_bwd(do, q, k, v, o, lse, seed, causal, softmax_scale, dropout_p):
         H, T, HEAD_DIM=D, BLOCK_M=64,
     )
     seed = _seed_arg(seed, q)
-    common = dict(
-        HEAD_DIM=D, CAUSAL=causal, DROPOUT=dropout_p > 0, DOT_PRECISION=_dot_precision(q.dtype),
-        num_warps=num_warps, num_stages=num_stages,
-    )
+    flags = dict(HEAD_DIM=D, CAUSAL=causal, DROPOUT=dropout_p > 0, DOT_PRECISION=_dot_precision(q.dtype))
     scalars = (H, T, softmax_scale * LOG2E, softmax_scale, _drop_threshold(dropout_p), 1.0 / (1.0 - dropout_p))
     _attn_bwd_dkdv_kernel[(triton.cdiv(T, BLOCK_N1), B * H)](
         q, k, v, do, dk, dv, lse, delta, seed,
@@ -467,7 +464,7 @@ def _attn_bwd(do, q, k, v, o, lse, seed, causal, softmax_scale, dropout_p):
         do.stride(0), do.stride(1), do.stride(2),
         dk.stride(0), dk.stride(1), dk.stride(2),
         dv.stride(0), dv.stride(1), dv.stride(2),
-        *scalars, BLOCK_M=BLOCK_M1, BLOCK_N=BLOCK_N1, **common,
+        *scalars, BLOCK_M=BLOCK_M1, BLOCK_N=BLOCK_N1, num_warps=warps1, num_stages=stages1, **flags,
     )
     _attn_bwd_dq_kernel[(triton.cdiv(T, BLOCK_M2), B * H)](
         q, k, v, do, dq, lse, delta, seed,
@@ -476,7 +473,7 @@ def _attn_bwd(do, q, k, v, o, lse, seed, causal, softmax_scale, dropout_p):
         v.stride(0), v.stride(1), v.stride(2),
         do.stride(0), do.stride(1), do.stride(2),
         dq.stride(0), dq.stride(1), dq.stride(2),
-        *scalars, BLOCK_M=BLOCK_M2, BLOCK_N=BLOCK_N2, **common,
+        *scalars, BLOCK_M=BLOCK_M2, BLOCK_N=BLOCK_N2, num_warps=warps2, num_stages=stages2, **flags,
     )
     return dq, dk, dv
 

@@ -1,0 +1,193 @@
+"""
+Causal attention on one GPU: our Triton kernel against PyTorch SDPA's flash, cuDNN and memory-efficient backends
+and a naive implementation, forward and forward+backward, in one run.
+
+    python bench.py                      # the full table (FlashAttention-2 sweep at D=64 and 128, model shapes)
+    python bench.py --quick              # model shapes and T=1024, 4096 only
+    python bench.py --out bench.md       # also write the tables to a Markdown file
+
+Protocol (../shared/anchors/h100-attention.md): bf16, inputs torch.randn shaped (B, H, T, D) and contiguous,
+triton.testing.do_bench(warmup=25, rep=100, return_mode="median"); fwd+bwd = forward then out.backward(dout)
+with a fixed random dout; FLOPs forward = 2*B*H*T*T*D (the causal half of 4*B*H*T*T*D), fwd+bwd = 3.5x forward.
+Sweep: B*T = 16384 tokens, hidden 2048 (H = 2048 / D). Before timing a shape every provider's output and
+gradients are checked against the fp32 reference on one (batch, head), so nothing wrong gets timed.
+"""
+import argparse
+import subprocess
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import triton
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from flash_kernel import attention_ref, flash_attn
+
+SWEEP_T = [512, 1024, 2048, 4096, 8192, 16384]
+MODEL_SHAPES = [("char model", 64, 6, 256, 64), ("GPT-2 124M", 12, 12, 1024, 64)]  # name, B, H, T, D
+# Error against the fp32 reference (rel. L2, one head) above which a provider is reported wrong and not timed.
+# bf16 rounding alone gives ~3e-3 on these inputs (see tests/test_flash_kernel.py); 2e-2 flags real bugs only.
+CHECK_TOL = 2e-2
+
+
+def _sdpa(backend):
+    def fn(q, k, v):
+        with sdpa_kernel([backend]):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return fn
+
+
+def naive(q, k, v):
+    T = q.shape[-2]
+    att = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, H, T, T)
+    att = att.masked_fill(torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+    return torch.softmax(att.float(), dim=-1).to(q.dtype) @ v
+
+
+PROVIDERS = {
+    "ours": flash_attn,
+    "flash": _sdpa(SDPBackend.FLASH_ATTENTION),
+    "cuDNN": _sdpa(SDPBackend.CUDNN_ATTENTION),
+    "mem-eff": _sdpa(SDPBackend.EFFICIENT_ATTENTION),
+    "naive": naive,
+}
+
+
+@dataclass
+class Result:
+    fwd_ms: float = float("nan")
+    fwdbwd_ms: float = float("nan")
+    peak_mib: float = float("nan")
+    status: str = "ok"  # ok | OOM | wrong (err) | unsupported
+
+
+def check(fn, q, k, v, do) -> float:
+    """Largest rel. L2 error of o, dq, dk, dv on head (0, 0) against the fp32 reference."""
+    qs, ks, vs = [t.detach().requires_grad_() for t in (q, k, v)]
+    o = fn(qs, ks, vs)
+    o.backward(do)
+    got = [o[0, 0], qs.grad[0, 0], ks.grad[0, 0], vs.grad[0, 0]]
+    qr, kr, vr = [t[0, 0].detach().float().requires_grad_() for t in (q, k, v)]
+    ref = attention_ref(qr, kr, vr)
+    ref.backward(do[0, 0].float())
+    want = [ref, qr.grad, kr.grad, vr.grad]
+    return max(((g.float() - w).norm() / w.norm()).item() for g, w in zip(got, want))
+
+
+def measure(fn, B, H, T, D) -> Result:
+    q, k, v = [torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3)]
+    do = torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16)
+    res = Result()
+    try:
+        err = check(fn, q, k, v, do)
+        if not err < CHECK_TOL:
+            return Result(status=f"wrong ({err:.1e})")
+        for t in (q, k, v):
+            t.grad = None
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn(q, k, v).backward(do)
+        torch.cuda.synchronize()
+        res.peak_mib = (torch.cuda.max_memory_allocated() - base) / 2**20
+        with torch.no_grad():
+            res.fwd_ms = triton.testing.do_bench(lambda: fn(q, k, v), warmup=25, rep=100, return_mode="median")
+        # grad_to_none: the backward then writes fresh gradients each time instead of accumulating into old ones
+        res.fwdbwd_ms = triton.testing.do_bench(
+            lambda: fn(q, k, v).backward(do), warmup=25, rep=100, grad_to_none=[q, k, v], return_mode="median"
+        )
+    except torch.cuda.OutOfMemoryError:
+        res = Result(status="OOM")
+    except RuntimeError as e:  # e.g. a backend that refuses this head dim or GPU
+        if "No available kernel" not in str(e) and "not supported" not in str(e).lower():
+            raise
+        res = Result(status="unsupported")
+    del q, k, v, do
+    torch.cuda.empty_cache()
+    return res
+
+
+def tflops(ms, B, H, T, D, mult):
+    return mult * 2 * B * H * T * T * D / (ms * 1e-3) / 1e12
+
+
+def fmt(x, spec=".0f"):
+    return "–" if x != x else format(x, spec)  # NaN (not measured) shows as a dash
+
+
+def table(title, rows, mode):
+    """rows: list of (label, B, H, T, D, {provider: Result}); mode 'fwd' or 'fwdbwd'."""
+    mult = 1.0 if mode == "fwd" else 3.5
+    others = [p for p in PROVIDERS if p != "ours"]
+    lines = [f"### {title}", ""]
+    lines.append("| shape | ours ms | " + " | ".join(f"{p} TFLOP/s" for p in PROVIDERS) + " | "
+                 + " | ".join(f"ours/{p}" for p in others) + " |")
+    lines.append("|---" * (2 + len(PROVIDERS) + len(others)) + "|")
+    for label, B, H, T, D, results in rows:
+        ours = getattr(results["ours"], f"{mode}_ms")
+        cells = [label, fmt(ours, ".3f")]
+        for p in PROVIDERS:
+            r = results[p]
+            ms = getattr(r, f"{mode}_ms")
+            cells.append(fmt(tflops(ms, B, H, T, D, mult)) if r.status == "ok" else r.status)
+        for p in others:
+            ms = getattr(results[p], f"{mode}_ms")
+            cells.append(fmt(ms / ours, ".2f") + "x" if ms == ms and ours == ours else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def memory_table(rows):
+    lines = ["### Peak memory of one fwd+bwd above the inputs, MiB", ""]
+    lines.append("| shape | " + " | ".join(PROVIDERS) + " |")
+    lines.append("|---" * (1 + len(PROVIDERS)) + "|")
+    for label, B, H, T, D, results in rows:
+        cells = [fmt(r.peak_mib) if r.status == "ok" else r.status for r in results.values()]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def header() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
+        commit = (commit or "unknown") + ("+dirty" if dirty else "")
+    except OSError:
+        commit = "unknown"
+    return (f"{torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__} | "
+            f"bf16 causal | commit {commit}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="model shapes and T=1024, 4096 only")
+    parser.add_argument("--out", help="also write the Markdown tables to this file")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench.py needs a CUDA GPU: it times GPU kernels. The CPU tests are `python -m pytest tests`.")
+
+    sweep_t = [1024, 4096] if args.quick else SWEEP_T
+    shapes = [(f"{name} B={B} H={H} T={T} D={D}", B, H, T, D) for name, B, H, T, D in MODEL_SHAPES]
+    for D in (64, 128):
+        shapes += [(f"D={D} T={T} (B={16384 // T} H={2048 // D})", 16384 // T, 2048 // D, T, D) for T in sweep_t]
+    rows = []
+    for label, B, H, T, D in shapes:
+        results = {p: measure(fn, B, H, T, D) for p, fn in PROVIDERS.items()}
+        rows.append((label, B, H, T, D, results))
+        print(f"{label}: " + ", ".join(f"{p} {r.fwdbwd_ms:.3f} ms" if r.status == "ok" else f"{p} {r.status}"
+                                       for p, r in results.items()), flush=True)
+
+    report = "\n\n".join([
+        header(),
+        table("Forward, TFLOP/s (ratios: their ms / our ms, >1 means we are faster)", rows, "fwd"),
+        table("Forward + backward, TFLOP/s (ratios: their ms / our ms)", rows, "fwdbwd"),
+        memory_table(rows),
+    ])
+    print("\n" + report)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(report + "\n")
+
+
+if __name__ == "__main__":
+    main()
