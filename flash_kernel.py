@@ -1,5 +1,5 @@
 """
-Causal flash attention in Triton: forward, backward and attention dropout, registered as a torch custom op.
+Causal flash attention in Triton: forward, backward and attention dropout, registered as torch ops.
 
 Public surface:
     flash_attn(q, k, v, causal=True, softmax_scale=None, dropout_p=0.0)  the fused kernel, differentiable
@@ -11,8 +11,9 @@ model's `qkv.split(...)` + `.view(B, T, H, D).transpose(1, 2)` views go in witho
 (B, H, T, D) laid out in memory as (B, T, H, D), which makes the model's transpose back to (B, T, C) free.
 
 The forward keeps only O and the per-row log-sum-exp (in base 2); the backward recomputes the probabilities tile
-by tile, FlashAttention-2 style: one kernel for dK/dV (a program per key block, sweeping the query blocks that
-see it) and one for dQ (a program per query block), so no T x T matrix is ever stored and nothing needs atomics.
+by tile, FlashAttention-2 style, in one launch after a small pass for rowsum(dO * O): program j computes dK/dV
+for key block j (sweeping the query blocks that see it) and then dQ for query block j, so no T x T matrix is
+ever stored, nothing needs atomics, and under the causal mask every program does the same amount of work.
 
 Dropout draws its mask from Philox keyed on (seed, row, column, batch*head): the backward regenerates exactly the
 same mask, and the seed comes from torch's generator, so torch.manual_seed makes a run reproducible.
@@ -207,23 +208,32 @@ def _attn_bwd_delta_kernel(
 def _attn_bwd_dkdv_inner(
     dk, dv, k, v, q_ptrs, do_ptrs, lse_ptrs, delta_ptrs, stride_qt, stride_dot,
     offs_n, lo, hi, T, qk_scale, seed, bh, DROP_THRESHOLD, drop_scale,
-    BLOCK_M: tl.constexpr, MASKED: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, CAUSAL_MASK: tl.constexpr, BOUNDS: tl.constexpr, DROPOUT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
-    # Sweeps query blocks [lo, hi) for one key block, in the transposed orientation (keys on rows) so that
-    # dV += P^T dO and dK += dS^T Q are plain dots. Query rows past T load as zero with lse = +inf, so their P is 0.
-    # MASKED applies the causal mask (the diagonal blocks).
+    # Sweeps query blocks [lo, hi) for one key block, keys on rows so that dV += P^T dO and dK += dS^T Q are
+    # plain dots. BOUNDS blocks may run past T: their rows load as zero with lse = +inf, so P is 0 there.
+    # CAUSAL_MASK blocks overlap the diagonal.
     offs_m = tl.arange(0, BLOCK_M)
     for start_m in range(lo, hi, BLOCK_M):
         start_m = tl.multiple_of(start_m, BLOCK_M)
         rows = start_m + offs_m  # [BLOCK_M]
-        in_bounds = rows < T
-        qT = tl.load(q_ptrs + start_m * stride_qt, mask=in_bounds[None, :], other=0.0)  # [HEAD_DIM, BLOCK_M]
-        lse = tl.load(lse_ptrs + start_m, mask=in_bounds, other=float("inf"))  # [BLOCK_M]
+        if BOUNDS:
+            qT = tl.load(q_ptrs + start_m * stride_qt, mask=rows[None, :] < T, other=0.0)  # [HEAD_DIM, BLOCK_M]
+            lse = tl.load(lse_ptrs + start_m, mask=rows < T, other=float("inf"))  # [BLOCK_M]
+        else:
+            qT = tl.load(q_ptrs + start_m * stride_qt)  # [HEAD_DIM, BLOCK_M]
+            lse = tl.load(lse_ptrs + start_m)  # [BLOCK_M]
         sT = tl.dot(k, qT, input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_N, BLOCK_M]
         pT = tl.math.exp2(sT - lse[None, :])  # [BLOCK_N, BLOCK_M]
-        if MASKED:
+        if CAUSAL_MASK:
             pT = tl.where(rows[None, :] >= offs_n[:, None], pT, 0.0)
-        do = tl.load(do_ptrs + start_m * stride_dot, mask=in_bounds[:, None], other=0.0)  # [BLOCK_M, HEAD_DIM]
+        if BOUNDS:
+            do = tl.load(do_ptrs + start_m * stride_dot, mask=rows[:, None] < T, other=0.0)  # [BLOCK_M, HEAD_DIM]
+            delta = tl.load(delta_ptrs + start_m, mask=rows < T, other=0.0)  # [BLOCK_M]
+        else:
+            do = tl.load(do_ptrs + start_m * stride_dot)  # [BLOCK_M, HEAD_DIM]
+            delta = tl.load(delta_ptrs + start_m)  # [BLOCK_M]
         dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_M]
         if DROPOUT:
             keep = _dropout_keep(seed, bh, tl.broadcast_to(rows[None, :], pT.shape), tl.broadcast_to(offs_n[:, None], pT.shape), DROP_THRESHOLD)
@@ -231,64 +241,9 @@ def _attn_bwd_dkdv_inner(
             dpT = tl.where(keep, dpT * drop_scale, 0.0)
         else:
             dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PRECISION)  # [BLOCK_N, HEAD_DIM]
-        delta = tl.load(delta_ptrs + start_m, mask=in_bounds, other=0.0)  # [BLOCK_M]
         dsT = pT * (dpT - delta[None, :])  # [BLOCK_N, BLOCK_M]
         dk = tl.dot(dsT.to(qT.dtype), tl.trans(qT), dk, input_precision=DOT_PRECISION)  # [BLOCK_N, HEAD_DIM]
     return dk, dv
-
-
-@triton.jit
-def _attn_bwd_dkdv_kernel(
-    Q, K, V, DO, DK, DV, LSE, DELTA, SEED,
-    stride_qb, stride_qh, stride_qt,
-    stride_kb, stride_kh, stride_kt,
-    stride_vb, stride_vh, stride_vt,
-    stride_dob, stride_doh, stride_dot,
-    stride_dkb, stride_dkh, stride_dkt,
-    stride_dvb, stride_dvh, stride_dvt,
-    H, T, qk_scale, sm_scale, DROP_THRESHOLD, drop_scale,
-    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    # grid: (cdiv(T, BLOCK_N), B * H). Each program owns key/value rows [start_n, start_n + BLOCK_N) of one
-    # (batch, head), accumulates dK and dV for them in registers over the query blocks of BLOCK_M that see them,
-    # and writes them once. BLOCK_N % BLOCK_M == 0, so the causal diagonal starts on a query-block boundary.
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    start_n = tl.program_id(0) * BLOCK_N
-    offs_n = start_n + tl.arange(0, BLOCK_N)
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
-    keys = offs_n[:, None] < T
-
-    k = tl.load(K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh + offs_n[:, None] * stride_kt + offs_d[None, :], mask=keys, other=0.0)  # [BLOCK_N, HEAD_DIM]
-    v = tl.load(V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh + offs_n[:, None] * stride_vt + offs_d[None, :], mask=keys, other=0.0)  # [BLOCK_N, HEAD_DIM]
-    q_ptrs = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + offs_m[None, :] * stride_qt + offs_d[:, None]
-    do_ptrs = DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh + offs_m[:, None] * stride_dot + offs_d[None, :]
-    lse_ptrs = LSE + bh.to(tl.int64) * T + offs_m
-    delta_ptrs = DELTA + bh.to(tl.int64) * T + offs_m
-    seed = tl.load(SEED) if DROPOUT else 0
-
-    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-    if CAUSAL:
-        # query blocks before start_n see none of these keys; the ones overlapping the block need the mask
-        masked_end = start_n + BLOCK_N
-        dk, dv = _attn_bwd_dkdv_inner(
-            dk, dv, k, v, q_ptrs, do_ptrs, lse_ptrs, delta_ptrs, stride_qt, stride_dot, offs_n, start_n,
-            masked_end, T, qk_scale, seed, bh, DROP_THRESHOLD, drop_scale, BLOCK_M, True, DROPOUT, DOT_PRECISION,
-        )
-    else:
-        masked_end = 0
-    dk, dv = _attn_bwd_dkdv_inner(
-        dk, dv, k, v, q_ptrs, do_ptrs, lse_ptrs, delta_ptrs, stride_qt, stride_dot, offs_n, masked_end, T,
-        T, qk_scale, seed, bh, DROP_THRESHOLD, drop_scale, BLOCK_M, False, DROPOUT, DOT_PRECISION,
-    )
-
-    dk = dk * sm_scale  # S = scale * Q K^T, so dK = scale * dS^T Q
-    tl.store(DK + b.to(tl.int64) * stride_dkb + h.to(tl.int64) * stride_dkh + offs_n[:, None] * stride_dkt + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=keys)
-    tl.store(DV + b.to(tl.int64) * stride_dvb + h.to(tl.int64) * stride_dvh + offs_n[:, None] * stride_dvt + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=keys)
 
 
 @triton.jit
@@ -326,56 +281,101 @@ def _attn_bwd_dq_inner(
 
 
 @triton.jit
-def _attn_bwd_dq_kernel(
-    Q, K, V, DO, DQ, LSE, DELTA, SEED,
+def _attn_bwd_kernel(
+    Q, K, V, DO, DQ, DK, DV, LSE, DELTA, SEED,
     stride_qb, stride_qh, stride_qt,
     stride_kb, stride_kh, stride_kt,
     stride_vb, stride_vh, stride_vt,
     stride_dob, stride_doh, stride_dot,
     stride_dqb, stride_dqh, stride_dqt,
+    stride_dkb, stride_dkh, stride_dkt,
+    stride_dvb, stride_dvh, stride_dvt,
     H, T, qk_scale, sm_scale, DROP_THRESHOLD, drop_scale,
-    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, BLOCK_M1: tl.constexpr, BLOCK_N2: tl.constexpr,
     CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    # grid: (cdiv(T, BLOCK_M), B * H). Each program owns query rows [start_m, start_m + BLOCK_M) of one
-    # (batch, head) and accumulates dQ over the key blocks of BLOCK_N they see, like the forward.
-    # BLOCK_M % BLOCK_N == 0. Heaviest row blocks first, as in the forward.
-    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    # grid: (cdiv(T, BLOCK), B * H). Program j of a (batch, head) does two jobs, one after the other:
+    #   1. dK, dV for key rows [j*BLOCK, (j+1)*BLOCK), sweeping the query blocks (of BLOCK_M1) that see them;
+    #   2. dQ for query rows [j*BLOCK, (j+1)*BLOCK), sweeping the key blocks (of BLOCK_N2) they see.
+    # Each accumulates in fp32 registers and is written once: no atomics, no T x T buffer. Under the causal mask
+    # job 1 shrinks with j while job 2 grows, so every program does the same work, and one launch does both.
+    # BLOCK % BLOCK_M1 == 0 and BLOCK % BLOCK_N2 == 0, so the diagonal starts on a sub-block boundary.
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
-    start_m = pid_m * BLOCK_M
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
+    start = tl.program_id(0) * BLOCK
+    offs = start + tl.arange(0, BLOCK)
     offs_d = tl.arange(0, HEAD_DIM)
-    rows = offs_m[:, None] < T
-
-    q = tl.load(Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :], mask=rows, other=0.0)  # [BLOCK_M, HEAD_DIM]
-    do = tl.load(DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh + offs_m[:, None] * stride_dot + offs_d[None, :], mask=rows, other=0.0)  # [BLOCK_M, HEAD_DIM]
-    lse = tl.load(LSE + bh.to(tl.int64) * T + offs_m, mask=offs_m < T, other=float("inf"))  # [BLOCK_M]
-    delta = tl.load(DELTA + bh.to(tl.int64) * T + offs_m, mask=offs_m < T, other=0.0)  # [BLOCK_M]
-    k_ptrs = K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh + offs_n[None, :] * stride_kt + offs_d[:, None]
-    v_ptrs = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh + offs_n[None, :] * stride_vt + offs_d[:, None]
+    in_bounds = offs[:, None] < T
+    q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+    k_base = K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
+    v_base = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
+    do_base = DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
+    lse_base = LSE + bh.to(tl.int64) * T
+    delta_base = DELTA + bh.to(tl.int64) * T
     seed = tl.load(SEED) if DROPOUT else 0
 
-    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    # 1. dK, dV for this key block
+    k = tl.load(k_base + offs[:, None] * stride_kt + offs_d[None, :], mask=in_bounds, other=0.0)  # [BLOCK, HEAD_DIM]
+    v = tl.load(v_base + offs[:, None] * stride_vt + offs_d[None, :], mask=in_bounds, other=0.0)  # [BLOCK, HEAD_DIM]
+    offs_m1 = tl.arange(0, BLOCK_M1)
+    q_ptrs = q_base + offs_m1[None, :] * stride_qt + offs_d[:, None]  # [HEAD_DIM, BLOCK_M1]
+    do_ptrs = do_base + offs_m1[:, None] * stride_dot + offs_d[None, :]  # [BLOCK_M1, HEAD_DIM]
+    dk = tl.zeros([BLOCK, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK, HEAD_DIM], dtype=tl.float32)
+    full_rows_end = (T // BLOCK_M1) * BLOCK_M1  # query blocks before this need no bounds mask
     if CAUSAL:
-        full_end = start_m
-        masked_end = tl.minimum(start_m + BLOCK_M, T)
+        # query blocks before this key block see none of it; the ones overlapping it need the causal mask
+        dk, dv = _attn_bwd_dkdv_inner(
+            dk, dv, k, v, q_ptrs, do_ptrs, lse_base + offs_m1, delta_base + offs_m1, stride_qt, stride_dot, offs,
+            start, start + BLOCK, T, qk_scale, seed, bh, DROP_THRESHOLD, drop_scale,
+            BLOCK_M1, True, True, DROPOUT, DOT_PRECISION,
+        )
+        lo = start + BLOCK
     else:
-        full_end = (T // BLOCK_N) * BLOCK_N
+        lo = 0
+    dk, dv = _attn_bwd_dkdv_inner(
+        dk, dv, k, v, q_ptrs, do_ptrs, lse_base + offs_m1, delta_base + offs_m1, stride_qt, stride_dot, offs,
+        lo, full_rows_end, T, qk_scale, seed, bh, DROP_THRESHOLD, drop_scale,
+        BLOCK_M1, False, False, DROPOUT, DOT_PRECISION,
+    )
+    dk, dv = _attn_bwd_dkdv_inner(
+        dk, dv, k, v, q_ptrs, do_ptrs, lse_base + offs_m1, delta_base + offs_m1, stride_qt, stride_dot, offs,
+        tl.maximum(lo, full_rows_end), T, T, qk_scale, seed, bh, DROP_THRESHOLD, drop_scale,
+        BLOCK_M1, False, True, DROPOUT, DOT_PRECISION,
+    )
+    dk = dk * sm_scale  # S = scale * Q K^T, so dK = scale * dS^T Q
+    dk_ptrs = DK + b.to(tl.int64) * stride_dkb + h.to(tl.int64) * stride_dkh + offs[:, None] * stride_dkt + offs_d[None, :]
+    dv_ptrs = DV + b.to(tl.int64) * stride_dvb + h.to(tl.int64) * stride_dvh + offs[:, None] * stride_dvt + offs_d[None, :]
+    tl.store(dk_ptrs, dk.to(DK.dtype.element_ty), mask=in_bounds)
+    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=in_bounds)
+
+    # 2. dQ for this query block
+    q = tl.load(q_base + offs[:, None] * stride_qt + offs_d[None, :], mask=in_bounds, other=0.0)  # [BLOCK, HEAD_DIM]
+    do = tl.load(do_base + offs[:, None] * stride_dot + offs_d[None, :], mask=in_bounds, other=0.0)  # [BLOCK, HEAD_DIM]
+    lse = tl.load(lse_base + offs, mask=offs < T, other=float("inf"))  # [BLOCK]
+    delta = tl.load(delta_base + offs, mask=offs < T, other=0.0)  # [BLOCK]
+    offs_n2 = tl.arange(0, BLOCK_N2)
+    k_ptrs = k_base + offs_n2[None, :] * stride_kt + offs_d[:, None]  # [HEAD_DIM, BLOCK_N2]
+    v_ptrs = v_base + offs_n2[None, :] * stride_vt + offs_d[:, None]  # [HEAD_DIM, BLOCK_N2]
+    dq = tl.zeros([BLOCK, HEAD_DIM], dtype=tl.float32)
+    if CAUSAL:
+        full_end = start
+        masked_end = tl.minimum(start + BLOCK, T)
+    else:
+        full_end = (T // BLOCK_N2) * BLOCK_N2
         masked_end = T
     dq = _attn_bwd_dq_inner(
-        dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kt, stride_vt, offs_m, 0, full_end, T, qk_scale,
-        seed, bh, DROP_THRESHOLD, drop_scale, BLOCK_N, False, CAUSAL, DROPOUT, DOT_PRECISION,
+        dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kt, stride_vt, offs, 0, full_end, T, qk_scale,
+        seed, bh, DROP_THRESHOLD, drop_scale, BLOCK_N2, False, CAUSAL, DROPOUT, DOT_PRECISION,
     )
     dq = _attn_bwd_dq_inner(
-        dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kt, stride_vt, offs_m, full_end, masked_end, T, qk_scale,
-        seed, bh, DROP_THRESHOLD, drop_scale, BLOCK_N, True, CAUSAL, DROPOUT, DOT_PRECISION,
+        dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kt, stride_vt, offs, full_end, masked_end, T, qk_scale,
+        seed, bh, DROP_THRESHOLD, drop_scale, BLOCK_N2, True, CAUSAL, DROPOUT, DOT_PRECISION,
     )
-
     dq = dq * sm_scale
-    tl.store(DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh + offs_m[:, None] * stride_dqt + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=rows)
+    dq_ptrs = DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh + offs[:, None] * stride_dqt + offs_d[None, :]
+    tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=in_bounds)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -391,13 +391,11 @@ def _fwd_config(D: int, T: int, dtype: torch.dtype) -> tuple[int, int, int, int]
     return 128, 64, 8, 3
 
 
-def _bwd_config(D: int, T: int, dtype: torch.dtype) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for the dK/dV kernel, then the same for the dQ kernel."""
+def _bwd_config(D: int, T: int, dtype: torch.dtype) -> tuple[int, int, int, int, int]:
+    """(BLOCK, BLOCK_M1, BLOCK_N2, num_warps, num_stages) for the backward kernel."""
     if dtype == torch.float32:
-        return (32, 64, 4, 2), (64, 32, 4, 2)
-    if D <= 64:
-        return (32, 128, 4, 3), (128, 32, 4, 3)
-    return (32, 64, 4, 3), (64, 32, 4, 3)
+        return 64, 32, 32, 4, 2
+    return 64, 64, 64, 4, 2
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -410,13 +408,17 @@ def _empty_bhtd(B: int, H: int, T: int, D: int, like: torch.Tensor) -> torch.Ten
     return torch.empty((B, T, H, D), dtype=like.dtype, device=like.device).transpose(1, 2)
 
 
+def _empty_grad(t: torch.Tensor) -> torch.Tensor:
+    # A gradient in its input's layout when that is dense (autograd would copy a leaf's gradient into it
+    # otherwise); for the model's strided views of the qkv projection, (B, T, H, D), which the split's backward
+    # concatenates without a transpose.
+    if t.is_contiguous():
+        return torch.empty(t.shape, dtype=t.dtype, device=t.device)
+    return _empty_bhtd(*t.shape, like=t)
+
+
 def _drop_threshold(dropout_p: float) -> int:
     return int(round(dropout_p * (1 << DROPOUT_BITS.value)))
-
-
-def _seed_arg(seed: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-    # The kernels read the seed through a pointer even when dropout is off (the load is compiled out then)
-    return seed if seed is not None else torch.empty(1, dtype=torch.int64, device=like.device)
 
 
 def _attn_fwd(q, k, v, seed, causal, softmax_scale, dropout_p):
@@ -426,7 +428,7 @@ def _attn_fwd(q, k, v, seed, causal, softmax_scale, dropout_p):
     BLOCK_M, BLOCK_N, num_warps, num_stages = _fwd_config(D, T, q.dtype)
     grid = (triton.cdiv(T, BLOCK_M), B * H)
     _attn_fwd_kernel[grid](
-        q, k, v, o, lse, _seed_arg(seed, q),
+        q, k, v, o, lse, seed if seed is not None else lse,  # without dropout the seed is never read
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
@@ -442,89 +444,75 @@ def _attn_bwd(do, q, k, v, o, lse, seed, causal, softmax_scale, dropout_p):
     B, H, T, D = q.shape
     if do.stride(-1) != 1:  # autograd can hand us an expanded or transposed gradient; rare, so a copy is fine
         do = do.contiguous()
-    dq = _empty_bhtd(B, H, T, D, q)
-    dk = _empty_bhtd(B, H, T, D, k)
-    dv = _empty_bhtd(B, H, T, D, v)
+    dq, dk, dv = _empty_grad(q), _empty_grad(k), _empty_grad(v)
     delta = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
-    (BLOCK_M1, BLOCK_N1, warps1, stages1), (BLOCK_M2, BLOCK_N2, warps2, stages2) = _bwd_config(D, T, q.dtype)
     _attn_bwd_delta_kernel[(triton.cdiv(T, 64), B * H)](
         o, do, delta,
         o.stride(0), o.stride(1), o.stride(2),
         do.stride(0), do.stride(1), do.stride(2),
         H, T, HEAD_DIM=D, BLOCK_M=64,
     )
-    seed = _seed_arg(seed, q)
-    flags = dict(HEAD_DIM=D, CAUSAL=causal, DROPOUT=dropout_p > 0, DOT_PRECISION=_dot_precision(q.dtype))
-    scalars = (H, T, softmax_scale * LOG2E, softmax_scale, _drop_threshold(dropout_p), 1.0 / (1.0 - dropout_p))
-    _attn_bwd_dkdv_kernel[(triton.cdiv(T, BLOCK_N1), B * H)](
-        q, k, v, do, dk, dv, lse, delta, seed,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        do.stride(0), do.stride(1), do.stride(2),
-        dk.stride(0), dk.stride(1), dk.stride(2),
-        dv.stride(0), dv.stride(1), dv.stride(2),
-        *scalars, BLOCK_M=BLOCK_M1, BLOCK_N=BLOCK_N1, num_warps=warps1, num_stages=stages1, **flags,
-    )
-    _attn_bwd_dq_kernel[(triton.cdiv(T, BLOCK_M2), B * H)](
-        q, k, v, do, dq, lse, delta, seed,
+    BLOCK, BLOCK_M1, BLOCK_N2, num_warps, num_stages = _bwd_config(D, T, q.dtype)
+    _attn_bwd_kernel[(triton.cdiv(T, BLOCK), B * H)](
+        q, k, v, do, dq, dk, dv, lse, delta, seed if seed is not None else lse,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         do.stride(0), do.stride(1), do.stride(2),
         dq.stride(0), dq.stride(1), dq.stride(2),
-        *scalars, BLOCK_M=BLOCK_M2, BLOCK_N=BLOCK_N2, num_warps=warps2, num_stages=stages2, **flags,
+        dk.stride(0), dk.stride(1), dk.stride(2),
+        dv.stride(0), dv.stride(1), dv.stride(2),
+        H, T, softmax_scale * LOG2E, softmax_scale, _drop_threshold(dropout_p), 1.0 / (1.0 - dropout_p),
+        HEAD_DIM=D, BLOCK=BLOCK, BLOCK_M1=BLOCK_M1, BLOCK_N2=BLOCK_N2, CAUSAL=causal, DROPOUT=dropout_p > 0,
+        DOT_PRECISION=_dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages,
     )
     return dq, dk, dv
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# torch custom ops: opaque to torch.compile (no graph break), with a registered backward
+# torch ops (opaque to torch.compile, so the model compiles without graph breaks) and the autograd Function.
+#
+# The ops are defined with the plain torch.library API and only a backend kernel: calling one is a C++ dispatch
+# to the launcher. torch.library.custom_op with register_autograd does the same job but runs several Python
+# layers per call, which measured 0.2 ms per forward+backward on the H100 host (tools/overhead.py) - more than
+# the kernels themselves take at the char model's shape. Autograd lives in _FlashAttention, which torch.compile
+# traces like any autograd.Function.
+
+_lib = torch.library.Library("flashgpt", "DEF")
+_lib.define("attn_fwd(Tensor q, Tensor k, Tensor v, Tensor? seed, bool causal, float softmax_scale, float dropout_p) -> (Tensor, Tensor)")
+_lib.define(
+    "attn_bwd(Tensor do, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor? seed, bool causal, "
+    "float softmax_scale, float dropout_p) -> (Tensor, Tensor, Tensor)"
+)
+for _backend in ("CUDA", "CPU"):  # CPU: only reachable with TRITON_INTERPRET=1 (flash_attn checks)
+    _lib.impl("attn_fwd", _attn_fwd, _backend)
+    _lib.impl("attn_bwd", _attn_bwd, _backend)
 
 
-@torch.library.custom_op("flashgpt::attn_fwd", mutates_args=())
-def _attn_fwd_op(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seed: Optional[torch.Tensor],
-    causal: bool, softmax_scale: float, dropout_p: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return _attn_fwd(q, k, v, seed, causal, softmax_scale, dropout_p)
-
-
-@_attn_fwd_op.register_fake
+@torch.library.register_fake("flashgpt::attn_fwd")
 def _(q, k, v, seed, causal, softmax_scale, dropout_p):
     B, H, T, D = q.shape
     return _empty_bhtd(B, H, T, D, q), q.new_empty((B, H, T), dtype=torch.float32)
 
 
-@torch.library.custom_op("flashgpt::attn_bwd", mutates_args=())
-def _attn_bwd_op(
-    do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
-    seed: Optional[torch.Tensor], causal: bool, softmax_scale: float, dropout_p: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _attn_bwd(do, q, k, v, o, lse, seed, causal, softmax_scale, dropout_p)
-
-
-@_attn_bwd_op.register_fake
+@torch.library.register_fake("flashgpt::attn_bwd")
 def _(do, q, k, v, o, lse, seed, causal, softmax_scale, dropout_p):
-    B, H, T, D = q.shape
-    return _empty_bhtd(B, H, T, D, q), _empty_bhtd(B, H, T, D, k), _empty_bhtd(B, H, T, D, v)
+    return _empty_grad(q), _empty_grad(k), _empty_grad(v)
 
 
-def _setup_context(ctx, inputs, output):
-    q, k, v, seed, causal, softmax_scale, dropout_p = inputs
-    o, lse = output
-    ctx.save_for_backward(q, k, v, o, lse, seed)
-    ctx.causal, ctx.softmax_scale, ctx.dropout_p = causal, softmax_scale, dropout_p
-    ctx.mark_non_differentiable(lse)
+class _FlashAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, seed, causal, softmax_scale, dropout_p):
+        o, lse = torch.ops.flashgpt.attn_fwd(q, k, v, seed, causal, softmax_scale, dropout_p)
+        ctx.save_for_backward(q, k, v, o, lse, seed)
+        ctx.causal, ctx.softmax_scale, ctx.dropout_p = causal, softmax_scale, dropout_p
+        return o
 
-
-def _backward(ctx, do, dlse):
-    q, k, v, o, lse, seed = ctx.saved_tensors
-    dq, dk, dv = _attn_bwd_op(do, q, k, v, o, lse, seed, ctx.causal, ctx.softmax_scale, ctx.dropout_p)
-    return dq, dk, dv, None, None, None, None
-
-
-_attn_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse, seed = ctx.saved_tensors
+        dq, dk, dv = torch.ops.flashgpt.attn_bwd(do, q, k, v, o, lse, seed, ctx.causal, ctx.softmax_scale, ctx.dropout_p)
+        return dq, dk, dv, None, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -595,8 +583,7 @@ def flash_attn(
     _check_inputs(q, k, v, dropout_p)
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     seed = _draw_seed(q.device) if dropout_p > 0 else None
-    o, _ = _attn_fwd_op(q, k, v, seed, bool(causal), scale, float(dropout_p))
-    return o
+    return _FlashAttention.apply(q, k, v, seed, bool(causal), scale, float(dropout_p))
 
 
 def dropout_mask(seed: torch.Tensor, B: int, H: int, T: int, dropout_p: float) -> torch.Tensor:

@@ -4,9 +4,7 @@ tool: its output is what the tables in flash_kernel._fwd_config / _bwd_config ar
 
     python tools/tune_blocks.py [--dims 64,128] [--out tune.json]
 
-The forward, the dK/dV kernel and the dQ kernel are tuned separately (the backward's time is the sum of its
-kernels: the dQ config is held at its current value while dK/dV configs are swept, and the other way round).
-Every candidate is compiled first in parallel worker processes (Triton caches the binaries on disk), so the
+The forward and the backward are tuned separately. Every candidate is compiled first in parallel worker processes (Triton caches the binaries on disk), so the
 serial timing pass that follows spends the GPU's time on timing, not on compiling.
 """
 import argparse
@@ -24,12 +22,12 @@ import triton  # noqa: E402
 import flash_kernel as fk  # noqa: E402
 
 # (B, H, T) per head dim: the model shapes and points of the B*T=16384, hidden-2048 sweep
-SHAPES = {64: [(64, 6, 256), (12, 12, 1024), (8, 32, 2048), (4, 32, 4096), (1, 32, 16384)],
-          128: [(8, 16, 2048), (4, 16, 4096), (1, 16, 16384), (32, 16, 512)]}
+SHAPES = {64: [(64, 6, 256), (12, 12, 1024), (4, 32, 4096), (1, 32, 16384)],
+          128: [(16, 16, 1024), (4, 16, 4096), (1, 16, 16384)]}
 FWD = [(bm, bn, w, s) for bm, bn, w, s in itertools.product((64, 128), (32, 64, 128), (4, 8), (2, 3, 4)) if bm % bn == 0]
-DKDV = [(bm, bn, w, s) for bm, bn, w, s in itertools.product((16, 32, 64), (64, 128), (4, 8), (2, 3)) if bn % bm == 0]
-ORIG_FWD, ORIG_BWD = fk._fwd_config, fk._bwd_config  # the shipped tables; candidates replace one entry at a time
-DQ = [(bm, bn, w, s) for bm, bn, w, s in itertools.product((64, 128), (16, 32, 64), (4, 8), (2, 3)) if bm % bn == 0]
+# backward: (BLOCK, BLOCK_M1, BLOCK_N2, num_warps, num_stages)
+BWD = list(itertools.product((64, 128), (32, 64), (32, 64), (4, 8), (2, 3)))
+ORIG_FWD, ORIG_BWD = fk._fwd_config, fk._bwd_config  # the shipped tables; candidates replace one at a time
 
 
 def _inputs(B, H, T, D):
@@ -39,9 +37,8 @@ def _inputs(B, H, T, D):
 
 def _run(kind, cfg, D, B, H, T, bench):
     """Time (or, with bench=False, just compile and run once) one candidate; inf when it does not fit."""
-    base_fwd, (base_dkdv, base_dq) = ORIG_FWD(D, T, torch.bfloat16), ORIG_BWD(D, T, torch.bfloat16)
-    fk._fwd_config = lambda *_: cfg if kind == "fwd" else base_fwd
-    fk._bwd_config = lambda *_: (cfg if kind == "dkdv" else base_dkdv, cfg if kind == "dq" else base_dq)
+    fk._fwd_config = (lambda *_: cfg) if kind == "fwd" else ORIG_FWD
+    fk._bwd_config = (lambda *_: cfg) if kind == "bwd" else ORIG_BWD
     q, k, v, do = _inputs(B, H, T, D)
     scale = D ** -0.5
     try:
@@ -70,12 +67,12 @@ def _compile(job):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--dims", default="64,128")
-    parser.add_argument("--kinds", default="fwd,dkdv,dq")
+    parser.add_argument("--kinds", default="fwd,bwd")
     parser.add_argument("--out")
     args = parser.parse_args()
     dims = [int(d) for d in args.dims.split(",")]
     kinds = args.kinds.split(",")
-    space = {"fwd": FWD, "dkdv": DKDV, "dq": DQ}
+    space = {"fwd": FWD, "bwd": BWD}
     jobs = [(kind, cfg, D) for D in dims for kind in kinds for cfg in space[kind]]
     print(f"compiling {len(jobs)} candidates", flush=True)
     ctx = torch.multiprocessing.get_context("spawn")
@@ -87,7 +84,7 @@ def main():
         for B, H, T in SHAPES[D]:
             for kind in kinds:
                 times = sorted((_run(kind, cfg, D, B, H, T, bench=True), cfg) for cfg in space[kind])
-                current = ORIG_FWD(D, T, torch.bfloat16) if kind == "fwd" else ORIG_BWD(D, T, torch.bfloat16)[kind == "dq"]
+                current = (ORIG_FWD if kind == "fwd" else ORIG_BWD)(D, T, torch.bfloat16)
                 now = next(t for t, c in times if c == current) if current in [c for _, c in times] else float("nan")
                 results.append(dict(D=D, B=B, H=H, T=T, kind=kind, best=times[:4], current=[current, now]))
                 best = ", ".join(f"{c} {t:.3f}" for t, c in times[:4])

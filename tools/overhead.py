@@ -1,0 +1,64 @@
+"""
+Host (CPU) cost of one call at each layer of flash_attn, in microseconds, at the char model's shape: a
+developer's probe. At small shapes the host, not the GPU, sets the pace of an eager forward+backward.
+
+    python tools/overhead.py
+"""
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
+
+import flash_kernel as fk  # noqa: E402
+
+
+def host_us(fn, n=300):
+    """Mean host time per call, no synchronisation inside the loop (the GPU runs behind)."""
+    for _ in range(10):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    t = (time.perf_counter() - t0) / n * 1e6
+    torch.cuda.synchronize()
+    return t
+
+
+B, H, T, D = 64, 6, 256, 64
+q, k, v = [torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3)]
+qn, kn, vn = [t.detach() for t in (q, k, v)]
+do = torch.randn_like(q)
+s = D ** -0.5
+o, lse = fk._attn_fwd(qn, kn, vn, None, True, s, 0.0)
+
+
+def fwd_bwd(fn):
+    def run():
+        fn(q, k, v).backward(do)
+        q.grad = k.grad = v.grad = None
+    return run
+
+
+def cudnn(q, k, v):
+    with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+rows = {
+    "torch.empty (B,T,H,D)": lambda: torch.empty((B, T, H, D), device="cuda", dtype=torch.bfloat16),
+    "_attn_fwd (allocs + 1 launch)": lambda: fk._attn_fwd(qn, kn, vn, None, True, s, 0.0),
+    "_attn_bwd (allocs + 2 launches)": lambda: fk._attn_bwd(do, qn, kn, vn, o, lse, None, True, s, 0.0),
+    "torch.ops.flashgpt.attn_fwd": lambda: torch.ops.flashgpt.attn_fwd(qn, kn, vn, None, True, s, 0.0),
+    "check_inputs": lambda: fk._check_inputs(q, k, v, 0.0),
+    "flash_attn fwd+bwd": fwd_bwd(fk.flash_attn),
+    "cuDNN SDPA fwd+bwd": fwd_bwd(cudnn),
+}
+print(f"host time per call at B={B} H={H} T={T} D={D} bf16 on {torch.cuda.get_device_name()}")
+for name, fn in rows.items():
+    print(f"{name:36s} {host_us(fn):8.1f} us")
