@@ -1,7 +1,6 @@
 """Shared pieces of the test modules (fixtures are imported by name where used; conftest.py is not ours)."""
 
 import importlib.util
-import os
 from pathlib import Path
 
 import pytest

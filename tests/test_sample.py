@@ -3,7 +3,6 @@
 import os
 
 import pytest
-import torch
 
 from helpers import TIKTOKEN_CACHE, char_data, tiny_config  # noqa: F401 (fixture)
 from model import GPT, GPTConfig
