@@ -382,12 +382,18 @@ def _attn_bwd_kernel(
 # Launchers
 
 
+# Block shapes, warps and pipeline stages, picked per head dim and length from tools/tune_blocks.py sweeps on an
+# H100 (bf16; BENCHMARKS.md has the runs). The tiles stay within ~100 KB of shared memory, so they also launch on
+# an A100 or a consumer card, only untuned there. fp32 takes small tiles: 4-byte elements and FMA (not tensor
+# core) dots.
+
+
 def _fwd_config(D: int, T: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) for the forward."""
-    if dtype == torch.float32:  # 4-byte tiles and fp32 FMA dots: small tiles stay inside shared memory
+    if dtype == torch.float32:
         return 64, 32, 4, 2
-    if D <= 64:
-        return 128, 64, 4, 3
+    if T <= (4096 if D <= 64 else 2048):  # short rows: smaller query blocks give more programs to fill 132 SMs
+        return 64, 64, 4, 3
     return 128, 64, 8, 3
 
 
@@ -395,7 +401,8 @@ def _bwd_config(D: int, T: int, dtype: torch.dtype) -> tuple[int, int, int, int,
     """(BLOCK, BLOCK_M1, BLOCK_N2, num_warps, num_stages) for the backward kernel."""
     if dtype == torch.float32:
         return 64, 32, 32, 4, 2
-    return 64, 64, 64, 4, 2
+    # best or within 2% of the best at every swept shape, D=64 and 128, T=256 to 16384
+    return 64, 32, 64, 4, 2
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
