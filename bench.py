@@ -13,6 +13,7 @@ Sweep: B*T = 16384 tokens, hidden 2048 (H = 2048 / D). Before timing a shape eve
 gradients are checked against the fp32 reference on one (batch, head), so nothing wrong gets timed.
 """
 import argparse
+import os
 import subprocess
 from dataclasses import dataclass
 
@@ -147,15 +148,23 @@ def memory_table(rows):
     return "\n".join(lines)
 
 
-def header() -> str:
+def git_commit() -> str:
+    """The commit being measured: from git, or GIT_COMMIT where the tree was copied without its .git."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
-        commit = (commit or "unknown") + ("+dirty" if dirty else "")
+        root = os.path.dirname(os.path.abspath(__file__))
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=root)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=root)
+        if head.returncode == 0:
+            return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except OSError:
-        commit = "unknown"
+        pass
+    return os.environ.get("GIT_COMMIT", "unknown")
+
+
+def header() -> str:
     return (f"{torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__} | "
-            f"bf16 causal | commit {commit}")
+            f"bf16 causal | commit {git_commit()}")
 
 
 def main() -> None:

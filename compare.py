@@ -15,12 +15,12 @@ import dataclasses
 import json
 import multiprocessing as mp
 import os
-import subprocess
 import sys
 import traceback
 
 import torch
 
+from bench import git_commit
 from train import ConfigError, TrainConfig, parse_config, train
 
 IMPLS = ('triton', 'sdpa', 'naive')
@@ -124,15 +124,12 @@ def plot(results: dict, path: str, title: str) -> None:
 
 
 def describe(cfg: TrainConfig) -> str:
-    try:
-        commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or 'unknown'
-    except OSError:
-        commit = 'unknown'
+    commit = git_commit()
     device = torch.cuda.get_device_name() if cfg.device.startswith('cuda') else 'cpu'
     return (f"{device} | torch {torch.__version__} | commit {commit} | {cfg.n_layer}x{cfg.n_embd}, "
             f"{cfg.n_head} heads, T={cfg.block_size}, B={cfg.batch_size}x{cfg.gradient_accumulation_steps}, "
-            f"dropout {cfg.dropout}, {cfg.max_iters} iters, compile={cfg.compile}, dataset {cfg.dataset}")
+            f"dropout {cfg.dropout}, {cfg.max_iters} iters, compile={cfg.compile}, cudagraphs={cfg.cudagraphs}, "
+            f"dataset {cfg.dataset}")
 
 
 def main(argv: list[str] | None = None) -> None:
