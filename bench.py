@@ -59,6 +59,7 @@ class Result:
     fwd_ms: float = float("nan")
     fwdbwd_ms: float = float("nan")
     peak_mib: float = float("nan")
+    graph_ms: float = float("nan")  # fwd+bwd replayed from a CUDA graph (model shapes only)
     status: str = "ok"  # ok | OOM | wrong (err) | unsupported
 
 
@@ -75,7 +76,24 @@ def check(fn, q, k, v, do) -> float:
     return max(((g.float() - w).norm() / w.norm()).item() for g, w in zip(got, want))
 
 
-def measure(fn, B, H, T, D) -> Result:
+def graph_ms(fn, q, k, v, do) -> float:
+    """fwd+bwd captured once in a CUDA graph and replayed: the GPU's time with the host's launch cost removed,
+    which is what a CUDA-graphed training step (train.py's default on one GPU) pays."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the capture stream, as torch.cuda.graph requires
+        for _ in range(3):
+            q.grad = k.grad = v.grad = None
+            fn(q, k, v).backward(do)
+    torch.cuda.current_stream().wait_stream(side)
+    q.grad = k.grad = v.grad = None
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn(q, k, v).backward(do)
+    return triton.testing.do_bench(g.replay, warmup=25, rep=100, return_mode="median")
+
+
+def measure(fn, B, H, T, D, graph=False) -> Result:
     q, k, v = [torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3)]
     do = torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16)
     res = Result()
@@ -97,12 +115,18 @@ def measure(fn, B, H, T, D) -> Result:
         res.fwdbwd_ms = triton.testing.do_bench(
             lambda: fn(q, k, v).backward(do), warmup=25, rep=100, grad_to_none=[q, k, v], return_mode="median"
         )
+        if graph:
+            res.graph_ms = graph_ms(fn, q, k, v, do)
     except torch.cuda.OutOfMemoryError:
         res = Result(status="OOM")
     except RuntimeError as e:  # e.g. a backend that refuses this head dim or GPU
         if "No available kernel" not in str(e) and "not supported" not in str(e).lower():
             raise
         res = Result(status="unsupported")
+    except Exception as e:  # a provider whose fwd+bwd cannot be captured in a CUDA graph keeps its other numbers
+        if not graph:
+            raise
+        print(f"  CUDA graph capture failed: {type(e).__name__}: {str(e)[:120]}")
     del q, k, v, do
     torch.cuda.empty_cache()
     return res
@@ -162,6 +186,21 @@ def git_commit() -> str:
     return os.environ.get("GIT_COMMIT", "unknown")
 
 
+def graph_table(rows):
+    lines = ["### Model shapes, fwd+bwd replayed from a CUDA graph (no host launch cost), ms", ""]
+    lines.append("| shape | " + " | ".join(PROVIDERS) + " | " + " | ".join(f"ours/{p}" for p in PROVIDERS if p != "ours") + " |")
+    lines.append("|---" * (2 * len(PROVIDERS)) + "|")
+    for label, B, H, T, D, results in rows:
+        if not label.startswith(tuple(name for name, *_ in MODEL_SHAPES)):
+            continue
+        ours = results["ours"].graph_ms
+        cells = [fmt(r.graph_ms, ".3f") for r in results.values()]
+        cells += [fmt(r.graph_ms / ours, ".2f") + "x" if r.graph_ms == r.graph_ms else "–"
+                  for p, r in results.items() if p != "ours"]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def header() -> str:
     return (f"{torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__} | "
             f"bf16 causal | commit {git_commit()}")
@@ -177,11 +216,12 @@ def main() -> None:
 
     sweep_t = [1024, 4096] if args.quick else SWEEP_T
     shapes = [(f"{name} B={B} H={H} T={T} D={D}", B, H, T, D) for name, B, H, T, D in MODEL_SHAPES]
+    model_labels = {s[0] for s in shapes}
     for D in (64, 128):
         shapes += [(f"D={D} T={T} (B={16384 // T} H={2048 // D})", 16384 // T, 2048 // D, T, D) for T in sweep_t]
     rows = []
     for label, B, H, T, D in shapes:
-        results = {p: measure(fn, B, H, T, D) for p, fn in PROVIDERS.items()}
+        results = {p: measure(fn, B, H, T, D, graph=label in model_labels) for p, fn in PROVIDERS.items()}
         rows.append((label, B, H, T, D, results))
         print(f"{label}: " + ", ".join(f"{p} {r.fwdbwd_ms:.3f} ms" if r.status == "ok" else f"{p} {r.status}"
                                        for p, r in results.items()), flush=True)
@@ -190,6 +230,7 @@ def main() -> None:
         header(),
         table("Forward, TFLOP/s (ratios: their ms / our ms, >1 means we are faster)", rows, "fwd"),
         table("Forward + backward, TFLOP/s (ratios: their ms / our ms)", rows, "fwdbwd"),
+        graph_table(rows),
         memory_table(rows),
     ])
     print("\n" + report)
