@@ -545,6 +545,13 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: 
         raise ValueError(f"flash_attn: head dim {D} is not supported; supported head dims are {SUPPORTED_HEAD_DIMS}")
     if T == 0 or B == 0 or H == 0:
         raise ValueError(f"flash_attn: empty input of shape {tuple(q.shape)}")
+    if B * H > 65535:  # (batch, head) pairs are the grid's second axis, which CUDA caps at 65535
+        raise ValueError(f"flash_attn: B * H = {B * H} is more than 65535; split the batch into smaller calls")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        # element offsets within one (batch, head) are 32-bit in the kernels; past that they would wrap silently
+        if (T - 1) * t.stride(2) + D > 2**31 - 1:
+            raise ValueError(f"flash_attn: {name} with T={T} and row stride {t.stride(2)} is too long for the "
+                             "kernels' 32-bit offsets; use a shorter sequence or a narrower tensor")
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"flash_attn: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if q.dtype not in SUPPORTED_DTYPES:

@@ -247,6 +247,19 @@ def test_bad_input_is_refused_clearly(args, message):
         flash_attn(*args)
 
 
+def test_too_many_heads_for_the_grid():
+    x = _t(1, 1, 4, 16).expand(65536, 1, 4, 16)  # a view: no memory for 65536 real copies
+    with pytest.raises(ValueError, match="more than 65535"):
+        flash_attn(x, x, x)
+
+
+def test_offsets_past_32_bits_are_refused():
+    # a row stride of 2**31 elements; on the meta device, which needs no storage (the check comes before the device's)
+    x = torch.empty_strided((1, 1, 2, 16), (0, 0, 2**31, 1), device="meta")
+    with pytest.raises(ValueError, match="32-bit offsets"):
+        flash_attn(x, x, x)
+
+
 def test_bad_dropout_p():
     x = _t(1, 1, 4, 16)
     with pytest.raises(ValueError, match=r"dropout_p must be in \[0, 1\)"):
