@@ -42,10 +42,15 @@ def _run_one(cfg: TrainConfig, result_path: str) -> None:
         json.dump(result, f)
 
 
+def run_config(cfg: TrainConfig, impl: str, report_dir: str) -> TrainConfig:
+    """cfg for one implementation's run: only attn, the checkpoint directory and the W&B run name change."""
+    return dataclasses.replace(cfg, attn=impl, out_dir=os.path.join(report_dir, impl),
+                               wandb_run_name=f"{cfg.wandb_run_name}-{impl}")
+
+
 def run_one(cfg: TrainConfig, impl: str, report_dir: str) -> dict:
     """Train cfg with attn=impl in a fresh process; returns its summary, or {'status': 'OOM' | 'failed', ...}."""
-    run_cfg = dataclasses.replace(cfg, attn=impl, out_dir=os.path.join(report_dir, impl),
-                                  wandb_run_name=f"{cfg.wandb_run_name}-{impl}")
+    run_cfg = run_config(cfg, impl, report_dir)
     result_path = os.path.join(report_dir, f'{impl}.json')
     if os.path.exists(result_path):
         os.remove(result_path)

@@ -520,6 +520,9 @@ def train(cfg: TrainConfig) -> dict:
             mfu_str = f", mfu {mfu * 100:.1f}%" if mfu is not None else ""
             print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {ms:.2f} ms/iter, "
                   f"{tokens_per_iter / (ms / 1000):,.0f} tok/s{mfu_str}")
+            if wandb is not None:
+                wandb.log({'iter': iter_num, 'train/step_loss': lossf, 'ms_per_iter': ms,
+                           'tokens_per_sec': tokens_per_iter / (ms / 1000), **({'mfu': mfu} if mfu else {})})
             window_t0, window_iters, window_first_local = now, 0, local_iter_num + 1
         iter_num += 1
         local_iter_num += 1

@@ -48,3 +48,23 @@ def test_unknown_impl_is_refused(capsys):
         assert 'flash2' in str(e.code) and "'triton', 'sdpa', 'naive'" in str(e.code)
     else:
         raise AssertionError('an unknown implementation must stop compare.py')
+
+
+def test_wandb_logging_when_asked(char_data, tmp_path, monkeypatch):
+    """--wandb_log=True: each implementation's run logs its evals and throughput under its own run name."""
+    import sys
+    import types
+
+    from train import train
+
+    calls = []
+    fake = types.SimpleNamespace(init=lambda **kw: calls.append(('init', kw)),
+                                 log=lambda d: calls.append(('log', d)), finish=lambda: calls.append(('finish', {})))
+    monkeypatch.setitem(sys.modules, 'wandb', fake)  # no network here: a stand-in that records the calls
+    cfg = compare.run_config(tiny_config(tmp_path, char_data, wandb_log=True, wandb_run_name='cmp', max_iters=4,
+                                         eval_interval=2), 'naive', str(tmp_path))
+    train(cfg)
+    assert calls[0] == ('init', {'project': cfg.wandb_project, 'name': 'cmp-naive', 'config': calls[0][1]['config']})
+    logged = [d for kind, d in calls if kind == 'log']
+    assert any('val/loss' in d for d in logged) and any('tokens_per_sec' in d for d in logged)
+    assert calls[-1][0] == 'finish'
