@@ -13,8 +13,6 @@ Sweep: B*T = 16384 tokens, hidden 2048 (H = 2048 / D). Before timing a shape eve
 gradients are checked against the fp32 reference on one (batch, head), so nothing wrong gets timed.
 """
 import argparse
-import os
-import subprocess
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +21,7 @@ import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from flash_kernel import attention_ref, flash_attn
+from train import git_commit
 
 SWEEP_T = [512, 1024, 2048, 4096, 8192, 16384]
 MODEL_SHAPES = [("char model", 64, 6, 256, 64), ("GPT-2 124M", 12, 12, 1024, 64)]  # name, B, H, T, D
@@ -170,20 +169,6 @@ def memory_table(rows):
         cells = [fmt(r.peak_mib) if r.status == "ok" else r.status for r in results.values()]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def git_commit() -> str:
-    """The commit being measured: from git, or GIT_COMMIT where the tree was copied without its .git."""
-    try:
-        root = os.path.dirname(os.path.abspath(__file__))
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=root)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=root)
-        if head.returncode == 0:
-            return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except OSError:
-        pass
-    return os.environ.get("GIT_COMMIT", "unknown")
 
 
 def graph_table(rows):

@@ -20,8 +20,7 @@ import traceback
 
 import torch
 
-from bench import git_commit
-from train import ConfigError, TrainConfig, parse_config, train
+from train import ConfigError, TrainConfig, git_commit, parse_config, train
 
 IMPLS = ('triton', 'sdpa', 'naive')
 

@@ -16,6 +16,7 @@ import os
 import pickle
 import re
 import runpy
+import subprocess
 import sys
 import time
 import types
@@ -183,6 +184,19 @@ def gpu_peak_flops(device_name: str) -> float | None:
         if re.search(pattern, device_name):
             return tflops * 1e12
     return None
+
+
+def git_commit() -> str:
+    """The commit being measured: from git, or GIT_COMMIT where the tree was copied without its .git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO_DIR)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=REPO_DIR)
+        if head.returncode == 0:
+            return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except OSError:
+        pass
+    return os.environ.get("GIT_COMMIT", "unknown")
 
 
 def get_lr(it: int, cfg: TrainConfig) -> float:
