@@ -29,7 +29,7 @@ import triton.language as tl
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 LOG2E = 1.4426950408889634  # the kernels work in base 2: exp(x) = exp2(x * log2(e))
-DROPOUT_BITS = tl.constexpr(24)  # a probability is kept when 24 random bits >= dropout_p * 2**24 (resolution 6e-8)
+DROPOUT_BITS = 16  # a probability is kept when 16 random bits >= dropout_p * 2**16 (p resolves to 1.5e-5)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -63,12 +63,21 @@ def attention_ref(
 
 
 @triton.jit
-def _dropout_keep(seed, bh, rows, cols, DROP_THRESHOLD):
-    # rows, cols: int32 tiles of one shape. One Philox draw per (row, col, batch*head) under the call's seed, so
-    # the forward, the backward and dropout_mask all see the same bits whatever their tiling.
-    zero = rows * 0
-    bits, _, _, _ = tl.philox(seed, rows, cols, zero + bh, zero)
-    return (bits >> (32 - DROPOUT_BITS)).to(tl.int32) >= DROP_THRESHOLD
+def _dropout_keep(seed, bh, rows, start_col, DROP_THRESHOLD, N_COLS: tl.constexpr):
+    # Keep-mask [len(rows), N_COLS] for query rows `rows` and key columns start_col + [0, N_COLS), start_col a
+    # multiple of 8. One Philox call per (row, group of 8 columns, batch*head) under the call's seed gives 4 x 32
+    # random bits: eight 16-bit draws, one per column. A draw is a function of (row, column) alone, so the forward,
+    # the backward and dropout_mask see the same mask whatever their tiling. Philox is integer work on the CUDA
+    # cores; one call per column made dropout cost more than the attention itself.
+    groups = start_col // 8 + tl.arange(0, N_COLS // 8)
+    r = tl.broadcast_to(rows[:, None], (rows.shape[0], N_COLS // 8))
+    g = tl.broadcast_to(groups[None, :], (rows.shape[0], N_COLS // 8))
+    zero = r * 0
+    w0, w1, w2, w3 = tl.philox(seed, r, g, zero + bh, zero)
+    lo = tl.interleave(tl.interleave(w0 & 0xFFFF, w1 & 0xFFFF), tl.interleave(w2 & 0xFFFF, w3 & 0xFFFF))
+    hi = tl.interleave(tl.interleave(w0 >> 16, w1 >> 16), tl.interleave(w2 >> 16, w3 >> 16))
+    draws = tl.interleave(lo, hi)  # [len(rows), N_COLS]: column 8 * group + j holds draw j of its group
+    return draws.to(tl.int32) >= DROP_THRESHOLD
 
 
 @triton.jit
@@ -78,11 +87,9 @@ def _dropout_mask_kernel(Mask, SEED, T, DROP_THRESHOLD, BLOCK: tl.constexpr):
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     seed = tl.load(SEED)
-    r = tl.broadcast_to(rows[:, None], (BLOCK, BLOCK))  # [BLOCK, BLOCK]
-    c = tl.broadcast_to(cols[None, :], (BLOCK, BLOCK))  # [BLOCK, BLOCK]
-    keep = _dropout_keep(seed, bh, r, c, DROP_THRESHOLD)
-    ptrs = Mask + bh.to(tl.int64) * T * T + r * T + c
-    tl.store(ptrs, keep.to(tl.int8), mask=(r < T) & (c < T))
+    keep = _dropout_keep(seed, bh, rows, tl.program_id(1) * BLOCK, DROP_THRESHOLD, BLOCK)  # [BLOCK, BLOCK]
+    ptrs = Mask + bh.to(tl.int64) * T * T + rows[:, None] * T + cols[None, :]
+    tl.store(ptrs, keep.to(tl.int8), mask=(rows[:, None] < T) & (cols[None, :] < T))
 
 
 @triton.jit
@@ -102,20 +109,21 @@ def _attn_fwd_inner(
             k = tl.load(k_ptrs + start_n * stride_kt, mask=cols[None, :] < T, other=0.0)  # [HEAD_DIM, BLOCK_N]
         else:
             k = tl.load(k_ptrs + start_n * stride_kt)  # [HEAD_DIM, BLOCK_N]
-        s = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N], log2 units
+        s = tl.dot(q, k, input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N], unscaled
         if MASKED:
             if CAUSAL:
                 s = tl.where(offs_m[:, None] >= cols[None, :], s, float("-inf"))
             else:
                 s = tl.where(cols[None, :] < T, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))  # [BLOCK_M]
-        p = tl.math.exp2(s - m_new[:, None])  # [BLOCK_M, BLOCK_N]
+        # qk_scale > 0, so the row max can be taken before scaling, and the scale and the shift fold into one FMA
+        # per score: the softmax's CUDA-core work, not the tensor cores, bounds this loop at head dim 64
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)  # [BLOCK_M], log2 units
+        p = tl.math.exp2(s * qk_scale - m_new[:, None])  # [BLOCK_M, BLOCK_N]
         alpha = tl.math.exp2(m_i - m_new)  # [BLOCK_M]
         l_i = l_i * alpha + tl.sum(p, 1)  # the normaliser counts dropped entries too: dropout acts after softmax
         acc = acc * alpha[:, None]
         if DROPOUT:
-            rows = tl.broadcast_to(offs_m[:, None], p.shape)
-            keep = _dropout_keep(seed, bh, rows, tl.broadcast_to(cols[None, :], p.shape), DROP_THRESHOLD)
+            keep = _dropout_keep(seed, bh, offs_m, start_n, DROP_THRESHOLD, BLOCK_N)
             p = tl.where(keep, p, 0.0)
         if MASKED:
             v = tl.load(v_ptrs + start_n * stride_vt, mask=cols[:, None] < T, other=0.0)  # [BLOCK_N, HEAD_DIM]
@@ -207,8 +215,8 @@ def _attn_bwd_delta_kernel(
 @triton.jit
 def _attn_bwd_dkdv_inner(
     dk, dv, k, v, q_ptrs, do_ptrs, lse_ptrs, delta_ptrs, stride_qt, stride_dot,
-    offs_n, lo, hi, T, qk_scale, seed, bh, DROP_THRESHOLD, drop_scale,
-    BLOCK_M: tl.constexpr, CAUSAL_MASK: tl.constexpr, BOUNDS: tl.constexpr, DROPOUT: tl.constexpr,
+    offs_n, start_n, lo, hi, T, qk_scale, seed, bh, DROP_THRESHOLD, drop_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL_MASK: tl.constexpr, BOUNDS: tl.constexpr, DROPOUT: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     # Sweeps query blocks [lo, hi) for one key block, keys on rows so that dV += P^T dO and dK += dS^T Q are
@@ -236,7 +244,7 @@ def _attn_bwd_dkdv_inner(
             delta = tl.load(delta_ptrs + start_m)  # [BLOCK_M]
         dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_M]
         if DROPOUT:
-            keep = _dropout_keep(seed, bh, tl.broadcast_to(rows[None, :], pT.shape), tl.broadcast_to(offs_n[:, None], pT.shape), DROP_THRESHOLD)
+            keep = tl.trans(_dropout_keep(seed, bh, rows, start_n, DROP_THRESHOLD, BLOCK_N))  # [BLOCK_N, BLOCK_M]
             dv = tl.dot(tl.where(keep, pT * drop_scale, 0.0).to(do.dtype), do, dv, input_precision=DOT_PRECISION)
             dpT = tl.where(keep, dpT * drop_scale, 0.0)
         else:
@@ -273,7 +281,7 @@ def _attn_bwd_dq_inner(
                 p = tl.where(cols[None, :] < T, p, 0.0)
         dp = tl.dot(do, vT, input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
         if DROPOUT:
-            keep = _dropout_keep(seed, bh, tl.broadcast_to(offs_m[:, None], p.shape), tl.broadcast_to(cols[None, :], p.shape), DROP_THRESHOLD)
+            keep = _dropout_keep(seed, bh, offs_m, start_n, DROP_THRESHOLD, BLOCK_N)
             dp = tl.where(keep, dp * drop_scale, 0.0)
         ds = p * (dp - delta[:, None])  # [BLOCK_M, BLOCK_N]
         dq = tl.dot(ds.to(kT.dtype), tl.trans(kT), dq, input_precision=DOT_PRECISION)  # [BLOCK_M, HEAD_DIM]
@@ -327,22 +335,22 @@ def _attn_bwd_kernel(
     if CAUSAL:
         # query blocks before this key block see none of it; the ones overlapping it need the causal mask
         dk, dv = _attn_bwd_dkdv_inner(
-            dk, dv, k, v, q_ptrs, do_ptrs, lse_base + offs_m1, delta_base + offs_m1, stride_qt, stride_dot, offs,
+            dk, dv, k, v, q_ptrs, do_ptrs, lse_base + offs_m1, delta_base + offs_m1, stride_qt, stride_dot, offs, start,
             start, start + BLOCK, T, qk_scale, seed, bh, DROP_THRESHOLD, drop_scale,
-            BLOCK_M1, True, True, DROPOUT, DOT_PRECISION,
+            BLOCK_M1, BLOCK, True, True, DROPOUT, DOT_PRECISION,
         )
         lo = start + BLOCK
     else:
         lo = 0
     dk, dv = _attn_bwd_dkdv_inner(
-        dk, dv, k, v, q_ptrs, do_ptrs, lse_base + offs_m1, delta_base + offs_m1, stride_qt, stride_dot, offs,
+        dk, dv, k, v, q_ptrs, do_ptrs, lse_base + offs_m1, delta_base + offs_m1, stride_qt, stride_dot, offs, start,
         lo, full_rows_end, T, qk_scale, seed, bh, DROP_THRESHOLD, drop_scale,
-        BLOCK_M1, False, False, DROPOUT, DOT_PRECISION,
+        BLOCK_M1, BLOCK, False, False, DROPOUT, DOT_PRECISION,
     )
     dk, dv = _attn_bwd_dkdv_inner(
-        dk, dv, k, v, q_ptrs, do_ptrs, lse_base + offs_m1, delta_base + offs_m1, stride_qt, stride_dot, offs,
+        dk, dv, k, v, q_ptrs, do_ptrs, lse_base + offs_m1, delta_base + offs_m1, stride_qt, stride_dot, offs, start,
         tl.maximum(lo, full_rows_end), T, T, qk_scale, seed, bh, DROP_THRESHOLD, drop_scale,
-        BLOCK_M1, False, True, DROPOUT, DOT_PRECISION,
+        BLOCK_M1, BLOCK, False, True, DROPOUT, DOT_PRECISION,
     )
     dk = dk * sm_scale  # S = scale * Q K^T, so dK = scale * dS^T Q
     dk_ptrs = DK + b.to(tl.int64) * stride_dkb + h.to(tl.int64) * stride_dkh + offs[:, None] * stride_dkt + offs_d[None, :]
@@ -425,7 +433,7 @@ def _empty_grad(t: torch.Tensor) -> torch.Tensor:
 
 
 def _drop_threshold(dropout_p: float) -> int:
-    return int(round(dropout_p * (1 << DROPOUT_BITS.value)))
+    return int(round(dropout_p * (1 << DROPOUT_BITS)))
 
 
 def _attn_fwd(q, k, v, seed, causal, softmax_scale, dropout_p):
@@ -596,6 +604,8 @@ def flash_attn(
     """
     _check_inputs(q, k, v, dropout_p)
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    if not (scale > 0 and math.isfinite(scale)):
+        raise ValueError(f"softmax_scale must be a positive finite number, got {softmax_scale}")
     seed = _draw_seed(q.device) if dropout_p > 0 else None
     return _FlashAttention.apply(q, k, v, seed, bool(causal), scale, float(dropout_p))
 

@@ -6,6 +6,7 @@ developer's probe. At small shapes the host, not the GPU, sets the pace of an ea
 """
 import os
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -84,3 +85,56 @@ try:
     print("SDPA's own choice for bf16 causal here:", SDPBackend(torch._fused_sdp_choice(q, k, v, is_causal=True)).name)
 except Exception as e:  # a private helper; only informative
     print("SDPA backend choice unknown:", e)
+
+
+# Where does the extra host time of a backward on autograd's device thread go? Time the launcher itself on the
+# main thread, on a plain Python thread, and inside an autograd backward (which runs on autograd's CUDA thread).
+def median_us(fn, n=200):
+    for _ in range(10):
+        fn()
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    torch.cuda.synchronize()
+    return sorted(ts)[n // 2] * 1e6
+
+
+bwd = lambda: fk._attn_bwd(do, qn, kn, vn, o, lse, None, True, s, 0.0)  # noqa: E731
+fwd = lambda: fk._attn_fwd(qn, kn, vn, None, True, s, 0.0)  # noqa: E731
+print(f"{'_attn_bwd, main thread':36s} {median_us(bwd):8.1f} us (median of single calls)")
+print(f"{'_attn_fwd, main thread':36s} {median_us(fwd):8.1f} us")
+for name, fn in (("_attn_bwd", bwd), ("_attn_fwd", fwd)):
+    out = {}
+    th = threading.Thread(target=lambda: out.setdefault("us", median_us(fn)))
+    th.start()
+    th.join()
+    print(f"{name + ', another Python thread':36s} {out['us']:8.1f} us")
+
+inside = []
+
+
+class Timed(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v):
+        o, lse = fk._attn_fwd(q, k, v, None, True, s, 0.0)
+        ctx.save_for_backward(q, k, v, o, lse)
+        return o
+
+    @staticmethod
+    def backward(ctx, g):
+        t0 = time.perf_counter()
+        q, k, v, o, lse = ctx.saved_tensors
+        dq, dk, dv = fk._attn_bwd(g, q, k, v, o, lse, None, True, s, 0.0)
+        inside.append(time.perf_counter() - t0)
+        return dq, dk, dv
+
+
+for threads in (True, False):
+    inside.clear()
+    with torch.autograd.set_multithreading_enabled(threads):
+        total = host_us(fwd_bwd(lambda q, k, v: Timed.apply(q, k, v)))
+    med = sorted(inside)[len(inside) // 2] * 1e6
+    where = "autograd device thread" if threads else "calling thread"
+    print(f"Timed fwd+bwd, backward on {where}: {total:.1f} us per fwd+bwd, of which backward body {med:.1f} us")
