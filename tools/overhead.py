@@ -138,3 +138,43 @@ for threads in (True, False):
     med = sorted(inside)[len(inside) // 2] * 1e6
     where = "autograd device thread" if threads else "calling thread"
     print(f"Timed fwd+bwd, backward on {where}: {total:.1f} us per fwd+bwd, of which backward body {med:.1f} us")
+
+# Split the device-thread cost: before the backward body starts (the handoff to autograd's thread), the body, and
+# after it (the way back), with a cProfile of the body on each thread.
+import cProfile  # noqa: E402
+import pstats  # noqa: E402
+
+marks = []
+
+
+class Marked(Timed):
+    @staticmethod
+    def backward(ctx, g):
+        t_enter = time.perf_counter()
+        prof = ctx.prof
+        prof.enable()
+        q, k, v, o, lse = ctx.saved_tensors
+        dq, dk, dv = fk._attn_bwd(g, q, k, v, o, lse, None, True, s, 0.0)
+        prof.disable()
+        marks.append([t_enter, time.perf_counter()])
+        return dq, dk, dv
+
+
+for threads in (True, False):
+    prof, rows = cProfile.Profile(), []
+    with torch.autograd.set_multithreading_enabled(threads):
+        for i in range(210):
+            out = Marked.apply(q, k, v)
+            out.grad_fn.prof = prof
+            t0 = time.perf_counter()
+            out.backward(do)
+            t1 = time.perf_counter()
+            t_enter, t_exit = marks[-1]
+            if i >= 10:
+                rows.append(((t_enter - t0) * 1e6, (t_exit - t_enter) * 1e6, (t1 - t_exit) * 1e6))
+            q.grad = k.grad = v.grad = None
+    torch.cuda.synchronize()
+    med = [sorted(r[j] for r in rows)[len(rows) // 2] for j in range(3)]
+    where = "autograd device thread" if threads else "calling thread"
+    print(f"backward() on {where}: to body {med[0]:.1f} us, body {med[1]:.1f} us, back {med[2]:.1f} us (medians)")
+    pstats.Stats(prof).sort_stats("tottime").print_stats(12)
