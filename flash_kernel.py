@@ -63,22 +63,41 @@ def attention_ref(
 
 
 @triton.jit
+def _keep_bits(word, DROP_THRESHOLD, SHIFT: tl.constexpr):
+    # The keep decisions of a word's two 16-bit draws, as bits SHIFT and SHIFT + 1
+    lo = ((word & 0xFFFF).to(tl.int32) >= DROP_THRESHOLD).to(tl.int32)
+    hi = ((word >> 16).to(tl.int32) >= DROP_THRESHOLD).to(tl.int32)
+    return (lo << SHIFT) | (hi << (SHIFT + 1))
+
+
+@triton.jit
 def _dropout_keep(seed, bh, rows, start_col, DROP_THRESHOLD, N_COLS: tl.constexpr):
-    # Keep-mask [len(rows), N_COLS] for query rows `rows` and key columns start_col + [0, N_COLS), start_col a
-    # multiple of 8. One Philox call per (row, group of 8 columns, batch*head) under the call's seed gives 4 x 32
-    # random bits: eight 16-bit draws, one per column. A draw is a function of (row, column) alone, so the forward,
-    # the backward and dropout_mask see the same mask whatever their tiling. Philox is integer work on the CUDA
-    # cores; one call per column made dropout cost more than the attention itself. 7 rounds, not the customary
-    # 10: Philox4x32 passes TestU01's BigCrush from 7 rounds (Salmon et al., SC'11); 10 is their safety margin.
-    groups = start_col // 8 + tl.arange(0, N_COLS // 8)
-    r = tl.broadcast_to(rows[:, None], (rows.shape[0], N_COLS // 8))
-    g = tl.broadcast_to(groups[None, :], (rows.shape[0], N_COLS // 8))
+    # Keep-mask [len(rows), N_COLS] for query rows `rows` and key columns start_col + [0, N_COLS), start_col and
+    # N_COLS multiples of 32. One Philox call per (row, group, batch*head) under the call's seed gives 4 x 32
+    # random bits: eight 16-bit draws for the group's 8 columns. A draw is a function of (row, column) alone, so
+    # the forward, the backward and dropout_mask see the same mask whatever their tiling.
+    # Column c = 32a + 8n + 2q + h belongs to group (a, q) and takes its draw 2n + h. Those are the columns one
+    # thread holds in the tensor cores' accumulator layout, so the 8 draws of a call stay in the thread that uses
+    # them: no shuffle through shared memory, and no Philox call repeated across threads. Philox is integer work on
+    # the CUDA cores; one call per column made dropout cost more than the attention itself. 7 rounds, not the
+    # customary 10: Philox4x32 passes TestU01's BigCrush from 7 rounds (Salmon et al., SC'11).
+    tl.static_assert(N_COLS % 32 == 0)
+    R: tl.constexpr = rows.shape[0]
+    A: tl.constexpr = N_COLS // 32
+    a = start_col // 32 + tl.arange(0, A)
+    q = tl.arange(0, 4)
+    groups = tl.broadcast_to(a[:, None] * 4 + q[None, :], (A, 4))  # [A, 4]
+    r = tl.broadcast_to(rows[:, None, None], (R, A, 4))
+    g = tl.broadcast_to(groups[None, :, :], (R, A, 4))
     zero = r * 0
     w0, w1, w2, w3 = tl.philox(seed, r, g, zero + bh, zero, n_rounds=7)
-    lo = tl.interleave(tl.interleave(w0 & 0xFFFF, w1 & 0xFFFF), tl.interleave(w2 & 0xFFFF, w3 & 0xFFFF))
-    hi = tl.interleave(tl.interleave(w0 >> 16, w1 >> 16), tl.interleave(w2 >> 16, w3 >> 16))
-    draws = tl.interleave(lo, hi)  # [len(rows), N_COLS]: column 8 * group + j holds draw j of its group
-    return draws.to(tl.int32) >= DROP_THRESHOLD
+    packed = _keep_bits(w0, DROP_THRESHOLD, 0) | _keep_bits(w1, DROP_THRESHOLD, 2)
+    packed |= _keep_bits(w2, DROP_THRESHOLD, 4) | _keep_bits(w3, DROP_THRESHOLD, 6)  # [R, A, 4], bit 2n + h
+    spread = tl.broadcast_to(packed[:, :, None, :, None], (R, A, 4, 4, 2))  # [R, a, n, q, h]
+    spread = tl.reshape(spread, (R, N_COLS))
+    c = tl.arange(0, N_COLS)
+    bit = ((c // 8) % 4) * 2 + c % 2
+    return ((spread >> bit[None, :]) & 1) != 0  # [R, N_COLS]
 
 
 @triton.jit
