@@ -71,7 +71,7 @@ def _ratio(ours, theirs, higher_is_better):
     """How many times better ours is than theirs (>1 = ours better)."""
     if ours is None or theirs is None or ours == 0 or theirs == 0:
         return '–'
-    return f"{(ours / theirs if higher_is_better else theirs / ours):.2f}x"
+    return f"{(ours / theirs if higher_is_better else theirs / ours):.3f}x"  # 3 digits: goals sit near 1.00x
 
 
 def markdown_table(results: dict, header: str) -> str:

@@ -187,7 +187,10 @@ def gpu_peak_flops(device_name: str) -> float | None:
 
 
 def git_commit() -> str:
-    """The commit being measured: from git, or GIT_COMMIT where the tree was copied without its .git."""
+    """The commit being measured: GIT_COMMIT when set (a tree copied to another machine may carry no .git, or a
+    stale one), else from git."""
+    if os.environ.get("GIT_COMMIT"):
+        return os.environ["GIT_COMMIT"]
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO_DIR)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
@@ -196,7 +199,7 @@ def git_commit() -> str:
             return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except OSError:
         pass
-    return os.environ.get("GIT_COMMIT", "unknown")
+    return "unknown"
 
 
 def get_lr(it: int, cfg: TrainConfig) -> float:
