@@ -77,9 +77,10 @@ def _dropout_keep(seed, bh, rows, start_col, DROP_THRESHOLD, N_COLS: tl.constexp
     # random bits: eight 16-bit draws for the group's 8 columns. A draw is a function of (row, column) alone, so
     # the forward, the backward and dropout_mask see the same mask whatever their tiling.
     # Column c = 32a + 8n + 2q + h belongs to group (a, q) and takes its draw 2n + h. Those are the columns one
-    # thread holds in the tensor cores' accumulator layout, so the 8 draws of a call stay in the thread that uses
-    # them: no shuffle through shared memory, and no Philox call repeated across threads. Philox is integer work on
-    # the CUDA cores; one call per column made dropout cost more than the attention itself. 7 rounds, not the
+    # thread holds in the tensor cores' accumulator layout, so in the forward and dQ tiles the 8 draws of a call
+    # stay in the thread that uses them, with no shuffle through shared memory (the dK/dV pass's transposed tile
+    # repeats some calls across threads instead; BENCHMARKS.md, note 9). Philox is integer work on the CUDA cores;
+    # one call per column made dropout cost more than the attention itself. 7 rounds, not the
     # customary 10: Philox4x32 passes TestU01's BigCrush from 7 rounds (Salmon et al., SC'11).
     tl.static_assert(N_COLS % 32 == 0)
     R: tl.constexpr = rows.shape[0]
