@@ -29,7 +29,8 @@ import triton.language as tl
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 LOG2E = 1.4426950408889634  # the kernels work in base 2: exp(x) = exp2(x * log2(e))
-DROPOUT_BITS = 16  # a probability is kept when 16 random bits >= dropout_p * 2**16 (p resolves to 1.5e-5)
+DROPOUT_BITS = 16  # a probability is kept when 16 random bits >= dropout_p * 2**16 (p resolves to 1.5e-5);
+                  # _keep_bits cuts each 32-bit Philox word into two such draws
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -87,7 +88,7 @@ def _dropout_keep(seed, bh, rows, start_col, DROP_THRESHOLD, N_COLS: tl.constexp
     A: tl.constexpr = N_COLS // 32
     a = start_col // 32 + tl.arange(0, A)
     q = tl.arange(0, 4)
-    groups = tl.broadcast_to(a[:, None] * 4 + q[None, :], (A, 4))  # [A, 4]
+    groups = a[:, None] * 4 + q[None, :]  # [A, 4]
     r = tl.broadcast_to(rows[:, None, None], (R, A, 4))
     g = tl.broadcast_to(groups[None, :, :], (R, A, 4))
     zero = r * 0

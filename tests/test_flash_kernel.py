@@ -176,9 +176,10 @@ def test_dropout_keep_rate(p):
     n = keep.numel()
     sigma = math.sqrt(p * (1 - p) / n)  # binomial standard error of the mean keep rate
     assert abs(keep.mean().item() - (1 - p)) < 5 * sigma, f"keep rate {keep.mean().item():.4f}, want {1 - p}"
-    # independent across heads and rows: two heads agree on a fraction p^2 + (1-p)^2 of entries, not all
-    # The 0.02 bound: each agreement rate is a mean over >= 32k entries, standard error <= 0.003.
+    # Independent draws agree on a fraction p^2 + (1-p)^2 of entries, not all. The 0.02 bound: each agreement rate
+    # below is a mean over >= 65k entries, standard error <= 0.002.
     expected_agree = p * p + (1 - p) ** 2
+    # across heads
     agree = (keep[0, 0] == keep[0, 1]).float().mean().item()
     assert abs(agree - expected_agree) < 0.02
     # one Philox call feeds 8 neighbouring columns; each column still gets its own bits, as does each row
