@@ -72,34 +72,59 @@ def _keep_bits(word, DROP_THRESHOLD, SHIFT: tl.constexpr):
 
 
 @triton.jit
-def _dropout_keep(seed, bh, rows, start_col, DROP_THRESHOLD, N_COLS: tl.constexpr):
-    # Keep-mask [len(rows), N_COLS] for query rows `rows` and key columns start_col + [0, N_COLS), start_col and
-    # N_COLS multiples of 32. One Philox call per (row, group, batch*head) under the call's seed gives 4 x 32
-    # random bits: eight 16-bit draws for the group's 8 columns. A draw is a function of (row, column) alone, so
-    # the forward, the backward and dropout_mask see the same mask whatever their tiling.
-    # Column c = 32a + 8n + 2q + h belongs to group (a, q) and takes its draw 2n + h. Those are the columns one
-    # thread holds in the tensor cores' accumulator layout, so in the forward and dQ tiles the 8 draws of a call
-    # stay in the thread that uses them, with no shuffle through shared memory (the dK/dV pass's transposed tile
-    # repeats some calls across threads instead; BENCHMARKS.md, note 9). Philox is integer work on the CUDA cores;
-    # one call per column made dropout cost more than the attention itself. 7 rounds, not the
-    # customary 10: Philox4x32 passes TestU01's BigCrush from 7 rounds (Salmon et al., SC'11).
+def _dropout_packed(seed, bh, rows, start_col, DROP_THRESHOLD, N_COLS: tl.constexpr):
+    # Keep decisions for query rows `rows` and key columns start_col + [0, N_COLS), start_col and N_COLS multiples
+    # of 32, packed 8 to a word: [len(rows), N_COLS // 8] int32. One Philox call per (row, group, batch*head)
+    # under the call's seed gives 4 x 32 random bits: eight 16-bit draws for the group's 8 columns. A draw is a
+    # function of (row, column) alone, so the forward, the backward and dropout_mask see the same mask whatever
+    # their tiling. Column c = 32a + 8n + 2q + h belongs to group 4a + q and takes bit 2n + h of its word: those
+    # are the 8 columns one thread holds in the tensor cores' accumulator layout (see _dropout_keep). Philox is
+    # integer work on the CUDA cores; one call per column made dropout cost more than the attention itself.
+    # 7 rounds, not the customary 10: Philox4x32 passes TestU01's BigCrush from 7 rounds (Salmon et al., SC'11).
     tl.static_assert(N_COLS % 32 == 0)
     R: tl.constexpr = rows.shape[0]
-    A: tl.constexpr = N_COLS // 32
-    a = start_col // 32 + tl.arange(0, A)
-    q = tl.arange(0, 4)
-    groups = a[:, None] * 4 + q[None, :]  # [A, 4]
-    r = tl.broadcast_to(rows[:, None, None], (R, A, 4))
-    g = tl.broadcast_to(groups[None, :, :], (R, A, 4))
+    G: tl.constexpr = N_COLS // 8
+    r = tl.broadcast_to(rows[:, None], (R, G))
+    g = tl.broadcast_to((start_col // 8 + tl.arange(0, G))[None, :], (R, G))
     zero = r * 0
     w0, w1, w2, w3 = tl.philox(seed, r, g, zero + bh, zero, n_rounds=7)
     packed = _keep_bits(w0, DROP_THRESHOLD, 0) | _keep_bits(w1, DROP_THRESHOLD, 2)
-    packed |= _keep_bits(w2, DROP_THRESHOLD, 4) | _keep_bits(w3, DROP_THRESHOLD, 6)  # [R, A, 4], bit 2n + h
+    return packed | _keep_bits(w2, DROP_THRESHOLD, 4) | _keep_bits(w3, DROP_THRESHOLD, 6)
+
+
+@triton.jit
+def _bit_of_column(N_COLS: tl.constexpr):
+    c = tl.arange(0, N_COLS)
+    return ((c // 8) % 4) * 2 + c % 2  # column 32a + 8n + 2q + h -> bit 2n + h of its group's word
+
+
+@triton.jit
+def _dropout_keep(seed, bh, rows, start_col, DROP_THRESHOLD, N_COLS: tl.constexpr):
+    # Keep-mask [len(rows), N_COLS] for a tile with query rows. The broadcast and reshape below put each word
+    # in the thread whose accumulator holds its 8 columns, so Triton lays it out with no shuffle between threads.
+    R: tl.constexpr = rows.shape[0]
+    A: tl.constexpr = N_COLS // 32
+    packed = tl.reshape(_dropout_packed(seed, bh, rows, start_col, DROP_THRESHOLD, N_COLS), (R, A, 4))
     spread = tl.broadcast_to(packed[:, :, None, :, None], (R, A, 4, 4, 2))  # [R, a, n, q, h]
     spread = tl.reshape(spread, (R, N_COLS))
-    c = tl.arange(0, N_COLS)
-    bit = ((c // 8) % 4) * 2 + c % 2
-    return ((spread >> bit[None, :]) & 1) != 0  # [R, N_COLS]
+    return ((spread >> _bit_of_column(N_COLS)[None, :]) & 1) != 0
+
+
+@triton.jit
+def _dropout_keep_t(seed, bh, rows, start_col, DROP_THRESHOLD, N_COLS: tl.constexpr):
+    # The same mask transposed, [N_COLS, len(rows)], for the dK/dV pass's tile (keys on rows). There a thread
+    # holds 2 of a word's 8 columns, so computing the words where they are used repeats each Philox call on 4
+    # threads. Instead each call runs once and the packed words (2 per thread) cross threads through shared
+    # memory. Triton's layout pass would otherwise recompute Philox in the consumer's layout to save that one
+    # shuffle; a sum over a size-1 axis is a reduction, which it does not recompute through.
+    R: tl.constexpr = rows.shape[0]
+    A: tl.constexpr = N_COLS // 32
+    packed = _dropout_packed(seed, bh, rows, start_col, DROP_THRESHOLD, N_COLS)
+    packed = tl.sum(packed[:, :, None], 2)  # [R, N_COLS // 8], unchanged; pins Philox to its own layout
+    packed = tl.reshape(tl.trans(packed), (A, 4, R))
+    spread = tl.broadcast_to(packed[:, None, :, None, :], (A, 4, 4, 2, R))  # [a, n, q, h, R]
+    spread = tl.reshape(spread, (N_COLS, R))
+    return ((spread >> _bit_of_column(N_COLS)[:, None]) & 1) != 0
 
 
 @triton.jit
@@ -266,7 +291,7 @@ def _attn_bwd_dkdv_inner(
             delta = tl.load(delta_ptrs + start_m)  # [BLOCK_M]
         dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_M]
         if DROPOUT:
-            keep = tl.trans(_dropout_keep(seed, bh, rows, start_n, DROP_THRESHOLD, BLOCK_N))  # [BLOCK_N, BLOCK_M]
+            keep = _dropout_keep_t(seed, bh, rows, start_n, DROP_THRESHOLD, BLOCK_N)  # [BLOCK_N, BLOCK_M]
             dv = tl.dot(tl.where(keep, pT * drop_scale, 0.0).to(do.dtype), do, dv, input_precision=DOT_PRECISION)
             dpT = tl.where(keep, dpT * drop_scale, 0.0)
         else:
