@@ -141,10 +141,10 @@ def _dropout_mask_kernel(Mask, SEED, T, DROP_THRESHOLD, BLOCK: tl.constexpr):
 
 @triton.jit
 def _attn_fwd_inner(
-    acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kt, stride_vt, k_desc, v_desc,
+    acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kt, stride_vt,
     offs_m, lo, hi, T, qk_scale, seed, bh, DROP_THRESHOLD,
     BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     # Sweeps key blocks [lo, hi). MASKED blocks may hold keys past T or (causal) after the query: they are loaded
     # under a bounds mask and their scores set to -inf; the blocks before them need neither.
@@ -152,9 +152,7 @@ def _attn_fwd_inner(
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         cols = start_n + offs_n
-        if TMA:
-            k = tl.trans(k_desc.load([start_n, 0]))  # [HEAD_DIM, BLOCK_N]; rows past T read as zero
-        elif MASKED:
+        if MASKED:
             k = tl.load(k_ptrs + start_n * stride_kt, mask=cols[None, :] < T, other=0.0)  # [HEAD_DIM, BLOCK_N]
         else:
             k = tl.load(k_ptrs + start_n * stride_kt)  # [HEAD_DIM, BLOCK_N]
@@ -174,9 +172,7 @@ def _attn_fwd_inner(
         if DROPOUT:
             keep = _dropout_keep(seed, bh, offs_m, start_n, DROP_THRESHOLD, BLOCK_N)
             p = tl.where(keep, p, 0.0)
-        if TMA:
-            v = v_desc.load([start_n, 0])  # [BLOCK_N, HEAD_DIM]
-        elif MASKED:
+        if MASKED:
             v = tl.load(v_ptrs + start_n * stride_vt, mask=cols[:, None] < T, other=0.0)  # [BLOCK_N, HEAD_DIM]
         else:
             v = tl.load(v_ptrs + start_n * stride_vt)  # [BLOCK_N, HEAD_DIM]
@@ -194,7 +190,7 @@ def _attn_fwd_kernel(
     stride_ob, stride_oh, stride_ot,
     H, T, qk_scale, DROP_THRESHOLD, drop_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
+    CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     # grid: (cdiv(T, BLOCK_M), B * H). Each program computes O and the log-sum-exp for query rows
     # [start_m, start_m + BLOCK_M) of one (batch, head), sweeping key blocks of BLOCK_N. BLOCK_M % BLOCK_N == 0.
@@ -213,12 +209,6 @@ def _attn_fwd_kernel(
     v_ptrs = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh + offs_n[:, None] * stride_vt + offs_d[None, :]
     q = tl.load(q_ptrs, mask=offs_m[:, None] < T, other=0.0)  # [BLOCK_M, HEAD_DIM]
     seed = tl.load(SEED) if DROPOUT else 0
-    if TMA:
-        k_desc = tl.make_tensor_descriptor(K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh, [T, HEAD_DIM], [stride_kt, 1], [BLOCK_N, HEAD_DIM])
-        v_desc = tl.make_tensor_descriptor(V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh, [T, HEAD_DIM], [stride_vt, 1], [BLOCK_N, HEAD_DIM])
-    else:
-        k_desc = 0
-        v_desc = 0
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -231,12 +221,12 @@ def _attn_fwd_kernel(
         full_end = (T // BLOCK_N) * BLOCK_N
         masked_end = T
     acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kt, stride_vt, k_desc, v_desc, offs_m, 0, full_end, T, qk_scale,
-        seed, bh, DROP_THRESHOLD, BLOCK_N, False, CAUSAL, DROPOUT, DOT_PRECISION, TMA,
+        acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kt, stride_vt, offs_m, 0, full_end, T, qk_scale,
+        seed, bh, DROP_THRESHOLD, BLOCK_N, False, CAUSAL, DROPOUT, DOT_PRECISION,
     )
     acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kt, stride_vt, k_desc, v_desc, offs_m, full_end, masked_end, T, qk_scale,
-        seed, bh, DROP_THRESHOLD, BLOCK_N, True, CAUSAL, DROPOUT, DOT_PRECISION, TMA,
+        acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kt, stride_vt, offs_m, full_end, masked_end, T, qk_scale,
+        seed, bh, DROP_THRESHOLD, BLOCK_N, True, CAUSAL, DROPOUT, DOT_PRECISION,
     )
 
     if DROPOUT:
@@ -271,10 +261,10 @@ def _attn_bwd_delta_kernel(
 
 @triton.jit
 def _attn_bwd_dkdv_inner(
-    dk, dv, k, v, q_ptrs, do_ptrs, q_desc, do_desc, lse_ptrs, delta_ptrs, stride_qt, stride_dot,
+    dk, dv, k, v, q_ptrs, do_ptrs, lse_ptrs, delta_ptrs, stride_qt, stride_dot,
     offs_n, start_n, lo, hi, T, qk_scale, seed, bh, DROP_THRESHOLD, drop_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL_MASK: tl.constexpr, BOUNDS: tl.constexpr, DROPOUT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     # Sweeps query blocks [lo, hi) for one key block, keys on rows so that dV += P^T dO and dK += dS^T Q are
     # plain dots. BOUNDS blocks may run past T: their rows load as zero with lse = +inf, so P is 0 there.
@@ -283,29 +273,21 @@ def _attn_bwd_dkdv_inner(
     for start_m in range(lo, hi, BLOCK_M):
         start_m = tl.multiple_of(start_m, BLOCK_M)
         rows = start_m + offs_m  # [BLOCK_M]
-        if TMA:
-            qT = tl.trans(q_desc.load([start_m, 0]))  # [HEAD_DIM, BLOCK_M]
-        elif BOUNDS:
-            qT = tl.load(q_ptrs + start_m * stride_qt, mask=rows[None, :] < T, other=0.0)  # [HEAD_DIM, BLOCK_M]
-        else:
-            qT = tl.load(q_ptrs + start_m * stride_qt)  # [HEAD_DIM, BLOCK_M]
         if BOUNDS:
+            qT = tl.load(q_ptrs + start_m * stride_qt, mask=rows[None, :] < T, other=0.0)  # [HEAD_DIM, BLOCK_M]
             lse = tl.load(lse_ptrs + start_m, mask=rows < T, other=float("inf"))  # [BLOCK_M]
         else:
+            qT = tl.load(q_ptrs + start_m * stride_qt)  # [HEAD_DIM, BLOCK_M]
             lse = tl.load(lse_ptrs + start_m)  # [BLOCK_M]
         sT = tl.dot(k, qT, input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_N, BLOCK_M]
         pT = tl.math.exp2(sT - lse[None, :])  # [BLOCK_N, BLOCK_M]
         if CAUSAL_MASK:
             pT = tl.where(rows[None, :] >= offs_n[:, None], pT, 0.0)
-        if TMA:
-            do = do_desc.load([start_m, 0])  # [BLOCK_M, HEAD_DIM]
-        elif BOUNDS:
-            do = tl.load(do_ptrs + start_m * stride_dot, mask=rows[:, None] < T, other=0.0)  # [BLOCK_M, HEAD_DIM]
-        else:
-            do = tl.load(do_ptrs + start_m * stride_dot)  # [BLOCK_M, HEAD_DIM]
         if BOUNDS:
+            do = tl.load(do_ptrs + start_m * stride_dot, mask=rows[:, None] < T, other=0.0)  # [BLOCK_M, HEAD_DIM]
             delta = tl.load(delta_ptrs + start_m, mask=rows < T, other=0.0)  # [BLOCK_M]
         else:
+            do = tl.load(do_ptrs + start_m * stride_dot)  # [BLOCK_M, HEAD_DIM]
             delta = tl.load(delta_ptrs + start_m)  # [BLOCK_M]
         dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_M]
         if DROPOUT:
@@ -321,20 +303,17 @@ def _attn_bwd_dkdv_inner(
 
 @triton.jit
 def _attn_bwd_dq_inner(
-    dq, q, do, lse, delta, k_ptrs, v_ptrs, k_desc, v_desc, stride_kt, stride_vt,
+    dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kt, stride_vt,
     offs_m, lo, hi, T, qk_scale, seed, bh, DROP_THRESHOLD, drop_scale,
     BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     # Sweeps key blocks [lo, hi) for one query block: dQ += dS K. MASKED as in the forward.
     offs_n = tl.arange(0, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         cols = start_n + offs_n
-        if TMA:
-            kT = tl.trans(k_desc.load([start_n, 0]))  # [HEAD_DIM, BLOCK_N]
-            vT = tl.trans(v_desc.load([start_n, 0]))  # [HEAD_DIM, BLOCK_N]
-        elif MASKED:
+        if MASKED:
             kT = tl.load(k_ptrs + start_n * stride_kt, mask=cols[None, :] < T, other=0.0)  # [HEAD_DIM, BLOCK_N]
             vT = tl.load(v_ptrs + start_n * stride_vt, mask=cols[None, :] < T, other=0.0)  # [HEAD_DIM, BLOCK_N]
         else:
@@ -368,7 +347,7 @@ def _attn_bwd_kernel(
     stride_dvb, stride_dvh, stride_dvt,
     H, T, qk_scale, sm_scale, DROP_THRESHOLD, drop_scale,
     HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, BLOCK_M1: tl.constexpr, BLOCK_N2: tl.constexpr,
-    CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
+    CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     # grid: (cdiv(T, BLOCK), B * H). Program j of a (batch, head) does two jobs, one after the other:
     #   1. dK, dV for key rows [j*BLOCK, (j+1)*BLOCK), sweeping the query blocks (of BLOCK_M1) that see them;
@@ -390,16 +369,6 @@ def _attn_bwd_kernel(
     lse_base = LSE + bh.to(tl.int64) * T
     delta_base = DELTA + bh.to(tl.int64) * T
     seed = tl.load(SEED) if DROPOUT else 0
-    if TMA:
-        q_desc = tl.make_tensor_descriptor(q_base, [T, HEAD_DIM], [stride_qt, 1], [BLOCK_M1, HEAD_DIM])
-        do_desc = tl.make_tensor_descriptor(do_base, [T, HEAD_DIM], [stride_dot, 1], [BLOCK_M1, HEAD_DIM])
-        k_desc = tl.make_tensor_descriptor(k_base, [T, HEAD_DIM], [stride_kt, 1], [BLOCK_N2, HEAD_DIM])
-        v_desc = tl.make_tensor_descriptor(v_base, [T, HEAD_DIM], [stride_vt, 1], [BLOCK_N2, HEAD_DIM])
-    else:
-        q_desc = 0
-        do_desc = 0
-        k_desc = 0
-        v_desc = 0
 
     # 1. dK, dV for this key block
     k = tl.load(k_base + offs[:, None] * stride_kt + offs_d[None, :], mask=in_bounds, other=0.0)  # [BLOCK, HEAD_DIM]
@@ -413,22 +382,22 @@ def _attn_bwd_kernel(
     if CAUSAL:
         # query blocks before this key block see none of it; the ones overlapping it need the causal mask
         dk, dv = _attn_bwd_dkdv_inner(
-            dk, dv, k, v, q_ptrs, do_ptrs, q_desc, do_desc, lse_base + offs_m1, delta_base + offs_m1, stride_qt, stride_dot, offs, start,
+            dk, dv, k, v, q_ptrs, do_ptrs, lse_base + offs_m1, delta_base + offs_m1, stride_qt, stride_dot, offs, start,
             start, start + BLOCK, T, qk_scale, seed, bh, DROP_THRESHOLD, drop_scale,
-            BLOCK_M1, BLOCK, True, True, DROPOUT, DOT_PRECISION, TMA,
+            BLOCK_M1, BLOCK, True, True, DROPOUT, DOT_PRECISION,
         )
         lo = start + BLOCK
     else:
         lo = 0
     dk, dv = _attn_bwd_dkdv_inner(
-        dk, dv, k, v, q_ptrs, do_ptrs, q_desc, do_desc, lse_base + offs_m1, delta_base + offs_m1, stride_qt, stride_dot, offs, start,
+        dk, dv, k, v, q_ptrs, do_ptrs, lse_base + offs_m1, delta_base + offs_m1, stride_qt, stride_dot, offs, start,
         lo, full_rows_end, T, qk_scale, seed, bh, DROP_THRESHOLD, drop_scale,
-        BLOCK_M1, BLOCK, False, False, DROPOUT, DOT_PRECISION, TMA,
+        BLOCK_M1, BLOCK, False, False, DROPOUT, DOT_PRECISION,
     )
     dk, dv = _attn_bwd_dkdv_inner(
-        dk, dv, k, v, q_ptrs, do_ptrs, q_desc, do_desc, lse_base + offs_m1, delta_base + offs_m1, stride_qt, stride_dot, offs, start,
+        dk, dv, k, v, q_ptrs, do_ptrs, lse_base + offs_m1, delta_base + offs_m1, stride_qt, stride_dot, offs, start,
         tl.maximum(lo, full_rows_end), T, T, qk_scale, seed, bh, DROP_THRESHOLD, drop_scale,
-        BLOCK_M1, BLOCK, False, True, DROPOUT, DOT_PRECISION, TMA,
+        BLOCK_M1, BLOCK, False, True, DROPOUT, DOT_PRECISION,
     )
     dk = dk * sm_scale  # S = scale * Q K^T, so dK = scale * dS^T Q
     dk_ptrs = DK + b.to(tl.int64) * stride_dkb + h.to(tl.int64) * stride_dkh + offs[:, None] * stride_dkt + offs_d[None, :]
@@ -452,12 +421,12 @@ def _attn_bwd_kernel(
         full_end = (T // BLOCK_N2) * BLOCK_N2
         masked_end = T
     dq = _attn_bwd_dq_inner(
-        dq, q, do, lse, delta, k_ptrs, v_ptrs, k_desc, v_desc, stride_kt, stride_vt, offs, 0, full_end, T, qk_scale,
-        seed, bh, DROP_THRESHOLD, drop_scale, BLOCK_N2, False, CAUSAL, DROPOUT, DOT_PRECISION, TMA,
+        dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kt, stride_vt, offs, 0, full_end, T, qk_scale,
+        seed, bh, DROP_THRESHOLD, drop_scale, BLOCK_N2, False, CAUSAL, DROPOUT, DOT_PRECISION,
     )
     dq = _attn_bwd_dq_inner(
-        dq, q, do, lse, delta, k_ptrs, v_ptrs, k_desc, v_desc, stride_kt, stride_vt, offs, full_end, masked_end, T, qk_scale,
-        seed, bh, DROP_THRESHOLD, drop_scale, BLOCK_N2, True, CAUSAL, DROPOUT, DOT_PRECISION, TMA,
+        dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kt, stride_vt, offs, full_end, masked_end, T, qk_scale,
+        seed, bh, DROP_THRESHOLD, drop_scale, BLOCK_N2, True, CAUSAL, DROPOUT, DOT_PRECISION,
     )
     dq = dq * sm_scale
     dq_ptrs = DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh + offs[:, None] * stride_dqt + offs_d[None, :]
@@ -510,17 +479,6 @@ def _empty_grad(t: torch.Tensor) -> torch.Tensor:
     return _empty_bhtd(*t.shape, like=t)
 
 
-def _use_tma(*ts: torch.Tensor) -> bool:
-    # Hopper's tensor memory accelerator: 16-byte aligned bases and row strides
-    if os.environ.get("FLASHGPT_NO_TMA") or ts[0].device.type != "cuda" or torch.cuda.get_device_capability(ts[0].device)[0] < 9:
-        return False
-    return all(t.data_ptr() % 16 == 0 and all((s * t.element_size()) % 16 == 0 for s in t.stride()[:-1]) for t in ts)
-
-
-def _tma_scratch(size: int, alignment: int, stream):
-    return torch.empty(size, dtype=torch.int8, device="cuda")
-
-
 def _drop_threshold(dropout_p: float) -> int:
     return int(round(dropout_p * (1 << DROPOUT_BITS)))
 
@@ -530,9 +488,6 @@ def _attn_fwd(q, k, v, seed, causal, softmax_scale, dropout_p):
     o = _empty_bhtd(B, H, T, D, q)
     lse = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
     BLOCK_M, BLOCK_N, num_warps, num_stages = _fwd_config(D, T, q.dtype)
-    tma = _use_tma(q, k, v)
-    if tma:
-        triton.set_allocator(_tma_scratch)
     grid = (triton.cdiv(T, BLOCK_M), B * H)
     _attn_fwd_kernel[grid](
         q, k, v, o, lse, seed if seed is not None else lse,  # without dropout the seed is never read
@@ -542,7 +497,7 @@ def _attn_fwd(q, k, v, seed, causal, softmax_scale, dropout_p):
         o.stride(0), o.stride(1), o.stride(2),
         H, T, softmax_scale * LOG2E, _drop_threshold(dropout_p), 1.0 / (1.0 - dropout_p),
         HEAD_DIM=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, CAUSAL=causal, DROPOUT=dropout_p > 0,
-        DOT_PRECISION=_dot_precision(q.dtype), TMA=tma, num_warps=num_warps, num_stages=num_stages,
+        DOT_PRECISION=_dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages,
     )
     return o, lse
 
@@ -560,9 +515,6 @@ def _attn_bwd(do, q, k, v, o, lse, seed, causal, softmax_scale, dropout_p):
         H, T, HEAD_DIM=D, BLOCK_M=64,
     )
     BLOCK, BLOCK_M1, BLOCK_N2, num_warps, num_stages = _bwd_config(D, T, q.dtype)
-    tma = bool(os.environ.get("FLASHGPT_BWD_TMA")) and _use_tma(q, k, v, do)
-    if tma:
-        triton.set_allocator(_tma_scratch)
     _attn_bwd_kernel[(triton.cdiv(T, BLOCK), B * H)](
         q, k, v, do, dq, dk, dv, lse, delta, seed if seed is not None else lse,
         q.stride(0), q.stride(1), q.stride(2),
@@ -574,7 +526,7 @@ def _attn_bwd(do, q, k, v, o, lse, seed, causal, softmax_scale, dropout_p):
         dv.stride(0), dv.stride(1), dv.stride(2),
         H, T, softmax_scale * LOG2E, softmax_scale, _drop_threshold(dropout_p), 1.0 / (1.0 - dropout_p),
         HEAD_DIM=D, BLOCK=BLOCK, BLOCK_M1=BLOCK_M1, BLOCK_N2=BLOCK_N2, CAUSAL=causal, DROPOUT=dropout_p > 0,
-        DOT_PRECISION=_dot_precision(q.dtype), TMA=tma, num_warps=num_warps, num_stages=num_stages,
+        DOT_PRECISION=_dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages,
     )
     return dq, dk, dv
 
