@@ -447,9 +447,9 @@ def _fwd_config(D: int, T: int, dtype: torch.dtype) -> tuple[int, int, int, int]
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) for the forward."""
     if dtype == torch.float32:
         return 64, 32, 4, 2
-    if T <= (1024 if D <= 64 else 2048):  # short rows: smaller query blocks give more programs to fill 132 SMs
+    if T <= (4096 if D <= 64 else 2048):  # short rows: smaller query blocks give more programs to fill 132 SMs
         return 64, 64, 4, 3
-    return 128, 64, 8, 4
+    return 128, 64, 8, 3
 
 
 def _bwd_config(D: int, T: int, dtype: torch.dtype) -> tuple[int, int, int, int, int]:
