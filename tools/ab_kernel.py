@@ -4,9 +4,10 @@ that a change's effect is measured against its own baseline in the same run. A d
 BENCHMARKS.md's notes come from it.
 
     git show <rev>:flash_kernel.py > /tmp/old_flash_kernel.py
-    python tools/ab_kernel.py /tmp/old_flash_kernel.py
+    python tools/ab_kernel.py /tmp/old_flash_kernel.py [--sweep]
 
-Times the launchers (_attn_fwd, _attn_bwd) with do_bench, median ms, bf16 causal, dropout off and at 0.2.
+Times the launchers (_attn_fwd, _attn_bwd) with do_bench, median ms, bf16 causal, dropout off and at 0.2; with
+--sweep, dropout off over bench.py's sweep (B*T = 16384, hidden 2048, T = 512 ... 16384) instead.
 """
 import importlib.util
 import os
@@ -20,6 +21,7 @@ import triton  # noqa: E402
 import flash_kernel as new  # noqa: E402
 
 SHAPES = [(64, 6, 256, 64), (12, 12, 1024, 64), (4, 32, 4096, 64), (1, 32, 16384, 64), (4, 16, 4096, 128), (1, 16, 16384, 128)]
+SWEEP = [(16384 // T, 2048 // D, T, D) for D in (64, 128) for T in (512, 1024, 2048, 4096, 8192, 16384)]
 
 
 def load_old(path):
@@ -46,11 +48,12 @@ def time_ms(fk, B, H, T, D, p):
 
 
 old = load_old(sys.argv[1])
+sweep = "--sweep" in sys.argv[2:]
 print(f"{torch.cuda.get_device_name()} | triton {triton.__version__} | bf16 causal | median ms, old -> new (new/old speed)")
 print("| B,H,T,D | dropout | fwd old | fwd new | fwd speedup | bwd old | bwd new | bwd speedup |")
 print("|---|---|---|---|---|---|---|---|")
-for B, H, T, D in SHAPES:
-    for p in (0.0, 0.2):
+for B, H, T, D in SWEEP if sweep else SHAPES:
+    for p in (0.0,) if sweep else (0.0, 0.2):
         fo, bo = time_ms(old, B, H, T, D, p)
         fn, bn = time_ms(new, B, H, T, D, p)
         print(f"| {B},{H},{T},{D} | {p} | {fo:.3f} | {fn:.3f} | {fo / fn:.2f}x | {bo:.3f} | {bn:.3f} | {bo / bn:.2f}x |", flush=True)
