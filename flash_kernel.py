@@ -114,9 +114,10 @@ def _dropout_keep(seed, bh, rows, start_col, DROP_THRESHOLD, N_COLS: tl.constexp
 def _dropout_keep_t(seed, bh, rows, start_col, DROP_THRESHOLD, N_COLS: tl.constexpr):
     # The same mask transposed, [N_COLS, len(rows)], for the dK/dV pass's tile (keys on rows). There a thread
     # holds 2 of a word's 8 columns, so computing the words where they are used repeats each Philox call on 4
-    # threads. Instead each call runs once and the packed words (2 per thread) cross threads through shared
-    # memory. Triton's layout pass would otherwise recompute Philox in the consumer's layout to save that one
-    # shuffle; a sum over a size-1 axis is a reduction, which it does not recompute through.
+    # threads. Instead each call runs once and the packed words (2 per thread in the shipped tile) cross
+    # threads through shared memory. Triton's layout pass would otherwise recompute Philox in the consumer's
+    # layout to save that one shuffle; a sum over a size-1 axis is a reduction, which it does not recompute
+    # through (BENCHMARKS.md, note 11).
     R: tl.constexpr = rows.shape[0]
     A: tl.constexpr = N_COLS // 32
     packed = _dropout_packed(seed, bh, rows, start_col, DROP_THRESHOLD, N_COLS)
