@@ -1,0 +1,75 @@
+"""
+Compile the attention kernels for an H100 (sm_90) on any machine, GPU or not, and count what the notes in
+BENCHMARKS.md talk about: layout conversions in the TTGIR, shared-memory traffic, the Philox multiplies (mul.hi)
+and wgmma waits in the PTX. A developer's tool for checking a layout change before spending GPU time on it.
+
+    python tools/compile_sm90.py [--head-dim 64] [--dump DIR]
+
+Uses the shipped tile configurations for bf16 at T=4096 (the forward's and the backward's), with and without
+dropout. Needs triton's NVIDIA backend, which bundles ptxas; no GPU and no CUDA driver.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+import flash_kernel as fk  # noqa: E402
+
+POINTERS = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "O": "*bf16", "DO": "*bf16", "DQ": "*bf16", "DK": "*bf16",
+            "DV": "*bf16", "LSE": "*fp32", "DELTA": "*fp32", "SEED": "*i64"}
+FLOATS = ("qk_scale", "sm_scale", "drop_scale")
+
+
+def compile_sm90(kernel, constants, num_warps, num_stages):
+    names = kernel.arg_names
+    signature = {}
+    for name in names:
+        if name in constants:
+            signature[name] = "constexpr"
+        elif name in POINTERS:
+            signature[name] = POINTERS[name]
+        else:
+            signature[name] = "fp32" if name in FLOATS else "i32"
+    src = ASTSource(kernel, signature, {(names.index(k),): v for k, v in constants.items()})
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps, num_stages=num_stages))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--dump", help="also write each variant's TTGIR and PTX to this folder")
+    args = parser.parse_args()
+    D, T = args.head_dim, 4096
+    BLOCK_M, BLOCK_N, fwd_warps, fwd_stages = fk._fwd_config(D, T, torch.bfloat16)
+    BLOCK, BLOCK_M1, BLOCK_N2, bwd_warps, bwd_stages = fk._bwd_config(D, T, torch.bfloat16)
+    print(f"sm_90, triton {triton.__version__}, bf16, head dim {D}, tiles for T={T}")
+    print("| kernel | dropout | convert_layout | st.shared | ld.shared | mul.hi | wgmma.wait_group | shared bytes |")
+    print("|---|---|---|---|---|---|---|---|")
+    for dropout in (False, True):
+        common = dict(HEAD_DIM=D, CAUSAL=True, DROPOUT=dropout, DOT_PRECISION="tf32")
+        variants = [
+            ("forward", fk._attn_fwd_kernel, dict(common, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N), fwd_warps, fwd_stages),
+            ("backward", fk._attn_bwd_kernel, dict(common, BLOCK=BLOCK, BLOCK_M1=BLOCK_M1, BLOCK_N2=BLOCK_N2),
+             bwd_warps, bwd_stages),
+        ]
+        for name, kernel, constants, warps, stages in variants:
+            compiled = compile_sm90(kernel, constants, warps, stages)
+            ttgir, ptx = compiled.asm["ttgir"], compiled.asm["ptx"]
+            counts = [ttgir.count("ttg.convert_layout"), ptx.count("st.shared"), ptx.count("ld.shared"),
+                      ptx.count("mul.hi."), ptx.count("wgmma.wait_group")]
+            print(f"| {name} | {dropout} | " + " | ".join(map(str, counts)) + f" | {compiled.metadata.shared} |")
+            if args.dump:
+                os.makedirs(args.dump, exist_ok=True)
+                for ext, text in (("ttgir", ttgir), ("ptx", ptx)):
+                    with open(os.path.join(args.dump, f"{name}_dropout{int(dropout)}.{ext}"), "w") as f:
+                        f.write(text)
+
+
+if __name__ == "__main__":
+    main()
