@@ -141,6 +141,16 @@ def _dropout_mask_kernel(Mask, SEED, T, DROP_THRESHOLD, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _key_blocks(start_m, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, T, CAUSAL: tl.constexpr):
+    # (full_end, masked_end) for query rows [start_m, start_m + BLOCK_M): key blocks in [0, full_end) need no
+    # mask, those in [full_end, masked_end) do. Causal: the keys before the row block are all visible and < T,
+    # the diagonal block is masked. Otherwise only the ragged tail past the last whole block is.
+    if CAUSAL:
+        return start_m, tl.minimum(start_m + BLOCK_M, T)
+    return (T // BLOCK_N) * BLOCK_N, T
+
+
+@triton.jit
 def _attn_fwd_inner(
     acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kt, stride_vt,
     offs_m, lo, hi, T, qk_scale, seed, bh, DROP_THRESHOLD,
@@ -214,13 +224,7 @@ def _attn_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    if CAUSAL:
-        # keys before this row block are all visible and all < T; the diagonal block needs the mask
-        full_end = start_m
-        masked_end = tl.minimum(start_m + BLOCK_M, T)
-    else:
-        full_end = (T // BLOCK_N) * BLOCK_N
-        masked_end = T
+    full_end, masked_end = _key_blocks(start_m, BLOCK_M, BLOCK_N, T, CAUSAL)
     acc, l_i, m_i = _attn_fwd_inner(
         acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kt, stride_vt, offs_m, 0, full_end, T, qk_scale,
         seed, bh, DROP_THRESHOLD, BLOCK_N, False, CAUSAL, DROPOUT, DOT_PRECISION,
@@ -415,12 +419,7 @@ def _attn_bwd_kernel(
     k_ptrs = k_base + offs_n2[None, :] * stride_kt + offs_d[:, None]  # [HEAD_DIM, BLOCK_N2]
     v_ptrs = v_base + offs_n2[None, :] * stride_vt + offs_d[:, None]  # [HEAD_DIM, BLOCK_N2]
     dq = tl.zeros([BLOCK, HEAD_DIM], dtype=tl.float32)
-    if CAUSAL:
-        full_end = start
-        masked_end = tl.minimum(start + BLOCK, T)
-    else:
-        full_end = (T // BLOCK_N2) * BLOCK_N2
-        masked_end = T
+    full_end, masked_end = _key_blocks(start, BLOCK, BLOCK_N2, T, CAUSAL)
     dq = _attn_bwd_dq_inner(
         dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kt, stride_vt, offs, 0, full_end, T, qk_scale,
         seed, bh, DROP_THRESHOLD, drop_scale, BLOCK_N2, False, CAUSAL, DROPOUT, DOT_PRECISION,

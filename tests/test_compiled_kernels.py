@@ -13,12 +13,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def counts():
+    pytest.importorskip("triton.backends.nvidia.compiler", reason="this triton has no NVIDIA backend to compile with")
     # A subprocess without TRITON_INTERPRET: under the interpreter the kernels are not compilable objects.
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     run = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "compile_sm90.py")], env=env,
                          capture_output=True, text=True, timeout=600)
-    if run.returncode != 0 and "ptxas" in run.stderr.lower():
-        pytest.skip("this triton install cannot compile for sm_90 (no ptxas)")
     assert run.returncode == 0, run.stderr[-3000:]
     rows = {}
     for line in run.stdout.splitlines():
