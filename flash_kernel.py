@@ -25,6 +25,7 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -438,9 +439,9 @@ def _attn_bwd_kernel(
 
 
 # Block shapes, warps and pipeline stages, picked per head dim and length from tools/tune_blocks.py sweeps on an
-# H100 (bf16; BENCHMARKS.md has the runs). The tiles stay within ~100 KB of shared memory, so they also launch on
-# an A100 or a consumer card, only untuned there. fp32 takes small tiles: 4-byte elements and FMA (not tensor
-# core) dots.
+# H100 (bf16; BENCHMARKS.md has the runs). fp32 takes small tiles: 4-byte elements and FMA (not tensor core) dots.
+# On an H100 the tiles need up to 128 KB of shared memory (its limit is 227 KB per block); a GPU with less, such as
+# an RTX 3090 or 4090 (99 KB), gets smaller ones from _launch_fitting.
 
 
 def _fwd_config(D: int, T: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
@@ -458,6 +459,40 @@ def _bwd_config(D: int, T: int, dtype: torch.dtype) -> tuple[int, int, int, int,
         return 64, 32, 32, 4, 2
     # best or within 2% of the best at every swept shape, D=64 and 128, T=256 to 16384
     return 64, 32, 64, 4, 2
+
+
+def _smaller(config: tuple) -> Optional[tuple]:
+    """The next configuration to try on a GPU that cannot run `config`: one pipeline stage fewer, then (at one
+    stage, four warps) every block size that equals the largest halved, down to 16 (tl.dot's smallest). The
+    block sizes are powers of two, so the kernels' divisibility rules (BLOCK_M % BLOCK_N, BLOCK % BLOCK_M1,
+    BLOCK % BLOCK_N2) still hold. None when nothing smaller is left."""
+    *blocks, num_warps, num_stages = config
+    if num_stages > 1:
+        return (*blocks, num_warps, num_stages - 1)
+    largest = max(blocks)
+    if largest <= 16:
+        return None
+    return (*[b // 2 if b == largest else b for b in blocks], 4, 1)
+
+
+# (kernel, device, dtype, head dim, dropout, tuned config) -> the configuration that this GPU runs
+_FITTING: dict = {}
+
+
+def _launch_fitting(launch, config: tuple, key: tuple) -> None:
+    # Triton raises OutOfResources before launching a kernel that needs more shared memory (or threads) than the
+    # GPU has, so stepping down is safe; the step is remembered, and later calls go straight to what fits.
+    key = (*key, config)
+    config = _FITTING.get(key, config)
+    while True:
+        try:
+            launch(*config)
+            return
+        except OutOfResources:
+            smaller = _smaller(config)
+            if smaller is None:
+                raise
+            config = _FITTING[key] = smaller
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -487,18 +522,20 @@ def _attn_fwd(q, k, v, seed, causal, softmax_scale, dropout_p):
     B, H, T, D = q.shape
     o = _empty_bhtd(B, H, T, D, q)
     lse = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
-    BLOCK_M, BLOCK_N, num_warps, num_stages = _fwd_config(D, T, q.dtype)
-    grid = (triton.cdiv(T, BLOCK_M), B * H)
-    _attn_fwd_kernel[grid](
-        q, k, v, o, lse, seed if seed is not None else lse,  # without dropout the seed is never read
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        o.stride(0), o.stride(1), o.stride(2),
-        H, T, softmax_scale * LOG2E, _drop_threshold(dropout_p), 1.0 / (1.0 - dropout_p),
-        HEAD_DIM=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, CAUSAL=causal, DROPOUT=dropout_p > 0,
-        DOT_PRECISION=_dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages,
-    )
+
+    def launch(BLOCK_M, BLOCK_N, num_warps, num_stages):
+        _attn_fwd_kernel[(triton.cdiv(T, BLOCK_M), B * H)](
+            q, k, v, o, lse, seed if seed is not None else lse,  # without dropout the seed is never read
+            q.stride(0), q.stride(1), q.stride(2),
+            k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2),
+            o.stride(0), o.stride(1), o.stride(2),
+            H, T, softmax_scale * LOG2E, _drop_threshold(dropout_p), 1.0 / (1.0 - dropout_p),
+            HEAD_DIM=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, CAUSAL=causal, DROPOUT=dropout_p > 0,
+            DOT_PRECISION=_dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages,
+        )
+
+    _launch_fitting(launch, _fwd_config(D, T, q.dtype), ("fwd", q.device, q.dtype, D, dropout_p > 0))
     return o, lse
 
 
@@ -514,20 +551,23 @@ def _attn_bwd(do, q, k, v, o, lse, seed, causal, softmax_scale, dropout_p):
         do.stride(0), do.stride(1), do.stride(2),
         H, T, HEAD_DIM=D, BLOCK_M=64,
     )
-    BLOCK, BLOCK_M1, BLOCK_N2, num_warps, num_stages = _bwd_config(D, T, q.dtype)
-    _attn_bwd_kernel[(triton.cdiv(T, BLOCK), B * H)](
-        q, k, v, do, dq, dk, dv, lse, delta, seed if seed is not None else lse,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        do.stride(0), do.stride(1), do.stride(2),
-        dq.stride(0), dq.stride(1), dq.stride(2),
-        dk.stride(0), dk.stride(1), dk.stride(2),
-        dv.stride(0), dv.stride(1), dv.stride(2),
-        H, T, softmax_scale * LOG2E, softmax_scale, _drop_threshold(dropout_p), 1.0 / (1.0 - dropout_p),
-        HEAD_DIM=D, BLOCK=BLOCK, BLOCK_M1=BLOCK_M1, BLOCK_N2=BLOCK_N2, CAUSAL=causal, DROPOUT=dropout_p > 0,
-        DOT_PRECISION=_dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages,
-    )
+
+    def launch(BLOCK, BLOCK_M1, BLOCK_N2, num_warps, num_stages):
+        _attn_bwd_kernel[(triton.cdiv(T, BLOCK), B * H)](
+            q, k, v, do, dq, dk, dv, lse, delta, seed if seed is not None else lse,
+            q.stride(0), q.stride(1), q.stride(2),
+            k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2),
+            do.stride(0), do.stride(1), do.stride(2),
+            dq.stride(0), dq.stride(1), dq.stride(2),
+            dk.stride(0), dk.stride(1), dk.stride(2),
+            dv.stride(0), dv.stride(1), dv.stride(2),
+            H, T, softmax_scale * LOG2E, softmax_scale, _drop_threshold(dropout_p), 1.0 / (1.0 - dropout_p),
+            HEAD_DIM=D, BLOCK=BLOCK, BLOCK_M1=BLOCK_M1, BLOCK_N2=BLOCK_N2, CAUSAL=causal, DROPOUT=dropout_p > 0,
+            DOT_PRECISION=_dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages,
+        )
+
+    _launch_fitting(launch, _bwd_config(D, T, q.dtype), ("bwd", q.device, q.dtype, D, dropout_p > 0))
     return dq, dk, dv
 
 

@@ -1,6 +1,7 @@
 """
-What the kernels compile to on an H100 (sm_90), checked without a GPU through tools/compile_sm90.py: properties
-that speed depends on and that a timing test could not pin down.
+What the kernels compile to on NVIDIA GPUs, checked without a GPU through tools/compile_sm90.py and
+tools/shared_memory.py: properties that speed depends on and that a timing test could not pin down, and the
+shared memory that decides whether a kernel launches at all.
 """
 import os
 import subprocess
@@ -11,14 +12,19 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
-def counts():
+def _tool(name, *args):
     pytest.importorskip("triton.backends.nvidia.compiler", reason="this triton has no NVIDIA backend to compile with")
     # A subprocess without TRITON_INTERPRET: under the interpreter the kernels are not compilable objects.
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "compile_sm90.py")], env=env,
-                         capture_output=True, text=True, timeout=600)
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "tools", name), *args], env=env,
+                         capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
+@pytest.fixture(scope="module")
+def counts():
+    run = _tool("compile_sm90.py")
     rows = {}
     for line in run.stdout.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
@@ -48,3 +54,35 @@ def test_backward_draws_each_philox_word_once(counts):
 def test_forward_dropout_needs_no_shuffle(counts):
     # The forward's mask words land in the threads that use them: dropout adds no layout conversion
     assert counts[("forward", True)]["convert_layout"] == counts[("forward", False)]["convert_layout"]
+
+
+@pytest.fixture(scope="module")
+def shared_rows():
+    # Head dim 128 at T=16384 takes the largest tiles of each dtype. sm_90 is the H100, sm_86 an RTX 30xx (the
+    # RTX 40xx, sm_89, has the same 99 KB). ~2 minutes of compiling on a CI machine's CPU.
+    run = _tool("shared_memory.py", "--archs", "90,86", "--dtypes", "bf16,fp32", "--head-dims", "128",
+                "--lengths", "16384")
+    rows = []
+    for line in run.stdout.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 9 and cells[0].startswith("sm_"):
+            rows.append(dict(arch=cells[0], limit=int(cells[1]), dtype=cells[2], kind=cells[5], tuned=cells[6],
+                             runs=cells[7], shared=int(cells[8])))
+    assert len(rows) == 8, run.stdout
+    return rows
+
+
+def test_h100_runs_the_tuned_tiles(shared_rows):
+    # The tiles BENCHMARKS.md measured are the ones an H100 launches: no step-down on sm_90
+    for row in shared_rows:
+        if row["arch"] == "sm_90":
+            assert row["runs"] == row["tuned"], row
+            assert row["shared"] <= row["limit"], row
+
+
+def test_smaller_gpus_get_tiles_that_fit(shared_rows):
+    # On a 99 KB GPU the H100's fp32 backward tiles (104 KB) do not fit; _launch_fitting must step down to tiles
+    # that do, and leave the ones that fit alone.
+    for row in shared_rows:
+        if row["arch"] == "sm_86":
+            assert row["shared"] <= row["limit"], row

@@ -289,6 +289,80 @@ def test_cpu_tensors_without_interpreter(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# GPUs with less shared memory than an H100: the launchers step down from the tuned tiles
+
+
+def _step_downs(config):
+    chain = [config]
+    while (smaller := flash_kernel._smaller(chain[-1])) is not None:
+        chain.append(smaller)
+    return chain
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("T", [256, 2048, 16384])
+@pytest.mark.parametrize("D", HEAD_DIMS)
+def test_step_downs_keep_the_kernels_block_rules(D, T, dtype):
+    fwd = _step_downs(flash_kernel._fwd_config(D, T, dtype))
+    bwd = _step_downs(flash_kernel._bwd_config(D, T, dtype))
+    for BLOCK_M, BLOCK_N, warps, stages in fwd:
+        assert BLOCK_M % BLOCK_N == 0 and BLOCK_N >= 16 and stages >= 1
+    for BLOCK, BLOCK_M1, BLOCK_N2, warps, stages in bwd:
+        assert BLOCK % BLOCK_M1 == 0 and BLOCK % BLOCK_N2 == 0 and min(BLOCK_M1, BLOCK_N2) >= 16 and stages >= 1
+    # each chain ends at the smallest tiles tl.dot takes, one stage
+    assert fwd[-1] == (16, 16, 4, 1) and bwd[-1] == (16, 16, 16, 4, 1)
+
+
+def test_launch_steps_down_until_it_fits_and_remembers(monkeypatch):
+    monkeypatch.setattr(flash_kernel, "_FITTING", {})
+    tried = []
+
+    def launch(*config):  # a GPU on which only 1-stage tiles of at most 32 rows fit
+        tried.append(config)
+        if config[-1] > 1 or config[0] > 32:
+            raise flash_kernel.OutOfResources(1, 0, "shared memory")
+
+    flash_kernel._launch_fitting(launch, (128, 64, 8, 3), ("fwd", "gpu0"))
+    assert tried == [(128, 64, 8, 3), (128, 64, 8, 2), (128, 64, 8, 1), (64, 64, 4, 1), (32, 32, 4, 1)]
+    tried.clear()
+    flash_kernel._launch_fitting(launch, (128, 64, 8, 3), ("fwd", "gpu0"))
+    assert tried == [(32, 32, 4, 1)]  # the next call goes straight to what fits
+
+    def never(*config):
+        raise flash_kernel.OutOfResources(1, 0, "shared memory")
+
+    with pytest.raises(flash_kernel.OutOfResources):
+        flash_kernel._launch_fitting(never, (32, 16, 4, 1), ("fwd", "gpu1"))
+
+
+def test_stepped_down_kernels_still_match_reference(monkeypatch):
+    # The real kernels on a GPU that refuses the tuned tiles: every launch with more than one pipeline stage or
+    # blocks over 32 raises as Triton does, so both launchers run step-down tiles end to end.
+    monkeypatch.setattr(flash_kernel, "_FITTING", {})
+    for name in ("_attn_fwd_kernel", "_attn_bwd_kernel"):
+        real = getattr(flash_kernel, name)
+
+        class Refusing:
+            def __init__(self, real):
+                self.real = real
+
+            def __getitem__(self, grid):
+                def run(*args, num_stages, **kwargs):
+                    blocks = [v for k, v in kwargs.items() if k.startswith("BLOCK")]
+                    if num_stages > 1 or max(blocks) > 32:
+                        raise flash_kernel.OutOfResources(1, 0, "shared memory")
+                    return self.real[grid](*args, num_stages=num_stages, **kwargs)
+                return run
+
+        monkeypatch.setattr(flash_kernel, name, Refusing(real))
+    q, k, v = qkv_like_the_model(1, 2, 100, 32, torch.float32)
+    do = torch.randn(q.shape, device=q.device)
+    assert_close(ours_fwd_bwd(q, k, v, do, causal=True), ref_fwd_bwd(q, k, v, do, causal=True), torch.float32,
+                 "stepped-down tiles")
+    assert {config[-1] for config in flash_kernel._FITTING.values()} == {1}
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # GPU: bf16 at the model's shapes and long sequences, against the reference and against PyTorch's own error
 
 # (B, H, T, D): the char model, the GPT-2 124M shape, and long sequences at the FlashAttention-2 sweep's widths

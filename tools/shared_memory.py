@@ -1,0 +1,82 @@
+"""
+Which tiles each NVIDIA GPU generation runs, and the shared memory they take, found by compiling the kernels for
+it on any machine (no GPU needed). flash_kernel._launch_fitting steps down from the H100-tuned tiles when Triton
+says a kernel does not fit the GPU; this tool replays that step-down with the compiler's own numbers.
+
+    python tools/shared_memory.py [--archs 80,86,90] [--dtypes bf16,fp32] [--head-dims 64,128] [--lengths 1024,16384]
+
+Prints a table: arch, its shared-memory limit per block, dtype, head dim, T, kernel, the tuned config, the config
+it runs and the shared memory that one takes. fp16 takes what bf16 takes, and sm_89 (RTX 40xx) what sm_86 does.
+Each configuration takes a few seconds to compile on a CPU.
+"""
+import argparse
+import functools
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+from triton.runtime.errors import OutOfResources  # noqa: E402
+
+import flash_kernel as fk  # noqa: E402
+from compile_sm90 import compile_sm90  # noqa: E402
+
+# Shared memory a block can opt in to (CUDA C++ Programming Guide, compute capabilities table): A100, RTX 30xx,
+# RTX 40xx, H100. Triton refuses to launch a kernel that needs more.
+LIMITS = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@functools.lru_cache(maxsize=None)
+def shared_bytes(kind, config, arch, dtype, D):
+    common = dict(HEAD_DIM=D, CAUSAL=True, DROPOUT=False, DOT_PRECISION="ieee" if dtype == "fp32" else "tf32")
+    if kind == "fwd":
+        BLOCK_M, BLOCK_N, warps, stages = config
+        compiled = compile_sm90(fk._attn_fwd_kernel, dict(common, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N), warps, stages,
+                                arch=arch, dtype=dtype)
+    else:
+        BLOCK, BLOCK_M1, BLOCK_N2, warps, stages = config
+        compiled = compile_sm90(fk._attn_bwd_kernel, dict(common, BLOCK=BLOCK, BLOCK_M1=BLOCK_M1, BLOCK_N2=BLOCK_N2),
+                                warps, stages, arch=arch, dtype=dtype)
+    return compiled.metadata.shared
+
+
+def fitted(kind, tuned, arch, dtype, D):
+    """The config _launch_fitting settles on for this GPU, found with a launch that only compiles."""
+    chosen = []
+
+    def launch(*config):
+        need = shared_bytes(kind, config, arch, dtype, D)
+        if need > LIMITS[arch]:
+            raise OutOfResources(need, LIMITS[arch], "shared memory")
+        chosen.append(config)
+
+    fk._launch_fitting(launch, tuned, (kind, f"sm_{arch}", dtype, D, False))
+    return chosen[0]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--archs", default="80,86,90", help=f"compute capabilities, of {sorted(LIMITS)}")
+    parser.add_argument("--dtypes", default="bf16,fp32", help=f"of {list(DTYPES)}")
+    parser.add_argument("--head-dims", default="64,128")
+    parser.add_argument("--lengths", default="1024,16384", help="T; the tuned tiles change with it")
+    args = parser.parse_args()
+    print("| arch | limit | dtype | head dim | T | kernel | tuned | runs | shared bytes |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for arch in map(int, args.archs.split(",")):
+        for name in args.dtypes.split(","):
+            for D in map(int, args.head_dims.split(",")):
+                for T in map(int, args.lengths.split(",")):
+                    dtype = DTYPES[name]
+                    for kind, tuned in (("fwd", fk._fwd_config(D, T, dtype)), ("bwd", fk._bwd_config(D, T, dtype))):
+                        runs = fitted(kind, tuned, arch, name, D)
+                        need = shared_bytes(kind, runs, arch, name, D)
+                        print(f"| sm_{arch} | {LIMITS[arch]} | {name} | {D} | {T} | {kind} | {tuned} | {runs} | {need} |",
+                              flush=True)
+
+
+if __name__ == "__main__":
+    main()
