@@ -362,6 +362,20 @@ def test_stepped_down_kernels_still_match_reference(monkeypatch):
     assert {config[-1] for config in flash_kernel._FITTING.values()} == {1}
 
 
+@needs_gpu
+def test_gpu_oversized_tiles_step_down_for_real(monkeypatch):
+    # Tiles no GPU can hold (6 stages of 128 x 128 K and V tiles: over 400 KB of shared memory): Triton itself
+    # refuses the launch, and the forward must step down to tiles that run and still be right.
+    monkeypatch.setattr(flash_kernel, "_FITTING", {})
+    monkeypatch.setattr(flash_kernel, "_fwd_config", lambda D, T, dtype: (128, 128, 8, 6))
+    q, k, v = qkv_like_the_model(2, 2, 300, 128, torch.bfloat16, device="cuda")
+    do = torch.randn(q.shape, device="cuda", dtype=q.dtype)
+    assert_close(ours_fwd_bwd(q, k, v, do, causal=True), ref_fwd_bwd(q, k, v, do, causal=True), torch.bfloat16,
+                 "stepped-down forward")
+    (fitted,) = [config for key, config in flash_kernel._FITTING.items() if key[0] == "fwd"]
+    assert fitted[-1] < 6
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # GPU: bf16 at the model's shapes and long sequences, against the reference and against PyTorch's own error
 
