@@ -488,10 +488,11 @@ def _launch_fitting(launch, config: tuple, key: tuple) -> None:
         try:
             launch(*config)
             return
-        except OutOfResources:
+        except OutOfResources as err:
             smaller = _smaller(config)
             if smaller is None:
-                raise
+                raise RuntimeError(f"flash_attn: this GPU cannot run even the kernel's smallest tiles ({err}); "
+                                   "use attn='sdpa' or attn='naive'") from err
             config = _FITTING[key] = smaller
 
 
