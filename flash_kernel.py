@@ -177,13 +177,10 @@ def _attn_fwd_inner(
         # qk_scale > 0, so the row max can be taken before scaling, and the scale and the shift fold into one FMA
         # per score: the softmax's CUDA-core work, not the tensor cores, bounds this loop at head dim 64
         m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)  # [BLOCK_M], log2 units
-        if tl.max(m_new - m_i) > 8.0:
-            alpha = tl.math.exp2(m_i - m_new)  # [BLOCK_M]
-            l_i = l_i * alpha
-            acc = acc * alpha[:, None]
-            m_i = m_new
-        p = tl.math.exp2(s * qk_scale - m_i[:, None])  # [BLOCK_M, BLOCK_N]
-        l_i = l_i + tl.sum(p, 1)  # the normaliser counts dropped entries too: dropout acts after softmax
+        p = tl.math.exp2(s * qk_scale - m_new[:, None])  # [BLOCK_M, BLOCK_N]
+        alpha = tl.math.exp2(m_i - m_new)  # [BLOCK_M]
+        l_i = l_i * alpha + tl.sum(p, 1)  # the normaliser counts dropped entries too: dropout acts after softmax
+        acc = acc * alpha[:, None]
         if DROPOUT:
             keep = _dropout_keep(seed, bh, offs_m, start_n, DROP_THRESHOLD, BLOCK_N)
             p = tl.where(keep, p, 0.0)
@@ -192,6 +189,7 @@ def _attn_fwd_inner(
         else:
             v = tl.load(v_ptrs + start_n * stride_vt)  # [BLOCK_N, HEAD_DIM]
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)  # [BLOCK_M, HEAD_DIM]
+        m_i = m_new
     return acc, l_i, m_i
 
 
