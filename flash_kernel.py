@@ -450,7 +450,7 @@ def _fwd_config(D: int, T: int, dtype: torch.dtype) -> tuple[int, int, int, int]
         return 64, 32, 4, 2
     if T <= (4096 if D <= 64 else 2048):  # short rows: smaller query blocks give more programs to fill 132 SMs
         return 64, 64, 4, 3
-    return (128, 64, 8, 2) if D == 128 else (128, 64, 8, 3)
+    return 128, 64, 8, 3
 
 
 def _bwd_config(D: int, T: int, dtype: torch.dtype) -> tuple[int, int, int, int, int]:
@@ -534,7 +534,6 @@ def _attn_fwd(q, k, v, seed, causal, softmax_scale, dropout_p):
             H, T, softmax_scale * LOG2E, _drop_threshold(dropout_p), 1.0 / (1.0 - dropout_p),
             HEAD_DIM=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, CAUSAL=causal, DROPOUT=dropout_p > 0,
             DOT_PRECISION=_dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages,
-            **({'maxnreg': 128} if (D == 128 and num_warps == 8) else {}),
         )
 
     _launch_fitting(launch, _fwd_config(D, T, q.dtype), ("fwd", q.device, q.dtype, D, dropout_p > 0))
