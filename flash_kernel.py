@@ -463,14 +463,14 @@ def _bwd_config(D: int, T: int, dtype: torch.dtype) -> tuple[int, int, int, int,
 
 def _smaller(config: tuple) -> Optional[tuple]:
     """The next configuration to try on a GPU that cannot run `config`: one pipeline stage fewer, then (at one
-    stage, four warps) every block size that equals the largest halved, down to 16 (tl.dot's smallest). The
-    block sizes are powers of two, so the kernels' divisibility rules (BLOCK_M % BLOCK_N, BLOCK % BLOCK_M1,
-    BLOCK % BLOCK_N2) still hold. None when nothing smaller is left."""
+    stage, four warps) every block size that equals the largest halved, down to 32 (dropout draws its mask in
+    groups of 32 columns). The block sizes are powers of two, so the kernels' divisibility rules
+    (BLOCK_M % BLOCK_N, BLOCK % BLOCK_M1, BLOCK % BLOCK_N2) still hold. None when nothing smaller is left."""
     *blocks, num_warps, num_stages = config
     if num_stages > 1:
         return (*blocks, num_warps, num_stages - 1)
     largest = max(blocks)
-    if largest <= 16:
+    if largest <= 32:
         return None
     return (*[b // 2 if b == largest else b for b in blocks], 4, 1)
 

@@ -306,11 +306,11 @@ def test_step_downs_keep_the_kernels_block_rules(D, T, dtype):
     fwd = _step_downs(flash_kernel._fwd_config(D, T, dtype))
     bwd = _step_downs(flash_kernel._bwd_config(D, T, dtype))
     for BLOCK_M, BLOCK_N, warps, stages in fwd:
-        assert BLOCK_M % BLOCK_N == 0 and BLOCK_N >= 16 and stages >= 1
+        assert BLOCK_M % BLOCK_N == 0 and BLOCK_N >= 32 and stages >= 1
     for BLOCK, BLOCK_M1, BLOCK_N2, warps, stages in bwd:
-        assert BLOCK % BLOCK_M1 == 0 and BLOCK % BLOCK_N2 == 0 and min(BLOCK_M1, BLOCK_N2) >= 16 and stages >= 1
-    # each chain ends at the smallest tiles tl.dot takes, one stage
-    assert fwd[-1] == (16, 16, 4, 1) and bwd[-1] == (16, 16, 16, 4, 1)
+        assert BLOCK % BLOCK_M1 == 0 and BLOCK % BLOCK_N2 == 0 and min(BLOCK_M1, BLOCK_N2) >= 32 and stages >= 1
+    # each chain ends at the smallest tiles dropout's 32-column mask groups allow, one stage
+    assert fwd[-1] == (32, 32, 4, 1) and bwd[-1] == (32, 32, 32, 4, 1)
 
 
 def test_launch_steps_down_until_it_fits_and_remembers(monkeypatch):
