@@ -82,7 +82,7 @@ def test_h100_runs_the_tuned_tiles(shared_rows):
 
 def test_smaller_gpus_get_tiles_that_fit(shared_rows):
     # On a 99 KB GPU the H100's fp32 backward tiles (104 KB) do not fit; _launch_fitting must step down to tiles
-    # that do, and leave the ones that fit alone.
+    # that do.
     for row in shared_rows:
         if row["arch"] == "sm_86":
             assert row["shared"] <= row["limit"], row

@@ -46,26 +46,31 @@ def compile_sm90(kernel, constants, num_warps, num_stages, arch=90, dtype="bf16"
     return triton.compile(src, target=target, options=dict(num_warps=num_warps, num_stages=num_stages))
 
 
+def compile_config(kind, config, D, dropout=False, arch=90, dtype="bf16"):
+    """Compile the forward ("fwd", config as _fwd_config gives it) or the backward ("bwd", as _bwd_config)."""
+    common = dict(HEAD_DIM=D, CAUSAL=True, DROPOUT=dropout, DOT_PRECISION="ieee" if dtype == "fp32" else "tf32")
+    *blocks, warps, stages = config
+    if kind == "fwd":
+        kernel, names = fk._attn_fwd_kernel, ("BLOCK_M", "BLOCK_N")
+    else:
+        kernel, names = fk._attn_bwd_kernel, ("BLOCK", "BLOCK_M1", "BLOCK_N2")
+    return compile_sm90(kernel, dict(common, **dict(zip(names, blocks))), warps, stages, arch=arch, dtype=dtype)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--dump", help="also write each variant's TTGIR and PTX to this folder")
     args = parser.parse_args()
     D, T = args.head_dim, 4096
-    BLOCK_M, BLOCK_N, fwd_warps, fwd_stages = fk._fwd_config(D, T, torch.bfloat16)
-    BLOCK, BLOCK_M1, BLOCK_N2, bwd_warps, bwd_stages = fk._bwd_config(D, T, torch.bfloat16)
+    configs = {"forward": ("fwd", fk._fwd_config(D, T, torch.bfloat16)),
+               "backward": ("bwd", fk._bwd_config(D, T, torch.bfloat16))}
     print(f"sm_90, triton {triton.__version__}, bf16, head dim {D}, tiles for T={T}")
     print("| kernel | dropout | convert_layout | st.shared | ld.shared | mul.hi | wgmma.wait_group | shared bytes |")
     print("|---|---|---|---|---|---|---|---|")
     for dropout in (False, True):
-        common = dict(HEAD_DIM=D, CAUSAL=True, DROPOUT=dropout, DOT_PRECISION="tf32")
-        variants = [
-            ("forward", fk._attn_fwd_kernel, dict(common, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N), fwd_warps, fwd_stages),
-            ("backward", fk._attn_bwd_kernel, dict(common, BLOCK=BLOCK, BLOCK_M1=BLOCK_M1, BLOCK_N2=BLOCK_N2),
-             bwd_warps, bwd_stages),
-        ]
-        for name, kernel, constants, warps, stages in variants:
-            compiled = compile_sm90(kernel, constants, warps, stages)
+        for name, (kind, config) in configs.items():
+            compiled = compile_config(kind, config, D, dropout)
             ttgir, ptx = compiled.asm["ttgir"], compiled.asm["ptx"]
             counts = [ttgir.count("ttg.convert_layout"), ptx.count("st.shared"), ptx.count("ld.shared"),
                       ptx.count("mul.hi."), ptx.count("wgmma.wait_group")]

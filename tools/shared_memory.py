@@ -21,7 +21,7 @@ import torch  # noqa: E402
 from triton.runtime.errors import OutOfResources  # noqa: E402
 
 import flash_kernel as fk  # noqa: E402
-from compile_sm90 import compile_sm90  # noqa: E402
+from compile_sm90 import compile_config  # noqa: E402
 
 # Shared memory a block can opt in to (CUDA C++ Programming Guide, compute capabilities table): A100, RTX 30xx,
 # RTX 40xx, H100. Triton refuses to launch a kernel that needs more.
@@ -31,16 +31,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 @functools.lru_cache(maxsize=None)
 def shared_bytes(kind, config, arch, dtype, D):
-    common = dict(HEAD_DIM=D, CAUSAL=True, DROPOUT=False, DOT_PRECISION="ieee" if dtype == "fp32" else "tf32")
-    if kind == "fwd":
-        BLOCK_M, BLOCK_N, warps, stages = config
-        compiled = compile_sm90(fk._attn_fwd_kernel, dict(common, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N), warps, stages,
-                                arch=arch, dtype=dtype)
-    else:
-        BLOCK, BLOCK_M1, BLOCK_N2, warps, stages = config
-        compiled = compile_sm90(fk._attn_bwd_kernel, dict(common, BLOCK=BLOCK, BLOCK_M1=BLOCK_M1, BLOCK_N2=BLOCK_N2),
-                                warps, stages, arch=arch, dtype=dtype)
-    return compiled.metadata.shared
+    return compile_config(kind, config, D, arch=arch, dtype=dtype).metadata.shared
 
 
 def fitted(kind, tuned, arch, dtype, D):
