@@ -27,6 +27,11 @@ import triton
 import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
+try:  # the Hopper forward is written in Gluon, which older Triton versions do not have
+    import flash_hopper
+except ImportError:
+    flash_hopper = None
+
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 LOG2E = 1.4426950408889634  # the kernels work in base 2: exp(x) = exp2(x * log2(e))
@@ -523,6 +528,9 @@ def _attn_fwd(q, k, v, seed, causal, softmax_scale, dropout_p):
     B, H, T, D = q.shape
     o = _empty_bhtd(B, H, T, D, q)
     lse = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
+    if flash_hopper is not None and flash_hopper.supported(q, k, v, causal, dropout_p):
+        flash_hopper.attn_fwd(q, k, v, o, lse, softmax_scale * LOG2E)  # same o and lse, warp-specialized
+        return o, lse
 
     def launch(BLOCK_M, BLOCK_N, num_warps, num_stages):
         _attn_fwd_kernel[(triton.cdiv(T, BLOCK_M), B * H)](

@@ -22,18 +22,29 @@ def _tool(name, *args):
     return run
 
 
-@pytest.fixture(scope="module")
-def counts():
-    run = _tool("compile_sm90.py")
-    rows = {}
+def _compile_sm90(head_dim):
+    run = _tool("compile_sm90.py", "--head-dim", str(head_dim))
+    rows, hopper = {}, None
     for line in run.stdout.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
         if len(cells) == 8 and cells[0] in ("forward", "backward"):
             rows[(cells[0], cells[1] == "True")] = dict(zip(
                 ("convert_layout", "st.shared", "ld.shared", "mul.hi", "wgmma.wait_group", "shared"),
                 map(int, cells[2:])))
-    assert len(rows) == 4, run.stdout
-    return rows
+        if len(cells) == 6 and cells[0].isdigit():
+            hopper = dict(zip(("warps", "wgmma", "setmaxnreg", "registers", "stack", "shared"), map(int, cells)))
+    assert len(rows) == 4 and hopper is not None, run.stdout
+    return rows, hopper
+
+
+@pytest.fixture(scope="module")
+def compiled_64():
+    return _compile_sm90(64)
+
+
+@pytest.fixture(scope="module")
+def counts(compiled_64):
+    return compiled_64[0]
 
 
 def test_philox_only_with_dropout(counts):
@@ -86,3 +97,22 @@ def test_smaller_gpus_get_tiles_that_fit(shared_rows):
     for row in shared_rows:
         if row["arch"] == "sm_86":
             assert row["shared"] <= row["limit"], row
+
+
+@pytest.fixture(scope="module", params=[64, 128], ids=["D64", "D128"])
+def hopper(request, compiled_64):
+    return compiled_64[1] if request.param == 64 else _compile_sm90(128)[1]
+
+
+def test_hopper_forward_is_warp_specialized(hopper):
+    # flash_hopper.py's three partitions: two 4-warp softmax groups and a 1-warp loader (warps are allotted in
+    # groups of 4, so 12), with registers moved between them by setmaxnreg
+    assert hopper["warps"] == 12, hopper
+    assert hopper["setmaxnreg"] > 0, hopper
+
+
+def test_hopper_forward_does_not_spill(hopper):
+    # Each softmax group holds S, P and O for 64 rows in registers. If ptxas spills them to local memory, the
+    # loop reloads them every key tile (BENCHMARKS.md, note 22: an early version spilled 200 bytes per thread).
+    assert hopper["stack"] == 0, hopper
+    assert hopper["shared"] <= 227 * 1024, hopper  # an H100's limit per block

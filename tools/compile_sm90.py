@@ -6,11 +6,16 @@ and wgmma waits in the PTX. A developer's tool for checking a layout change befo
     python tools/compile_sm90.py [--head-dim 64] [--dump DIR]
 
 Uses the shipped tile configurations for bf16 at T=4096 (the forward's and the backward's), with and without
-dropout. Needs triton's NVIDIA backend, which bundles ptxas; no GPU and no CUDA driver.
+dropout, then the Hopper forward (flash_hopper.py): its warps, wgmma count, and the registers and local memory
+(spills) that ptxas gave it, read from the cubin with the cuobjdump that Triton bundles. Needs triton's NVIDIA
+backend, which bundles ptxas; no GPU and no CUDA driver.
 """
 import argparse
 import os
+import re
+import subprocess
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -57,6 +62,47 @@ def compile_config(kind, config, D, dropout=False, arch=90, dtype="bf16"):
     return compile_sm90(kernel, dict(common, **dict(zip(names, blocks))), warps, stages, arch=arch, dtype=dtype)
 
 
+def compile_hopper_fwd(D, dtype=torch.bfloat16):
+    """Compile flash_hopper's forward for sm_90 as attn_fwd launches it for the model's strided q, k, v."""
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.runtime.jit import mangle_type
+
+    import flash_hopper as fh
+
+    B, H, T = 2, 4, 1024
+    q = torch.empty(B, T, 3, H, D, dtype=dtype)[:, :, 0].transpose(1, 2)  # (B, H, T, D) view, as the model's
+    descs = {"q_desc": fh._descriptor(q, fh.ROWS.value), "k_desc": fh._descriptor(q, fh.BLOCK_N.value),
+             "v_desc": fh._descriptor(q, fh.BLOCK_N.value)}
+    constants = {"HEAD_DIM": D, "STAGES": fh.STAGES[D]}
+    kernel = fh._attn_fwd_hopper_kernel
+    names = kernel.arg_names
+    signature, attrs = {}, {}
+    for i, name in enumerate(names):
+        if name in constants:
+            signature[name] = "constexpr"
+        elif name in descs:
+            signature[name] = mangle_type(descs[name])
+        else:
+            signature[name] = {"O": mangle_type(q), "LSE": "*fp32", "qk_scale": "fp32"}.get(name, "i32")
+            if name in ("O", "LSE", "stride_ob", "stride_oh", "stride_ot"):
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    src = GluonASTSource(kernel, signature, {(names.index(k),): v for k, v in constants.items()}, attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, maxnreg=168))
+
+
+def resource_usage(cubin: bytes) -> dict:
+    """Registers and stack (local memory, where spills go) per thread, from cuobjdump --dump-resource-usage."""
+    from triton.backends.nvidia import compiler as nv
+
+    cuobjdump = os.path.join(os.path.dirname(nv.__file__), "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([cuobjdump, "--dump-resource-usage", f.name], capture_output=True, text=True,
+                             check=True).stdout
+    return {key: int(value) for key, value in re.findall(r"\b(REG|STACK|LOCAL):(\d+)", out)}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--head-dim", type=int, default=64)
@@ -80,6 +126,18 @@ def main():
                 for ext, text in (("ttgir", ttgir), ("ptx", ptx)):
                     with open(os.path.join(args.dump, f"{name}_dropout{int(dropout)}.{ext}"), "w") as f:
                         f.write(text)
+
+    compiled = compile_hopper_fwd(D)
+    ptx, usage = compiled.asm["ptx"], resource_usage(compiled.asm["cubin"])
+    print(f"\nHopper forward (flash_hopper.py), head dim {D}:")
+    print("| warps | wgmma.mma_async | setmaxnreg | registers | stack bytes | shared bytes |")
+    print("|---|---|---|---|---|---|")
+    print(f"| {compiled.metadata.num_warps} | {ptx.count('wgmma.mma_async')} | {ptx.count('setmaxnreg')} | "
+          f"{usage['REG']} | {usage['STACK']} | {compiled.metadata.shared} |")
+    if args.dump:
+        for ext in ("ttgir", "ptx"):
+            with open(os.path.join(args.dump, f"hopper_forward.{ext}"), "w") as f:
+                f.write(compiled.asm[ext])
 
 
 if __name__ == "__main__":
