@@ -193,10 +193,10 @@ def _attn_fwd_hopper_kernel(q_desc, k_desc, v_desc, O, LSE, stride_ob, stride_oh
 
 
 _GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
-# Shortest T per head dim at which this forward beats the Triton one on an H100 (BENCHMARKS.md, note 22). Below
-# it a program has few key tiles, and what it pays once (setting up three partitions, loading Q, the epilogue)
-# is not won back.
-MIN_T = {64: 8192, 128: 1024}
+# Shortest T per head dim at which this forward beats the Triton one on an H100, in GPU time (BENCHMARKS.md,
+# note 22). Below it a program has few key tiles, and what it pays once (setting up three partitions, loading Q,
+# the epilogue) is not won back.
+MIN_T = {64: 4096, 128: 1024}
 STAGES = {64: 2, 128: 2}
 
 
