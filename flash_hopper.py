@@ -1,27 +1,43 @@
 """
-The causal forward for Hopper GPUs (H100, H200), written in Gluon with warp specialization: FlashAttention-3's
-structure, which plain Triton cannot express for this loop (BENCHMARKS.md, notes 13, 16 and 21).
+Causal attention kernels for Hopper GPUs (H100, H200), written in Gluon with warp specialization:
+FlashAttention-3's structure, which plain Triton cannot express for these loops (BENCHMARKS.md, notes 13, 16, 21).
 
-One program computes 128 query rows of one (batch, head) with three partitions of warps:
-    a load warp          TMA-copies the two 64-row Q tiles once, then K and V tiles into a ring of STAGES buffers;
+Forward. One program computes 128 query rows of one (batch, head) with three partitions of warps:
+    a load warp          TMA-copies the two 64-row Q tiles once, then K and V tiles into a ring of buffers;
     two softmax groups   each a warpgroup (4 warps) that owns 64 of the rows: S = Q K^T and O += P V on the
                          tensor cores (wgmma), the online softmax on the CUDA cores in between.
-The two softmax groups share the K and V tiles but do not wait for each other, so while one computes its softmax
-the other's matrix products keep the tensor cores busy. In the Triton forward both warpgroups of a program run
-in lockstep behind a barrier, and the tensor cores idle through every softmax (note 16).
+The two groups share the K and V tiles and take turns issuing their products (the `turn` barriers), so one
+group's softmax runs while the other's products keep the tensor cores busy. In the Triton forward both
+warpgroups of a program run in lockstep behind a barrier, and the tensor cores idle through every softmax
+(note 16).
 
-Only flash_kernel.py calls this, and only where it applies (supported() below); everything else runs the Triton
-forward. Gluon has no interpreter, so this file runs on a Hopper GPU only; its tests skip elsewhere.
+Backward. One program holds 128 keys, 64 per warpgroup with their dK and dV in registers, and sweeps the query
+blocks that see them with five products per tile; dQ is added into an fp32 buffer by TMA reductions (note 23).
+
+Only flash_kernel.py calls this, where supported() says so; everything else runs the Triton kernels, which are
+also the reference these are tested against. Gluon has no interpreter, so this file runs on a Hopper GPU only;
+its tests skip elsewhere.
 """
 import functools
+from typing import Optional
 
 import torch
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import (mbarrier, tma, warpgroup_mma, warpgroup_mma_init,
-                                                                 warpgroup_mma_wait)
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                                 warpgroup_mma_init, warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+from triton.experimental.gluon.language._core import builtin
+from triton._C.libtriton import ir
+
+
+@builtin
+def _tma_add(desc, coord, src, _semantic=None):
+    # Add a shared-memory tile into global memory with one TMA reduction (cp.reduce.async.bulk.tensor). Newer
+    # Gluon has this as tma.async_atomic_add; triton 3.6 has only the builder call.
+    coord = _semantic._convert_to_ir_values(coord, require_i64=False)
+    _semantic.builder.create_async_tma_reduce(ir.DESCRIPTOR_REDUCE_KIND.ADD, desc.handle, coord, src.handle)
 
 ROWS = gl.constexpr(64)  # query rows per softmax warpgroup: one wgmma is 64 rows tall
 BLOCK_M = gl.constexpr(128)  # query rows per program: two warpgroups
@@ -192,36 +208,222 @@ def _attn_fwd_hopper_kernel(q_desc, k_desc, v_desc, O, LSE, stride_ob, stride_oh
     ], [4, 1], [240, 24])
 
 
-_GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
+# ----------------------------------------------------------------------------------------------------------------
+# Backward: FlashAttention-3's five products per tile. One program holds 128 keys (64 per softmax warpgroup, with
+# their dK and dV in registers) and sweeps the 64-row query blocks that see them: S^T = K Q^T, dP^T = V dO^T,
+# dV += P^T dO, dK += dS^T Q, and dQ += dS K, added into an fp32 buffer with atomics. All tiles are 64 x 64
+# (head dim 128 comes as two column halves), so every product is one wgmma shape.
+
+TILE = gl.constexpr(64)
+
+
+@gluon.jit
+def _bwd_load_partition(q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, kv_bar, q_ready, q_free,
+                        b, h, start_n, start_m, n_steps):
+    NCOL: gl.constexpr = k_smem.shape[0] // 2
+    STAGES: gl.constexpr = q_smem.shape[0] // NCOL
+    mbarrier.expect(kv_bar, 4 * NCOL * k_desc.block_type.nbytes)
+    for g in gl.static_range(2):
+        for c in gl.static_range(NCOL):
+            tma.async_copy_global_to_shared(k_desc, [b, h, start_n + g * TILE, c * TILE], kv_bar,
+                                            k_smem.index(g * NCOL + c))
+            tma.async_copy_global_to_shared(v_desc, [b, h, start_n + g * TILE, c * TILE], kv_bar,
+                                            v_smem.index(g * NCOL + c))
+    for i in range(n_steps):
+        s = i % STAGES
+        mbarrier.wait(q_free.index(s), ((i // STAGES) & 1) ^ 1)
+        mbarrier.expect(q_ready.index(s), 2 * NCOL * q_desc.block_type.nbytes)
+        for c in gl.static_range(NCOL):
+            tma.async_copy_global_to_shared(q_desc, [b, h, start_m + i * TILE, c * TILE], q_ready.index(s),
+                                            q_smem.index(s * NCOL + c))
+            tma.async_copy_global_to_shared(do_desc, [b, h, start_m + i * TILE, c * TILE], q_ready.index(s),
+                                            do_smem.index(s * NCOL + c))
+
+
+@gluon.jit
+def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, kv_bar, q_ready, q_free, ds_ready,
+                       ds_free, dq_desc, DK, DV, LSE, DELTA, stride_dkb, stride_dkh, stride_dkt, stride_dvb, stride_dvh,
+                       stride_dvt, b, h, bh, T, start_n, start_m, n_steps, qk_scale, sm_scale, GROUP: gl.constexpr):
+    NCOL: gl.constexpr = k_smem.shape[0] // 2
+    STAGES: gl.constexpr = q_smem.shape[0] // NCOL
+    HEAD_DIM: gl.constexpr = NCOL * TILE
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16])
+    op_a: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+    dtype: gl.constexpr = q_smem.dtype
+
+    keys = start_n + GROUP * TILE + gl.arange(0, TILE, layout=gl.SliceLayout(1, mma))
+    cols = gl.arange(0, TILE, layout=gl.SliceLayout(0, mma))
+    zero = gl.zeros([TILE, TILE], gl.float32, layout=mma)
+    dk0 = zero
+    dk1 = zero
+    dv0 = zero
+    dv1 = zero
+    mbarrier.wait(kv_bar, 0)
+    k0 = k_smem.index(GROUP * NCOL).reshape([TILE, TILE])
+    v0 = v_smem.index(GROUP * NCOL).reshape([TILE, TILE])
+    k1 = k_smem.index(GROUP * NCOL + NCOL - 1).reshape([TILE, TILE])
+    v1 = v_smem.index(GROUP * NCOL + NCOL - 1).reshape([TILE, TILE])
+
+    for i in range(n_steps):
+        s = i % STAGES
+        buf = i % 2
+        mbarrier.wait(q_ready.index(s), (i // STAGES) & 1)
+        q0 = q_smem.index(s * NCOL).reshape([TILE, TILE])
+        do0 = do_smem.index(s * NCOL).reshape([TILE, TILE])
+        q1 = q_smem.index(s * NCOL + NCOL - 1).reshape([TILE, TILE])
+        do1 = do_smem.index(s * NCOL + NCOL - 1).reshape([TILE, TILE])
+        # S^T and dP^T, keys on rows: [64 keys, 64 queries]
+        st = warpgroup_mma(k0, q0.permute((1, 0)), zero, use_acc=False, is_async=True)
+        dpt = warpgroup_mma(v0, do0.permute((1, 0)), zero, use_acc=False, is_async=True)
+        if NCOL == 2:
+            st = warpgroup_mma(k1, q1.permute((1, 0)), st, is_async=True)
+            dpt = warpgroup_mma(v1, do1.permute((1, 0)), dpt, is_async=True)
+        rows = start_m + i * TILE + cols  # the queries, on columns
+        lse = gl.load(LSE + bh.to(gl.int64) * T + rows, mask=rows < T, other=float("inf"))
+        delta = gl.load(DELTA + bh.to(gl.int64) * T + rows, mask=rows < T, other=0.0)
+        st, dpt = warpgroup_mma_wait(0, deps=(st, dpt))
+        pt = gl.exp2(st * qk_scale - lse[None, :])
+        if i < 2:  # the two query blocks that overlap this program's 128 keys
+            pt = gl.where(rows[None, :] >= keys[:, None], pt, 0.0)
+        dst = (pt * (dpt - delta[None, :]) * sm_scale).to(dtype)  # dS = scale * dP' (S = scale * Q K^T)
+        pt = gl.convert_layout(pt.to(dtype), op_a)
+        # dV += P^T dO and dK += dS^T Q, per column half
+        dv0 = warpgroup_mma(pt, do0, dv0, is_async=True)
+        dk0 = warpgroup_mma(gl.convert_layout(dst, op_a), q0, dk0, is_async=True)
+        if NCOL == 2:
+            dv1 = warpgroup_mma(pt, do1, dv1, is_async=True)
+            dk1 = warpgroup_mma(gl.convert_layout(dst, op_a), q1, dk1, is_async=True)
+        # dQ = dS K needs both groups' dS: swap halves through shared memory, then group g makes dQ's column
+        # half g from all 128 keys (at head dim 64 group 0 makes all of dQ)
+        mbarrier.wait(ds_free.index(buf), ((i // 2) & 1) ^ 1)
+        ds_smem.index(buf * 2 + GROUP).store(dst)
+        fence_async_shared()
+        mbarrier.arrive(ds_ready.index(buf), count=1)
+        # P^T and dS^T leave the registers once dV and dK have them; Q and dO go back to the loader
+        dv0, dv1, dk0, dk1 = warpgroup_mma_wait(0, deps=(dv0, dv1, dk0, dk1))
+        mbarrier.arrive(q_free.index(s), count=1)
+        if GROUP < NCOL:
+            mbarrier.wait(ds_ready.index(buf), (i // 2) & 1)
+            dq = warpgroup_mma(ds_smem.index(buf * 2).permute((1, 0)), k_smem.index(GROUP).reshape([TILE, TILE]),
+                               zero, use_acc=False, is_async=True)
+            dq = warpgroup_mma(ds_smem.index(buf * 2 + 1).permute((1, 0)),
+                               k_smem.index(NCOL + GROUP).reshape([TILE, TILE]), dq, is_async=True)
+            dq = warpgroup_mma_wait(0, deps=(dq, ))
+            # two buffers per group: the reduction issued two steps ago must have read this one (at most the
+            # previous step's may still be in flight)
+            tma.store_wait(1)
+            dq_buf = dq_smem.index(buf * NCOL + GROUP)
+            dq_buf.reshape([TILE, TILE]).store(dq)
+            fence_async_shared()
+            _tma_add(dq_desc, [b, h, start_m + i * TILE, GROUP * TILE], dq_buf)
+        mbarrier.arrive(ds_free.index(buf), count=1)
+
+    keys_ok = keys[:, None] < T
+    dk_ptrs = DK + b.to(gl.int64) * stride_dkb + h.to(gl.int64) * stride_dkh + keys[:, None] * stride_dkt
+    dv_ptrs = DV + b.to(gl.int64) * stride_dvb + h.to(gl.int64) * stride_dvh + keys[:, None] * stride_dvt
+    tma.store_wait(0)
+    gl.store(dk_ptrs + cols[None, :], dk0.to(dtype), mask=keys_ok)
+    gl.store(dv_ptrs + cols[None, :], dv0.to(dtype), mask=keys_ok)
+    if NCOL == 2:
+        gl.store(dk_ptrs + TILE + cols[None, :], dk1.to(dtype), mask=keys_ok)
+        gl.store(dv_ptrs + TILE + cols[None, :], dv1.to(dtype), mask=keys_ok)
+
+
+@gluon.jit
+def _bwd_mma_partition_1(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, kv_bar, q_ready, q_free, ds_ready,
+                         ds_free, dq_desc, DK, DV, LSE, DELTA, stride_dkb, stride_dkh, stride_dkt, stride_dvb, stride_dvh,
+                         stride_dvt, b, h, bh, T, start_n, start_m, n_steps, qk_scale, sm_scale):
+    _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, kv_bar, q_ready, q_free, ds_ready,
+                       ds_free, dq_desc, DK, DV, LSE, DELTA, stride_dkb, stride_dkh, stride_dkt, stride_dvb, stride_dvh,
+                       stride_dvt, b, h, bh, T, start_n, start_m, n_steps, qk_scale, sm_scale, 1)
+
+
+@gluon.jit
+def _attn_bwd_hopper_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, DK, DV, LSE, DELTA,
+                            stride_dkb, stride_dkh, stride_dkt, stride_dvb, stride_dvh, stride_dvt,
+                            H, T, qk_scale, sm_scale, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr):
+    # grid: (cdiv(T, 128), B * H); program n takes keys [128 n, 128 n + 128) and the query blocks from the
+    # diagonal on. Key block 0 has the most query blocks, and it starts first.
+    bh = gl.program_id(1)
+    b = bh // H
+    h = bh % H
+    start_n = gl.program_id(0) * 2 * TILE
+    start_m = start_n  # the first query block that sees any of these keys
+    n_steps = gl.cdiv(T - start_m, TILE)
+    NCOL: gl.constexpr = HEAD_DIM // TILE
+
+    dtype: gl.constexpr = q_desc.dtype
+    layout: gl.constexpr = q_desc.layout
+    k_smem = gl.allocate_shared_memory(dtype, [2 * NCOL] + q_desc.block_type.shape, layout)
+    v_smem = gl.allocate_shared_memory(dtype, [2 * NCOL] + q_desc.block_type.shape, layout)
+    q_smem = gl.allocate_shared_memory(dtype, [STAGES * NCOL] + q_desc.block_type.shape, layout)
+    do_smem = gl.allocate_shared_memory(dtype, [STAGES * NCOL] + q_desc.block_type.shape, layout)
+    ds_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+    ds_smem = gl.allocate_shared_memory(dtype, [4, TILE, TILE], ds_layout)  # 2 buffers x 2 groups
+    dq_smem = gl.allocate_shared_memory(gl.float32, [2 * NCOL] + dq_desc.block_type.shape, dq_desc.layout)
+    kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    q_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    q_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    ds_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    ds_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(kv_bar, count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(q_ready.index(i), count=1)
+        mbarrier.init(q_free.index(i), count=2)
+    for i in gl.static_range(2):
+        mbarrier.init(ds_ready.index(i), count=2)
+        mbarrier.init(ds_free.index(i), count=2)
+
+    mma_args = (q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, kv_bar, q_ready, q_free, ds_ready, ds_free,
+                dq_desc, DK, DV, LSE, DELTA, stride_dkb, stride_dkh, stride_dkt, stride_dvb, stride_dvh, stride_dvt,
+                b, h, bh, T, start_n, start_m, n_steps, qk_scale, sm_scale)
+    gl.warp_specialize([
+        (_bwd_mma_partition, mma_args + (0, )),
+        (_bwd_mma_partition_1, mma_args),
+        (_bwd_load_partition, (q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, kv_bar, q_ready,
+                               q_free, b, h, start_n, start_m, n_steps)),
+    ], [4, 1], [240, 24])
+
+
+_GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}
 # Shortest T per head dim at which this forward beats the Triton one on an H100, in GPU time (BENCHMARKS.md,
 # note 22). Below it a program has few key tiles, and what it pays once (setting up three partitions, loading Q,
 # the epilogue) is not won back.
 MIN_T = {64: 4096, 128: 1024}
+# The same for the backward (note 23): below these its dQ reductions cost more than the Triton backward's second
+# pass over the keys
+MIN_T_BWD = {64: 8192, 128: 4096}
 STAGES = {64: 2, 128: 2}
 
 
-def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, dropout_p: float) -> bool:
-    """Whether flash_kernel's forward hands this call to the Hopper kernel: a Hopper GPU, fp16 or bf16, head dim
-    64 or 128 at T >= MIN_T, causal, no dropout, and addresses and strides that TMA can read (16-byte aligned)."""
+def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, dropout_p: float,
+              min_t: Optional[dict] = None, do: Optional[torch.Tensor] = None) -> bool:
+    """Whether flash_kernel hands this call to the Hopper kernels: a Hopper GPU, fp16 or bf16, head dim 64 or 128
+    at T >= min_t (the forward's MIN_T by default), causal, no dropout, and addresses and strides that TMA can
+    read (16-byte aligned); do, the backward's upstream gradient, too."""
     D, T = q.shape[-1], q.shape[-2]
-    if not (causal and dropout_p == 0 and q.is_cuda and q.dtype in _GL_DTYPES and T >= MIN_T.get(D, 1 << 62)):
+    min_t = MIN_T if min_t is None else min_t
+    if not (causal and dropout_p == 0 and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16)
+            and T >= min_t.get(D, 1 << 62)):
         return False
     if torch.cuda.get_device_capability(q.device)[0] != 9:
         return False
     size = q.element_size()
-    return all(t.data_ptr() % 16 == 0 and all(st * size % 16 == 0 for st in t.stride()[:-1]) for t in (q, k, v))
+    tensors = (q, k, v) if do is None else (q, k, v, do)
+    return all(t.data_ptr() % 16 == 0 and all(st * size % 16 == 0 for st in t.stride()[:-1]) for t in tensors)
 
 
 @functools.lru_cache(maxsize=None)
-def _smem_layout(rows: int, D: int, dtype: torch.dtype) -> gl.NVMMASharedLayout:
-    return gl.NVMMASharedLayout.get_default_for([1, 1, rows, D], _GL_DTYPES[dtype])
+def _smem_layout(rows: int, cols: int, dtype: torch.dtype) -> gl.NVMMASharedLayout:
+    return gl.NVMMASharedLayout.get_default_for([1, 1, rows, cols], _GL_DTYPES[dtype])
 
 
-def _descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
+def _descriptor(t: torch.Tensor, rows: int, cols: int = 0) -> TensorDescriptor:
     # 4-d (B, H, T, D) through the tensor's own strides: TMA reads the model's strided views of the qkv
-    # projection directly and zero-fills rows past T within each (batch, head)
-    D = t.shape[-1]
-    return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows, D], _smem_layout(rows, D, t.dtype))
+    # projection directly and zero-fills rows past T within each (batch, head). A box is rows x cols (all of D
+    # by default).
+    cols = cols or t.shape[-1]
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows, cols], _smem_layout(rows, cols, t.dtype))
 
 
 def attn_fwd(q, k, v, o, lse, qk_scale: float, stages: int = 0) -> None:
@@ -234,3 +436,17 @@ def attn_fwd(q, k, v, o, lse, qk_scale: float, stages: int = 0) -> None:
         o.stride(0), o.stride(1), o.stride(2), H, T, qk_scale,
         HEAD_DIM=D, STAGES=stages or STAGES[D], num_warps=4, maxnreg=168,
     )
+
+
+def attn_bwd(do, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, log2e: float, stages: int = 2) -> None:
+    """Fill dq, dk, dv as flash_kernel's Triton backward does, from delta = rowsum(dO * O)."""
+    B, H, T, D = q.shape
+    dq_acc = torch.zeros((B, H, T, D), dtype=torch.float32, device=q.device)
+    tile = TILE.value
+    _attn_bwd_hopper_kernel[(triton.cdiv(T, 2 * tile), B * H)](
+        _descriptor(q, tile, tile), _descriptor(k, tile, tile), _descriptor(v, tile, tile), _descriptor(do, tile, tile),
+        _descriptor(dq_acc, tile, tile), dk, dv, lse, delta,
+        dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
+        H, T, softmax_scale * log2e, softmax_scale, HEAD_DIM=D, STAGES=stages, num_warps=4, maxnreg=168,
+    )
+    dq.copy_(dq_acc)

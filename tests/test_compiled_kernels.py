@@ -24,16 +24,17 @@ def _tool(name, *args):
 
 def _compile_sm90(head_dim):
     run = _tool("compile_sm90.py", "--head-dim", str(head_dim))
-    rows, hopper = {}, None
+    rows, hopper = {}, {}
     for line in run.stdout.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
         if len(cells) == 8 and cells[0] in ("forward", "backward"):
             rows[(cells[0], cells[1] == "True")] = dict(zip(
                 ("convert_layout", "st.shared", "ld.shared", "mul.hi", "wgmma.wait_group", "shared"),
                 map(int, cells[2:])))
-        if len(cells) == 6 and cells[0].isdigit():
-            hopper = dict(zip(("warps", "wgmma", "setmaxnreg", "registers", "stack", "shared"), map(int, cells)))
-    assert len(rows) == 4 and hopper is not None, run.stdout
+        if len(cells) == 7 and cells[0].startswith("hopper "):
+            hopper[cells[0].split()[1]] = dict(zip(("warps", "wgmma", "setmaxnreg", "registers", "stack", "shared"),
+                                                   map(int, cells[1:])))
+    assert len(rows) == 4 and len(hopper) == 2, run.stdout
     return rows, hopper
 
 
@@ -104,15 +105,17 @@ def hopper(request, compiled_64):
     return compiled_64[1] if request.param == 64 else _compile_sm90(128)[1]
 
 
-def test_hopper_forward_is_warp_specialized(hopper):
-    # flash_hopper.py's three partitions: two 4-warp softmax groups and a 1-warp loader (warps are allotted in
-    # groups of 4, so 12), with registers moved between them by setmaxnreg
-    assert hopper["warps"] == 12, hopper
-    assert hopper["setmaxnreg"] > 0, hopper
+def test_hopper_kernels_are_warp_specialized(hopper):
+    # flash_hopper.py's three partitions in each kernel: two 4-warp groups that do the math and a 1-warp loader
+    # (warps are allotted in groups of 4, so 12), with registers moved between them by setmaxnreg
+    for kernel in hopper.values():
+        assert kernel["warps"] == 12, hopper
+        assert kernel["setmaxnreg"] > 0, hopper
+        assert kernel["shared"] <= 227 * 1024, hopper  # an H100's limit per block
 
 
 def test_hopper_forward_does_not_spill(hopper):
     # Each softmax group holds S, P and O for 64 rows in registers. If ptxas spills them to local memory, the
     # loop reloads them every key tile (BENCHMARKS.md, note 22: an early version spilled 200 bytes per thread).
-    assert hopper["stack"] == 0, hopper
-    assert hopper["shared"] <= 227 * 1024, hopper  # an H100's limit per block
+    # The backward is not held to this: at head dim 128 it spills 72 bytes (note 23).
+    assert hopper["forward"]["stack"] == 0, hopper

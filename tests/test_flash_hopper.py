@@ -1,5 +1,5 @@
 """
-The Hopper forward (flash_hopper.py, Gluon) against the fp32 reference and the Triton forward, and the dispatch
+The Hopper kernels (flash_hopper.py, Gluon) against the fp32 reference and the Triton kernels, and the dispatch
 that decides which of the two flash_attn runs. Gluon has no interpreter: the kernel tests need a Hopper GPU
 (tests/test_compiled_kernels.py checks what it compiles to on any machine).
 """
@@ -71,15 +71,45 @@ def test_flash_attn_dispatch(monkeypatch):
     flash_attn(q[:, :, : T // 2], k[:, :, : T // 2], v[:, :, : T // 2])
     flash_attn(q.float(), k.float(), v.float())
     assert len(calls) == 1
+    # the backward has its own threshold
+    bwd_calls = []
+    real_bwd = flash_kernel.flash_hopper.attn_bwd
+    monkeypatch.setattr(flash_kernel.flash_hopper, "attn_bwd", lambda *a: bwd_calls.append(1) or real_bwd(*a))
+    T = flash_kernel.flash_hopper.MIN_T_BWD[128]
+    q, k, v = qkv_like_the_model(1, 2, T, 128, torch.bfloat16, device="cuda")
+    flash_attn(q, k, v).sum().backward()
+    assert len(bwd_calls) == 1
+    q, k, v = qkv_like_the_model(1, 2, T // 2, 128, torch.bfloat16, device="cuda")
+    flash_attn(q, k, v).sum().backward()
+    assert len(bwd_calls) == 1
+
+
+@needs_hopper
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("B,H,T", [(1, 1, 1), (2, 3, 77), (1, 2, 128), (2, 2, 129), (1, 2, 1000)], ids=str)
+def test_backward_matches_reference(B, H, T, D, dtype, monkeypatch):
+    # The Hopper backward at every T (the dispatch uses it from MIN_T_BWD on), through flash_attn, on the model's
+    # strided views; the tolerances are test_flash_kernel's
+    monkeypatch.setattr(flash_kernel.flash_hopper, "MIN_T_BWD", {64: 1, 128: 1})
+    calls = []
+    real = flash_kernel.flash_hopper.attn_bwd
+    monkeypatch.setattr(flash_kernel.flash_hopper, "attn_bwd", lambda *a: calls.append(1) or real(*a))
+    q, k, v = qkv_like_the_model(B, H, T, D, dtype, device="cuda")
+    do = torch.randn(q.shape, device="cuda", dtype=dtype)
+    assert_close(ours_fwd_bwd(q, k, v, do, causal=True), ref_fwd_bwd(q, k, v, do, causal=True), dtype,
+                 f"Hopper backward B={B} H={H} T={T} D={D} {dtype}")
+    assert calls == [1]
 
 
 @needs_hopper
 @pytest.mark.parametrize("D", [64, 128])
-def test_gradients_through_the_hopper_forward(D):
-    # The backward reads the Hopper forward's o and lse: the gradients must match the reference as before
-    T = flash_kernel.flash_hopper.MIN_T[D] + 100  # a ragged last tile
+def test_gradients_through_the_hopper_kernels(D):
+    # At a length where flash_attn sends both passes to the Hopper kernels, with a ragged last tile
+    hopper = flash_kernel.flash_hopper
+    T = max(hopper.MIN_T[D], hopper.MIN_T_BWD[D]) + 100
     q, k, v = qkv_like_the_model(1, 2, T, D, torch.bfloat16, device="cuda")
-    assert flash_kernel.flash_hopper.supported(q, k, v, True, 0.0)
+    assert hopper.supported(q, k, v, True, 0.0) and hopper.supported(q, k, v, True, 0.0, hopper.MIN_T_BWD, q)
     do = torch.randn(q.shape, device="cuda", dtype=q.dtype)
     assert_close(ours_fwd_bwd(q, k, v, do, causal=True), ref_fwd_bwd(q, k, v, do, causal=True), torch.bfloat16,
                  f"T={T} D={D} through the Hopper forward")

@@ -62,8 +62,9 @@ def compile_config(kind, config, D, dropout=False, arch=90, dtype="bf16"):
     return compile_sm90(kernel, dict(common, **dict(zip(names, blocks))), warps, stages, arch=arch, dtype=dtype)
 
 
-def compile_hopper_fwd(D, dtype=torch.bfloat16):
-    """Compile flash_hopper's forward for sm_90 as attn_fwd launches it for the model's strided q, k, v."""
+def compile_hopper(kind, D, dtype=torch.bfloat16):
+    """Compile flash_hopper's forward ("fwd") or backward ("bwd") for sm_90 as flash_kernel launches them for
+    the model's strided q, k, v."""
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
 
@@ -71,10 +72,17 @@ def compile_hopper_fwd(D, dtype=torch.bfloat16):
 
     B, H, T = 2, 4, 1024
     q = torch.empty(B, T, 3, H, D, dtype=dtype)[:, :, 0].transpose(1, 2)  # (B, H, T, D) view, as the model's
-    descs = {"q_desc": fh._descriptor(q, fh.ROWS.value), "k_desc": fh._descriptor(q, fh.BLOCK_N.value),
-             "v_desc": fh._descriptor(q, fh.BLOCK_N.value)}
-    constants = {"HEAD_DIM": D, "STAGES": fh.STAGES[D]}
-    kernel = fh._attn_fwd_hopper_kernel
+    if kind == "fwd":
+        kernel, stages = fh._attn_fwd_hopper_kernel, fh.STAGES[D]
+        descs = {"q_desc": fh._descriptor(q, fh.ROWS.value), "k_desc": fh._descriptor(q, fh.BLOCK_N.value),
+                 "v_desc": fh._descriptor(q, fh.BLOCK_N.value)}
+    else:
+        kernel, stages = fh._attn_bwd_hopper_kernel, 2
+        tile = fh.TILE.value
+        descs = {name: fh._descriptor(q, tile, tile) for name in ("q_desc", "k_desc", "v_desc", "do_desc")}
+        descs["dq_desc"] = fh._descriptor(torch.empty(B, H, T, D), tile, tile)
+    constants = {"HEAD_DIM": D, "STAGES": stages}
+    pointers = {"O": mangle_type(q), "DK": mangle_type(q), "DV": mangle_type(q), "LSE": "*fp32", "DELTA": "*fp32"}
     names = kernel.arg_names
     signature, attrs = {}, {}
     for i, name in enumerate(names):
@@ -83,8 +91,8 @@ def compile_hopper_fwd(D, dtype=torch.bfloat16):
         elif name in descs:
             signature[name] = mangle_type(descs[name])
         else:
-            signature[name] = {"O": mangle_type(q), "LSE": "*fp32", "qk_scale": "fp32"}.get(name, "i32")
-            if name in ("O", "LSE", "stride_ob", "stride_oh", "stride_ot"):
+            signature[name] = pointers.get(name, "fp32" if name in ("qk_scale", "sm_scale") else "i32")
+            if name in pointers or name.startswith("stride"):
                 attrs[(i,)] = [["tt.divisibility", 16]]
     src = GluonASTSource(kernel, signature, {(names.index(k),): v for k, v in constants.items()}, attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, maxnreg=168))
@@ -127,17 +135,18 @@ def main():
                     with open(os.path.join(args.dump, f"{name}_dropout{int(dropout)}.{ext}"), "w") as f:
                         f.write(text)
 
-    compiled = compile_hopper_fwd(D)
-    ptx, usage = compiled.asm["ptx"], resource_usage(compiled.asm["cubin"])
-    print(f"\nHopper forward (flash_hopper.py), head dim {D}:")
-    print("| warps | wgmma.mma_async | setmaxnreg | registers | stack bytes | shared bytes |")
-    print("|---|---|---|---|---|---|")
-    print(f"| {compiled.metadata.num_warps} | {ptx.count('wgmma.mma_async')} | {ptx.count('setmaxnreg')} | "
-          f"{usage['REG']} | {usage['STACK']} | {compiled.metadata.shared} |")
-    if args.dump:
-        for ext in ("ttgir", "ptx"):
-            with open(os.path.join(args.dump, f"hopper_forward.{ext}"), "w") as f:
-                f.write(compiled.asm[ext])
+    print(f"\nHopper kernels (flash_hopper.py), head dim {D}:")
+    print("| kernel | warps | wgmma.mma_async | setmaxnreg | registers | stack bytes | shared bytes |")
+    print("|---|---|---|---|---|---|---|")
+    for kind, name in (("fwd", "forward"), ("bwd", "backward")):
+        compiled = compile_hopper(kind, D)
+        ptx, usage = compiled.asm["ptx"], resource_usage(compiled.asm["cubin"])
+        print(f"| hopper {name} | {compiled.metadata.num_warps} | {ptx.count('wgmma.mma_async')} | "
+              f"{ptx.count('setmaxnreg')} | {usage['REG']} | {usage['STACK']} | {compiled.metadata.shared} |")
+        if args.dump:
+            for ext in ("ttgir", "ptx"):
+                with open(os.path.join(args.dump, f"hopper_{name}.{ext}"), "w") as f:
+                    f.write(compiled.asm[ext])
 
 
 if __name__ == "__main__":
