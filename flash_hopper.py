@@ -40,17 +40,19 @@ def _tma_add(desc, coord, src, _semantic=None):
     _semantic.builder.create_async_tma_reduce(ir.DESCRIPTOR_REDUCE_KIND.ADD, desc.handle, coord, src.handle)
 
 ROWS = gl.constexpr(64)  # query rows per softmax warpgroup: one wgmma is 64 rows tall
-BLOCK_N = gl.constexpr(128)  # keys per K/V tile
+BLOCK_M = gl.constexpr(128)  # query rows per program: two warpgroups
+BLOCK_N = gl.constexpr(128)  # keys per K/V tile; BLOCK_N == BLOCK_M, so each program has one diagonal tile
 
 
 @gluon.jit
 def _load_partition(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_free, v_free,
                     b, h, start_m, n_tiles):
+    # The producer: one warp that only issues TMA copies. A buffer is refilled once both softmax groups have
+    # released it (k_free and v_free count 2 arrivals); TMA completes each copy on its *_ready barrier.
     STAGES: gl.constexpr = k_smem.shape[0]
-    GROUPS: gl.constexpr = q_smem.shape[0]
-    mbarrier.expect(q_bar, GROUPS * q_desc.block_type.nbytes)
-    for g in gl.static_range(GROUPS):
-        tma.async_copy_global_to_shared(q_desc, [b, h, start_m + g * ROWS, 0], q_bar, q_smem.index(g))
+    mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(q_desc, [b, h, start_m, 0], q_bar, q_smem.index(0))
+    tma.async_copy_global_to_shared(q_desc, [b, h, start_m + ROWS, 0], q_bar, q_smem.index(1))
     for j in range(n_tiles):
         s = j % STAGES
         phase = ((j // STAGES) & 1) ^ 1  # a fresh barrier passes a wait for the phase before its first
@@ -81,16 +83,15 @@ def _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, j, p, acc, 
     # turn to the other group, then compute the softmax of S_j while the P V product is still running.
     STAGES: gl.constexpr = k_smem.shape[0]
     HEAD_DIM: gl.constexpr = k_smem.shape[-1]
-    GROUPS: gl.constexpr = turn.shape[0]
     s = j % STAGES
     prev = (j - 1) % STAGES
-    mbarrier.wait(turn.index(GROUP), ((j - 1) & 1) ^ (GROUP == 0))
+    mbarrier.wait(turn.index(GROUP), ((j - 1) & 1) ^ (1 - GROUP))  # group 0 goes first
     mbarrier.wait(k_ready.index(s), (j // STAGES) & 1)
     scores = warpgroup_mma(q, k_smem.index(s).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_zero,
                            use_acc=False, is_async=True)
     mbarrier.wait(v_ready.index(prev), ((j - 1) // STAGES) & 1)
     acc = warpgroup_mma(p, v_smem.index(prev).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
-    mbarrier.arrive(turn.index((GROUP + 1) % GROUPS), count=1)
+    mbarrier.arrive(turn.index(1 - GROUP), count=1)
     scores = warpgroup_mma_wait(1, deps=(scores, ))  # S_j is done; P_{j-1} V_{j-1} may still run
     mbarrier.arrive(k_free.index(s), count=1)
     p_new, m_i, l_i, alpha = _softmax_tile(scores, m_i, l_i, rows, j * BLOCK_N, qk_scale, MASKED)
@@ -133,19 +134,18 @@ def _softmax_partition(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_free, 
     mbarrier.arrive(k_free.index(0), count=1)
     m_i = gl.full([ROWS], float("-inf"), gl.float32, layout=row_s)
     l_i = gl.zeros([ROWS], gl.float32, layout=row_s)
-    GROUPS: gl.constexpr = turn.shape[0]
-    if n_tiles <= GROUPS - 1:
+    if n_tiles == 1:
         p, m_i, l_i, alpha = _softmax_tile(scores, m_i, l_i, rows, 0, qk_scale, True)
     else:
         p, m_i, l_i, alpha = _softmax_tile(scores, m_i, l_i, rows, 0, qk_scale, False)
     p = gl.convert_layout(p.to(dtype), p_layout)
 
-    for j in range(1, n_tiles - (GROUPS - 1)):
+    for j in range(1, n_tiles - 1):
         p, acc, m_i, l_i = _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, j, p, acc, m_i, l_i,
                                  rows, qk_scale, s_zero, GROUP, False)
-    for j in range(gl.maximum(1, n_tiles - (GROUPS - 1)), n_tiles):
-        p, acc, m_i, l_i = _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, j, p, acc, m_i, l_i,
-                                 rows, qk_scale, s_zero, GROUP, True)
+    if n_tiles > 1:  # the diagonal tile, out of the loop so that the loop carries no mask
+        p, acc, m_i, l_i = _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, n_tiles - 1, p, acc,
+                                 m_i, l_i, rows, qk_scale, s_zero, GROUP, True)
 
     last = (n_tiles - 1) % STAGES
     mbarrier.wait(v_ready.index(last), ((n_tiles - 1) // STAGES) & 1)
@@ -169,25 +169,18 @@ def _softmax_partition_1(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_free
 
 
 @gluon.jit
-def _softmax_partition_2(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_free, v_free, turn, O, LSE,
-                         stride_ob, stride_oh, stride_ot, b, h, bh, T, start_m, n_tiles, qk_scale):
-    _softmax_partition(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_free, v_free, turn, O, LSE,
-                       stride_ob, stride_oh, stride_ot, b, h, bh, T, start_m, n_tiles, qk_scale, 2)
-
-
-@gluon.jit
 def _attn_fwd_hopper_kernel(q_desc, k_desc, v_desc, O, LSE, stride_ob, stride_oh, stride_ot, H, T, qk_scale,
-                            HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, GROUPS: gl.constexpr):
+                            HEAD_DIM: gl.constexpr, STAGES: gl.constexpr):
+    # grid: (cdiv(T, BLOCK_M), B * H); the last row tile (the most key tiles) starts first
     pid_m = gl.num_programs(0) - 1 - gl.program_id(0)
     bh = gl.program_id(1)
     b = bh // H
     h = bh % H
-    BLOCK_M: gl.constexpr = GROUPS * ROWS
     start_m = pid_m * BLOCK_M
-    n_tiles = (start_m + BLOCK_M - 1) // BLOCK_N + 1
+    n_tiles = pid_m + 1  # key tiles 0 .. pid_m; the last is the diagonal
 
     dtype: gl.constexpr = q_desc.dtype
-    q_smem = gl.allocate_shared_memory(dtype, [GROUPS] + q_desc.block_type.shape, q_desc.layout)
+    q_smem = gl.allocate_shared_memory(dtype, [2] + q_desc.block_type.shape, q_desc.layout)
     k_smem = gl.allocate_shared_memory(dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
     v_smem = gl.allocate_shared_memory(dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
     q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
@@ -195,27 +188,24 @@ def _attn_fwd_hopper_kernel(q_desc, k_desc, v_desc, O, LSE, stride_ob, stride_oh
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     k_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    turn = gl.allocate_shared_memory(gl.int64, [GROUPS, 1], mbarrier.MBarrierLayout())
+    turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     mbarrier.init(q_bar, count=1)
     for i in gl.static_range(STAGES):
         mbarrier.init(k_ready.index(i), count=1)
         mbarrier.init(v_ready.index(i), count=1)
-        mbarrier.init(k_free.index(i), count=GROUPS)
-        mbarrier.init(v_free.index(i), count=GROUPS)
-    for i in gl.static_range(GROUPS):
+        mbarrier.init(k_free.index(i), count=2)  # released by both softmax groups
+        mbarrier.init(v_free.index(i), count=2)
+    for i in gl.static_range(2):
         mbarrier.init(turn.index(i), count=1)
 
     softmax_args = (q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_free, v_free, turn, O, LSE,
                     stride_ob, stride_oh, stride_ot, b, h, bh, T, start_m, n_tiles, qk_scale)
-    load_args = (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_free, v_free,
-                 b, h, start_m, n_tiles)
-    if GROUPS == 2:
-        gl.warp_specialize([(_softmax_partition, softmax_args + (0, )), (_softmax_partition_1, softmax_args),
-                            (_load_partition, load_args)], [4, 1], [240, 24])
-    else:
-        gl.warp_specialize([(_softmax_partition, softmax_args + (0, )), (_softmax_partition_1, softmax_args),
-                            (_softmax_partition_2, softmax_args), (_load_partition, load_args)], [4, 4, 1],
-                           [160, 160, 24])
+    gl.warp_specialize([
+        (_softmax_partition, softmax_args + (0, )),
+        (_softmax_partition_1, softmax_args),
+        (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_free, v_free,
+                           b, h, start_m, n_tiles)),
+    ], [4, 1], [240, 24])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -400,7 +390,6 @@ _GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.floa
 # note 22). Below it a program has few key tiles, and what it pays once (setting up three partitions, loading Q,
 # the epilogue) is not won back.
 MIN_T = {64: 4096, 128: 1024}
-GROUPS = {64: 2, 128: 2}
 # The same for the backward (note 23): below these its dQ reductions cost more than the Triton backward's second
 # pass over the keys
 MIN_T_BWD = {64: 8192, 128: 4096}
@@ -437,16 +426,15 @@ def _descriptor(t: torch.Tensor, rows: int, cols: int = 0) -> TensorDescriptor:
     return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows, cols], _smem_layout(rows, cols, t.dtype))
 
 
-def attn_fwd(q, k, v, o, lse, qk_scale: float, stages: int = 0, groups: int = 0) -> None:
+def attn_fwd(q, k, v, o, lse, qk_scale: float, stages: int = 0) -> None:
     """Fill o (B, H, T, D) and lse (B, H, T) as flash_kernel's Triton forward does; qk_scale = softmax scale *
     log2(e). stages: K/V buffers in the ring (0: the tuned count)."""
     B, H, T, D = q.shape
-    groups = groups or GROUPS[D]
-    grid = (triton.cdiv(T, groups * ROWS.value), B * H)
+    grid = (triton.cdiv(T, BLOCK_M.value), B * H)
     _attn_fwd_hopper_kernel[grid](
         _descriptor(q, ROWS.value), _descriptor(k, BLOCK_N.value), _descriptor(v, BLOCK_N.value), o, lse,
         o.stride(0), o.stride(1), o.stride(2), H, T, qk_scale,
-        HEAD_DIM=D, STAGES=stages or STAGES[D], GROUPS=groups, num_warps=4, maxnreg=168 if groups == 2 else 128,
+        HEAD_DIM=D, STAGES=stages or STAGES[D], num_warps=4, maxnreg=168,
     )
 
 
