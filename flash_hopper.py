@@ -13,6 +13,7 @@ warpgroups of a program run in lockstep behind a barrier, and the tensor cores i
 
 Backward. One program holds 128 keys, 64 per warpgroup with their dK and dV in registers, and sweeps the query
 blocks that see them with five products per tile; dQ is added into an fp32 buffer by TMA reductions (note 23).
+At head dim 64 a third warpgroup makes dQ, off the other two's critical path (note 25).
 
 Only flash_kernel.py calls this, where supported() says so; everything else runs the Triton kernels, which are
 also the reference these are tested against. Gluon has no interpreter, so this file runs on a Hopper GPU only;
@@ -247,6 +248,7 @@ def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, kv_bar
     NCOL: gl.constexpr = k_smem.shape[0] // 2
     STAGES: gl.constexpr = q_smem.shape[0] // NCOL
     HEAD_DIM: gl.constexpr = NCOL * TILE
+    DQ_GROUP: gl.constexpr = NCOL == 1  # head dim 64: dQ is _bwd_dq_partition's job
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16])
     op_a: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
     dtype: gl.constexpr = q_smem.dtype
@@ -300,9 +302,12 @@ def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, kv_bar
         fence_async_shared()
         mbarrier.arrive(ds_ready.index(buf), count=1)
         # P^T and dS^T leave the registers once dV and dK have them; Q and dO go back to the loader
-        dv0, dv1, dk0, dk1 = warpgroup_mma_wait(0, deps=(dv0, dv1, dk0, dk1))
+        if NCOL == 2:
+            dv0, dv1, dk0, dk1 = warpgroup_mma_wait(0, deps=(dv0, dv1, dk0, dk1))
+        else:
+            dv0, dk0 = warpgroup_mma_wait(0, deps=(dv0, dk0))
         mbarrier.arrive(q_free.index(s), count=1)
-        if GROUP < NCOL:
+        if GROUP < NCOL and not DQ_GROUP:
             mbarrier.wait(ds_ready.index(buf), (i // 2) & 1)
             dq = warpgroup_mma(ds_smem.index(buf * 2).permute((1, 0)), k_smem.index(GROUP).reshape([TILE, TILE]),
                                zero, use_acc=False, is_async=True)
@@ -316,7 +321,8 @@ def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, kv_bar
             dq_buf.reshape([TILE, TILE]).store(dq)
             fence_async_shared()
             _tma_add(dq_desc, [b, h, start_m + i * TILE, GROUP * TILE], dq_buf)
-        mbarrier.arrive(ds_free.index(buf), count=1)
+        if not DQ_GROUP:
+            mbarrier.arrive(ds_free.index(buf), count=1)
 
     keys_ok = keys[:, None] < T
     dk_ptrs = DK + b.to(gl.int64) * stride_dkb + h.to(gl.int64) * stride_dkh + keys[:, None] * stride_dkt
@@ -327,6 +333,31 @@ def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, kv_bar
     if NCOL == 2:
         gl.store(dk_ptrs + TILE + cols[None, :], dk1.to(dtype), mask=keys_ok)
         gl.store(dv_ptrs + TILE + cols[None, :], dv1.to(dtype), mask=keys_ok)
+
+
+@gluon.jit
+def _bwd_dq_partition(k_smem, ds_smem, dq_smem, kv_bar, ds_ready, ds_free, dq_desc, b, h, start_m, n_steps):
+    # Head dim 64: a warpgroup of its own makes dQ = dS K from both groups' dS^T and sends it out, so storing the
+    # fp32 tile and the TMA reduction leave the other two groups' critical path (note 23). At head dim 128 the
+    # two groups need all the registers, and each makes half of dQ itself.
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16])
+    zero = gl.zeros([TILE, TILE], gl.float32, layout=mma)
+    mbarrier.wait(kv_bar, 0)
+    for i in range(n_steps):
+        buf = i % 2
+        mbarrier.wait(ds_ready.index(buf), (i // 2) & 1)
+        dq = warpgroup_mma(ds_smem.index(buf * 2).permute((1, 0)), k_smem.index(0).reshape([TILE, TILE]), zero,
+                           use_acc=False, is_async=True)
+        dq = warpgroup_mma(ds_smem.index(buf * 2 + 1).permute((1, 0)), k_smem.index(1).reshape([TILE, TILE]), dq,
+                           is_async=True)
+        dq = warpgroup_mma_wait(0, deps=(dq, ))
+        mbarrier.arrive(ds_free.index(buf), count=1)
+        tma.store_wait(1)  # two staging buffers: the reduction sent two steps ago has read this one
+        dq_buf = dq_smem.index(buf)
+        dq_buf.reshape([TILE, TILE]).store(dq)
+        fence_async_shared()
+        _tma_add(dq_desc, [b, h, start_m + i * TILE, 0], dq_buf)
+    tma.store_wait(0)
 
 
 @gluon.jit
@@ -372,17 +403,27 @@ def _attn_bwd_hopper_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, DK, DV, LS
         mbarrier.init(q_free.index(i), count=2)
     for i in gl.static_range(2):
         mbarrier.init(ds_ready.index(i), count=2)
-        mbarrier.init(ds_free.index(i), count=2)
+        mbarrier.init(ds_free.index(i), count=1 if NCOL == 1 else 2)  # whoever reads dS for dQ frees it
 
     mma_args = (q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, kv_bar, q_ready, q_free, ds_ready, ds_free,
                 dq_desc, DK, DV, LSE, DELTA, stride_dkb, stride_dkh, stride_dkt, stride_dvb, stride_dvh, stride_dvt,
                 b, h, bh, T, start_n, start_m, n_steps, qk_scale, sm_scale)
-    gl.warp_specialize([
-        (_bwd_mma_partition, mma_args + (0, )),
-        (_bwd_mma_partition_1, mma_args),
-        (_bwd_load_partition, (q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, kv_bar, q_ready,
-                               q_free, b, h, start_n, start_m, n_steps)),
-    ], [4, 1], [240, 24])
+    load_args = (q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, kv_bar, q_ready, q_free,
+                 b, h, start_n, start_m, n_steps)
+    if NCOL == 1:  # 16 warps: 200 registers for each softmax group, 88 for the dQ group (no spills)
+        gl.warp_specialize([
+            (_bwd_mma_partition, mma_args + (0, )),
+            (_bwd_mma_partition_1, mma_args),
+            (_bwd_dq_partition, (k_smem, ds_smem, dq_smem, kv_bar, ds_ready, ds_free, dq_desc, b, h, start_m,
+                                 n_steps)),
+            (_bwd_load_partition, load_args),
+        ], [4, 4, 1], [200, 88, 24])
+    else:  # 12 warps: 240 registers for each group
+        gl.warp_specialize([
+            (_bwd_mma_partition, mma_args + (0, )),
+            (_bwd_mma_partition_1, mma_args),
+            (_bwd_load_partition, load_args),
+        ], [4, 1], [240, 24])
 
 
 _GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}
@@ -390,9 +431,9 @@ _GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.floa
 # note 22). Below it a program has few key tiles, and what it pays once (setting up three partitions, loading Q,
 # the epilogue) is not won back.
 MIN_T = {64: 4096, 128: 1024}
-# The same for the backward (note 23): below these its dQ reductions cost more than the Triton backward's second
-# pass over the keys
-MIN_T_BWD = {64: 8192, 128: 4096}
+# The same for the backward (notes 23, 25): below these its dQ reductions cost more than the Triton backward's
+# second pass over the keys
+MIN_T_BWD = {64: 2048, 128: 4096}
 STAGES = {64: 2, 128: 2}
 
 
@@ -411,6 +452,12 @@ def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, d
     size = q.element_size()
     tensors = (q, k, v) if do is None else (q, k, v, do)
     return all(t.data_ptr() % 16 == 0 and all(st * size % 16 == 0 for st in t.stride()[:-1]) for t in tensors)
+
+
+def maxnreg(kind: str, D: int) -> int:
+    """The kernel's register cap: the whole register file (64K) over its warps, 12, or 16 for the backward at head
+    dim 64. warp_specialize then hands out each partition's share with setmaxnreg."""
+    return 128 if (kind, D) == ("bwd", 64) else 168
 
 
 @functools.lru_cache(maxsize=None)
@@ -434,7 +481,7 @@ def attn_fwd(q, k, v, o, lse, qk_scale: float, stages: int = 0) -> None:
     _attn_fwd_hopper_kernel[grid](
         _descriptor(q, ROWS.value), _descriptor(k, BLOCK_N.value), _descriptor(v, BLOCK_N.value), o, lse,
         o.stride(0), o.stride(1), o.stride(2), H, T, qk_scale,
-        HEAD_DIM=D, STAGES=stages or STAGES[D], num_warps=4, maxnreg=168,
+        HEAD_DIM=D, STAGES=stages or STAGES[D], num_warps=4, maxnreg=maxnreg("fwd", D),
     )
 
 
@@ -447,6 +494,7 @@ def attn_bwd(do, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, log2e: f
         _descriptor(q, tile, tile), _descriptor(k, tile, tile), _descriptor(v, tile, tile), _descriptor(do, tile, tile),
         _descriptor(dq_acc, tile, tile), dk, dv, lse, delta,
         dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
-        H, T, softmax_scale * log2e, softmax_scale, HEAD_DIM=D, STAGES=stages, num_warps=4, maxnreg=168,
+        H, T, softmax_scale * log2e, softmax_scale, HEAD_DIM=D, STAGES=stages, num_warps=4,
+        maxnreg=maxnreg("bwd", D),
     )
     dq.copy_(dq_acc)

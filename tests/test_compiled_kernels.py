@@ -105,17 +105,22 @@ def hopper(request, compiled_64):
     return compiled_64[1] if request.param == 64 else _compile_sm90(128)[1]
 
 
-def test_hopper_kernels_are_warp_specialized(hopper):
-    # flash_hopper.py's three partitions in each kernel: two 4-warp groups that do the math and a 1-warp loader
-    # (warps are allotted in groups of 4, so 12), with registers moved between them by setmaxnreg
+def test_hopper_kernels_are_warp_specialized(request, hopper):
+    # flash_hopper.py's partitions: two 4-warp groups that do the math and a 1-warp loader (warps are allotted in
+    # groups of 4, so 12), plus at head dim 64 the backward's 4-warp dQ group (16), with registers moved between
+    # them by setmaxnreg
+    backward_warps = 16 if request.node.callspec.id == "D64" else 12
+    assert hopper["forward"]["warps"] == 12 and hopper["backward"]["warps"] == backward_warps, hopper
     for kernel in hopper.values():
-        assert kernel["warps"] == 12, hopper
         assert kernel["setmaxnreg"] > 0, hopper
         assert kernel["shared"] <= 227 * 1024, hopper  # an H100's limit per block
 
 
-def test_hopper_forward_does_not_spill(hopper):
+def test_hopper_kernels_do_not_spill(request, hopper):
     # Each softmax group holds S, P and O for 64 rows in registers. If ptxas spills them to local memory, the
     # loop reloads them every key tile (BENCHMARKS.md, note 22: an early version spilled 200 bytes per thread).
-    # The backward is not held to this: at head dim 128 it spills 72 bytes (note 23).
+    # The backward at head dim 64 gives its third warpgroup 88 registers so the other two get 200: 168 spilled 80
+    # bytes (note 25). At head dim 128 the backward is not held to this: it spills 64-72 bytes (note 23).
     assert hopper["forward"]["stack"] == 0, hopper
+    if request.node.callspec.id == "D64":
+        assert hopper["backward"]["stack"] == 0, hopper

@@ -95,7 +95,8 @@ def compile_hopper(kind, D, dtype=torch.bfloat16):
             if name in pointers or name.startswith("stride"):
                 attrs[(i,)] = [["tt.divisibility", 16]]
     src = GluonASTSource(kernel, signature, {(names.index(k),): v for k, v in constants.items()}, attrs)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, maxnreg=168))
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                          options=dict(num_warps=4, maxnreg=fh.maxnreg(kind, D)))
 
 
 def resource_usage(cubin: bytes) -> dict:
