@@ -17,6 +17,10 @@ ever stored, nothing needs atomics, and under the causal mask every program does
 
 Dropout draws its mask from Philox keyed on (seed, row, column, batch*head): the backward regenerates exactly the
 same mask, and the seed comes from torch's generator, so torch.manual_seed makes a run reproducible.
+
+On Hopper GPUs the launchers hand long causal fp16/bf16 calls without dropout to flash_hopper.py's warp-specialized
+Gluon kernels (flash_hopper.supported says which); they fill the same o, lse and gradients, so either forward pairs
+with either backward.
 """
 import math
 import os
