@@ -40,6 +40,7 @@ def _tma_add(desc, coord, src, _semantic=None):
     coord = _semantic._convert_to_ir_values(coord, require_i64=False)
     _semantic.builder.create_async_tma_reduce(ir.DESCRIPTOR_REDUCE_KIND.ADD, desc.handle, coord, src.handle)
 
+
 ROWS = gl.constexpr(64)  # query rows per softmax warpgroup: one wgmma is 64 rows tall
 BLOCK_M = gl.constexpr(128)  # query rows per program: two warpgroups
 BLOCK_N = gl.constexpr(128)  # keys per K/V tile; BLOCK_N == BLOCK_M, so each program has one diagonal tile
@@ -212,8 +213,9 @@ def _attn_fwd_hopper_kernel(q_desc, k_desc, v_desc, O, LSE, stride_ob, stride_oh
 # ----------------------------------------------------------------------------------------------------------------
 # Backward: FlashAttention-3's five products per tile. One program holds 128 keys (64 per softmax warpgroup, with
 # their dK and dV in registers) and sweeps the 64-row query blocks that see them: S^T = K Q^T, dP^T = V dO^T,
-# dV += P^T dO, dK += dS^T Q, and dQ += dS K, added into an fp32 buffer with atomics. All tiles are 64 x 64
-# (head dim 128 comes as two column halves), so every product is one wgmma shape.
+# dV += P^T dO, dK += dS^T Q, and dQ += dS K, added into an fp32 buffer by TMA reductions (other programs add
+# into the same rows). All tiles are 64 x 64 (head dim 128 comes as two column halves), so every product is one
+# wgmma shape.
 
 TILE = gl.constexpr(64)
 
