@@ -244,7 +244,7 @@ def _bwd_load_partition(q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem,
 
 
 @gluon.jit
-def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, kv_bar, q_ready, q_free, ds_ready,
+def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar, kv_bar, q_ready, q_free, ds_ready,
                        ds_free, dq_desc, DK, DV, LSE, DELTA, stride_dkb, stride_dkh, stride_dkt, stride_dvb, stride_dvh,
                        stride_dvt, b, h, bh, T, start_n, start_m, n_steps, qk_scale, sm_scale, GROUP: gl.constexpr):
     NCOL: gl.constexpr = k_smem.shape[0] // 2
@@ -316,13 +316,13 @@ def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, kv_bar
             dq = warpgroup_mma(ds_smem.index(buf * 2 + 1).permute((1, 0)),
                                k_smem.index(NCOL + GROUP).reshape([TILE, TILE]), dq, is_async=True)
             dq = warpgroup_mma_wait(0, deps=(dq, ))
-            # two buffers per group: the reduction issued two steps ago must have read this one (at most the
-            # previous step's may still be in flight)
-            tma.store_wait(1)
-            dq_buf = dq_smem.index(buf * NCOL + GROUP)
-            dq_buf.reshape([TILE, TILE]).store(dq)
+            # hand the tile to _bwd_reduce_partition through one of this group's two staging buffers, once its
+            # reduction from two steps ago has read it (dq_bar: 4 "ready" then 4 "free" barriers)
+            idx = GROUP * 2 + buf
+            mbarrier.wait(dq_bar.index(4 + idx), ((i // 2) & 1) ^ 1)
+            dq_smem.index(idx).reshape([TILE, TILE]).store(dq)
             fence_async_shared()
-            _tma_add(dq_desc, [b, h, start_m + i * TILE, GROUP * TILE], dq_buf)
+            mbarrier.arrive(dq_bar.index(idx), count=1)
         if not DQ_GROUP:
             mbarrier.arrive(ds_free.index(buf), count=1)
 
@@ -363,10 +363,26 @@ def _bwd_dq_partition(k_smem, ds_smem, dq_smem, kv_bar, ds_ready, ds_free, dq_de
 
 
 @gluon.jit
-def _bwd_mma_partition_1(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, kv_bar, q_ready, q_free, ds_ready,
+def _bwd_reduce_partition(dq_smem, dq_bar, dq_desc, b, h, start_m, n_steps):
+    # Head dim 128: one warp sends both groups' dQ halves into the fp32 buffer with TMA reductions and frees their
+    # staging buffers once the reductions have read them, so the groups never wait on a reduction (note 26)
+    for i in range(n_steps):
+        for g in gl.static_range(2):
+            idx = g * 2 + i % 2
+            mbarrier.wait(dq_bar.index(idx), (i // 2) & 1)
+            _tma_add(dq_desc, [b, h, start_m + i * TILE, g * TILE], dq_smem.index(idx))
+        tma.store_wait(2)  # the previous step's two reductions are done: their buffers can be refilled
+        if i > 0:
+            for g in gl.static_range(2):
+                mbarrier.arrive(dq_bar.index(4 + g * 2 + (i - 1) % 2), count=1)
+    tma.store_wait(0)
+
+
+@gluon.jit
+def _bwd_mma_partition_1(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar, kv_bar, q_ready, q_free, ds_ready,
                          ds_free, dq_desc, DK, DV, LSE, DELTA, stride_dkb, stride_dkh, stride_dkt, stride_dvb, stride_dvh,
                          stride_dvt, b, h, bh, T, start_n, start_m, n_steps, qk_scale, sm_scale):
-    _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, kv_bar, q_ready, q_free, ds_ready,
+    _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar, kv_bar, q_ready, q_free, ds_ready,
                        ds_free, dq_desc, DK, DV, LSE, DELTA, stride_dkb, stride_dkh, stride_dkt, stride_dvb, stride_dvh,
                        stride_dvt, b, h, bh, T, start_n, start_m, n_steps, qk_scale, sm_scale, 1)
 
@@ -394,6 +410,7 @@ def _attn_bwd_hopper_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, DK, DV, LS
     ds_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
     ds_smem = gl.allocate_shared_memory(dtype, [4, TILE, TILE], ds_layout)  # 2 buffers x 2 groups
     dq_smem = gl.allocate_shared_memory(gl.float32, [2 * NCOL] + dq_desc.block_type.shape, dq_desc.layout)
+    dq_bar = gl.allocate_shared_memory(gl.int64, [8, 1], mbarrier.MBarrierLayout())
     kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     q_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     q_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -406,8 +423,10 @@ def _attn_bwd_hopper_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, DK, DV, LS
     for i in gl.static_range(2):
         mbarrier.init(ds_ready.index(i), count=2)
         mbarrier.init(ds_free.index(i), count=1 if NCOL == 1 else 2)  # whoever reads dS for dQ frees it
+    for i in gl.static_range(8):
+        mbarrier.init(dq_bar.index(i), count=1)
 
-    mma_args = (q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, kv_bar, q_ready, q_free, ds_ready, ds_free,
+    mma_args = (q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar, kv_bar, q_ready, q_free, ds_ready, ds_free,
                 dq_desc, DK, DV, LSE, DELTA, stride_dkb, stride_dkh, stride_dkt, stride_dvb, stride_dvh, stride_dvt,
                 b, h, bh, T, start_n, start_m, n_steps, qk_scale, sm_scale)
     load_args = (q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, kv_bar, q_ready, q_free,
@@ -420,12 +439,13 @@ def _attn_bwd_hopper_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, DK, DV, LS
                                  n_steps)),
             (_bwd_load_partition, load_args),
         ], [4, 4, 1], [200, 88, 24])
-    else:  # 12 warps: 240 registers for each group
+    else:  # 12 warps: 240 registers for each group; the loader and the reduce warp share the third warpgroup
         gl.warp_specialize([
             (_bwd_mma_partition, mma_args + (0, )),
             (_bwd_mma_partition_1, mma_args),
             (_bwd_load_partition, load_args),
-        ], [4, 1], [240, 24])
+            (_bwd_reduce_partition, (dq_smem, dq_bar, dq_desc, b, h, start_m, n_steps)),
+        ], [4, 1, 1], [240, 24, 24])
 
 
 _GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}
