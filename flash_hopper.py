@@ -13,7 +13,8 @@ warpgroups of a program run in lockstep behind a barrier, and the tensor cores i
 
 Backward. One program holds 128 keys, 64 per warpgroup with their dK and dV in registers, and sweeps the query
 blocks that see them with five products per tile; dQ is added into an fp32 buffer by TMA reductions (note 23).
-At head dim 64 a third warpgroup makes dQ, off the other two's critical path (note 25).
+At head dim 64 a third warpgroup makes dQ, off the other two's critical path (note 25); at 128 the two groups make
+its halves and one more warp sends the reductions (note 26).
 
 Only flash_kernel.py calls this, where supported() says so; everything else runs the Triton kernels, which are
 also the reference these are tested against. Gluon has no interpreter, so this file runs on a Hopper GPU only;

@@ -120,7 +120,7 @@ def test_hopper_kernels_do_not_spill(request, hopper):
     # Each softmax group holds S, P and O for 64 rows in registers. If ptxas spills them to local memory, the
     # loop reloads them every key tile (BENCHMARKS.md, note 22: an early version spilled 200 bytes per thread).
     # The backward at head dim 64 gives its third warpgroup 88 registers so the other two get 200: 168 spilled 80
-    # bytes (note 25). At head dim 128 the backward is not held to this: it spills 64-72 bytes (note 23).
+    # bytes (note 25). At head dim 128 the backward is not held to this: it spills 64-96 bytes (notes 23, 26).
     assert hopper["forward"]["stack"] == 0, hopper
     if request.node.callspec.id == "D64":
         assert hopper["backward"]["stack"] == 0, hopper
