@@ -28,7 +28,7 @@ import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
-                                                                 warpgroup_mma_init, warpgroup_mma_wait)
+                                                                 warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 from triton.experimental.gluon.language._core import builtin
 from triton._C.libtriton import ir
@@ -457,7 +457,7 @@ MIN_T = {64: 4096, 128: 1024}
 # The same for the backward (notes 23, 25): below these its dQ reductions cost more than the Triton backward's
 # second pass over the keys
 MIN_T_BWD = {64: 2048, 128: 4096}
-STAGES = {64: 2, 128: 2}
+NUM_STAGES = 2  # K/V tiles (forward) and Q/dO tiles (backward) in flight; 3 was no faster (note 22)
 
 
 def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, dropout_p: float,
@@ -496,20 +496,21 @@ def _descriptor(t: torch.Tensor, rows: int, cols: int = 0) -> TensorDescriptor:
     return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows, cols], _smem_layout(rows, cols, t.dtype))
 
 
-def attn_fwd(q, k, v, o, lse, qk_scale: float, stages: int = 0) -> None:
+def attn_fwd(q, k, v, o, lse, qk_scale: float) -> None:
     """Fill o (B, H, T, D) and lse (B, H, T) as flash_kernel's Triton forward does; qk_scale = softmax scale *
-    log2(e). stages: K/V buffers in the ring (0: the tuned count)."""
+    log2(e)."""
     B, H, T, D = q.shape
     grid = (triton.cdiv(T, BLOCK_M.value), B * H)
     _attn_fwd_hopper_kernel[grid](
         _descriptor(q, ROWS.value), _descriptor(k, BLOCK_N.value), _descriptor(v, BLOCK_N.value), o, lse,
         o.stride(0), o.stride(1), o.stride(2), H, T, qk_scale,
-        HEAD_DIM=D, STAGES=stages or STAGES[D], num_warps=4, maxnreg=maxnreg("fwd", D),
+        HEAD_DIM=D, STAGES=NUM_STAGES, num_warps=4, maxnreg=maxnreg("fwd", D),
     )
 
 
-def attn_bwd(do, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, log2e: float, stages: int = 2) -> None:
-    """Fill dq, dk, dv as flash_kernel's Triton backward does, from delta = rowsum(dO * O)."""
+def attn_bwd(do, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, qk_scale: float) -> None:
+    """Fill dq, dk, dv as flash_kernel's Triton backward does, from delta = rowsum(dO * O); qk_scale as in
+    attn_fwd."""
     B, H, T, D = q.shape
     dq_acc = torch.zeros((B, H, T, D), dtype=torch.float32, device=q.device)
     tile = TILE.value
@@ -517,7 +518,7 @@ def attn_bwd(do, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, log2e: f
         _descriptor(q, tile, tile), _descriptor(k, tile, tile), _descriptor(v, tile, tile), _descriptor(do, tile, tile),
         _descriptor(dq_acc, tile, tile), dk, dv, lse, delta,
         dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
-        H, T, softmax_scale * log2e, softmax_scale, HEAD_DIM=D, STAGES=stages, num_warps=4,
+        H, T, qk_scale, softmax_scale, HEAD_DIM=D, STAGES=NUM_STAGES, num_warps=4,
         maxnreg=maxnreg("bwd", D),
     )
     dq.copy_(dq_acc)

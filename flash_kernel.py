@@ -565,7 +565,7 @@ def _attn_bwd(do, q, k, v, o, lse, seed, causal, softmax_scale, dropout_p):
         H, T, HEAD_DIM=D, BLOCK_M=64,
     )
     if flash_hopper is not None and flash_hopper.supported(q, k, v, causal, dropout_p, flash_hopper.MIN_T_BWD, do):
-        flash_hopper.attn_bwd(do, q, k, v, lse, delta, dq, dk, dv, softmax_scale, LOG2E)
+        flash_hopper.attn_bwd(do, q, k, v, lse, delta, dq, dk, dv, softmax_scale, softmax_scale * LOG2E)
         return dq, dk, dv
 
     def launch(BLOCK, BLOCK_M1, BLOCK_N2, num_warps, num_stages):

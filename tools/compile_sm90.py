@@ -6,8 +6,8 @@ and wgmma waits in the PTX. A developer's tool for checking a layout change befo
     python tools/compile_sm90.py [--head-dim 64] [--dump DIR]
 
 Uses the shipped tile configurations for bf16 at T=4096 (the forward's and the backward's), with and without
-dropout, then the Hopper forward (flash_hopper.py): its warps, wgmma count, and the registers and local memory
-(spills) that ptxas gave it, read from the cubin with the cuobjdump that Triton bundles. Needs triton's NVIDIA
+dropout, then the Hopper forward and backward (flash_hopper.py): their warps, wgmma count, and the registers and
+local memory (spills) that ptxas gave them, read from the cubin with the cuobjdump that Triton bundles. Needs triton's NVIDIA
 backend, which bundles ptxas; no GPU and no CUDA driver.
 """
 import argparse
@@ -31,22 +31,32 @@ POINTERS = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "O": "*bf16", "DO": "*bf16
 FLOATS = ("qk_scale", "sm_scale", "drop_scale")
 
 
-def compile_sm90(kernel, constants, num_warps, num_stages, arch=90, dtype="bf16"):
-    # Specialized as a launch at the tools' shapes is: Triton marks pointers (16-byte aligned) and integers that
-    # are multiples of 16 (strides, H, T) as divisible by 16, which is what lets it vectorize the loads and
-    # pipeline them through shared memory. Without the marks the kernels compile to other, slower code.
+def _specialize(kernel, constants, type_of, divisible):
+    """(signature, constexprs, attrs) for a launch of `kernel`: the constants as constexprs, every other argument
+    typed type_of(name) and, where divisible(name), marked divisible by 16 as Triton marks a launch's 16-byte
+    aligned pointers and multiple-of-16 integers. Without the marks the kernels compile to other, slower code:
+    the loads are neither vectorized nor pipelined."""
     names = kernel.arg_names
     signature, attrs = {}, {}
     for i, name in enumerate(names):
         if name in constants:
             signature[name] = "constexpr"
-        elif name in FLOATS:
-            signature[name] = "fp32"
         else:
-            signature[name] = POINTERS[name].replace("bf16", dtype) if name in POINTERS else "i32"
-            if name != "DROP_THRESHOLD":
+            signature[name] = type_of(name)
+            if divisible(name):
                 attrs[(i,)] = [["tt.divisibility", 16]]
-    src = ASTSource(kernel, signature, {(names.index(k),): v for k, v in constants.items()}, attrs)
+    return signature, {(names.index(k),): v for k, v in constants.items()}, attrs
+
+
+def compile_sm90(kernel, constants, num_warps, num_stages, arch=90, dtype="bf16"):
+    # Specialized as a launch at the tools' shapes is: pointers, strides, H and T divisible by 16
+    def type_of(name):
+        if name in FLOATS:
+            return "fp32"
+        return POINTERS[name].replace("bf16", dtype) if name in POINTERS else "i32"
+
+    src = ASTSource(kernel, *_specialize(kernel, constants, type_of,
+                                         lambda name: name not in FLOATS and name != "DROP_THRESHOLD"))
     target = GPUTarget("cuda", arch, 32)
     return triton.compile(src, target=target, options=dict(num_warps=num_warps, num_stages=num_stages))
 
@@ -73,28 +83,24 @@ def compile_hopper(kind, D, dtype=torch.bfloat16):
     B, H, T = 2, 4, 1024
     q = torch.empty(B, T, 3, H, D, dtype=dtype)[:, :, 0].transpose(1, 2)  # (B, H, T, D) view, as the model's
     if kind == "fwd":
-        kernel, stages = fh._attn_fwd_hopper_kernel, fh.STAGES[D]
+        kernel = fh._attn_fwd_hopper_kernel
         descs = {"q_desc": fh._descriptor(q, fh.ROWS.value), "k_desc": fh._descriptor(q, fh.BLOCK_N.value),
                  "v_desc": fh._descriptor(q, fh.BLOCK_N.value)}
     else:
-        kernel, stages = fh._attn_bwd_hopper_kernel, 2
+        kernel = fh._attn_bwd_hopper_kernel
         tile = fh.TILE.value
         descs = {name: fh._descriptor(q, tile, tile) for name in ("q_desc", "k_desc", "v_desc", "do_desc")}
         descs["dq_desc"] = fh._descriptor(torch.empty(B, H, T, D), tile, tile)
-    constants = {"HEAD_DIM": D, "STAGES": stages}
     pointers = {"O": mangle_type(q), "DK": mangle_type(q), "DV": mangle_type(q), "LSE": "*fp32", "DELTA": "*fp32"}
-    names = kernel.arg_names
-    signature, attrs = {}, {}
-    for i, name in enumerate(names):
-        if name in constants:
-            signature[name] = "constexpr"
-        elif name in descs:
-            signature[name] = mangle_type(descs[name])
-        else:
-            signature[name] = pointers.get(name, "fp32" if name in ("qk_scale", "sm_scale") else "i32")
-            if name in pointers or name.startswith("stride"):
-                attrs[(i,)] = [["tt.divisibility", 16]]
-    src = GluonASTSource(kernel, signature, {(names.index(k),): v for k, v in constants.items()}, attrs)
+
+    def type_of(name):
+        if name in descs:
+            return mangle_type(descs[name])
+        return pointers.get(name, "fp32" if name in ("qk_scale", "sm_scale") else "i32")
+
+    constants = {"HEAD_DIM": D, "STAGES": fh.NUM_STAGES}
+    src = GluonASTSource(kernel, *_specialize(kernel, constants, type_of,
+                                              lambda name: name in pointers or name.startswith("stride")))
     return triton.compile(src, target=GPUTarget("cuda", 90, 32),
                           options=dict(num_warps=4, maxnreg=fh.maxnreg(kind, D)))
 
