@@ -48,23 +48,44 @@ BLOCK_N = gl.constexpr(128)  # keys per K/V tile; BLOCK_N == BLOCK_M, so each pr
 
 
 @gluon.jit
-def _load_partition(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_free, v_free,
-                    b, h, start_m, n_tiles):
+def _tile_coords(item, BH, n_m, H):
+    # Work item `item` of the persistent grid: row tile pid_m of head bh. Items run heaviest first (the last row
+    # tile sees the most key tiles), all heads' row tiles of one size before the next size, and each program
+    # strides through them: a longest-processing-time-first order that leaves no program a long tail.
+    pid_m = n_m - 1 - item // BH
+    bh = item % BH
+    return bh // H, bh % H, bh, pid_m * BLOCK_M, pid_m + 1
+
+
+@gluon.jit
+def _load_partition(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_free, k_ready, v_ready, k_free,
+                    v_free, BH, n_m, H):
     # The producer: one warp that only issues TMA copies. A buffer is refilled once both softmax groups have
-    # released it (k_free and v_free count 2 arrivals); TMA completes each copy on its *_ready barrier.
+    # released it (the *_free barriers count 2 arrivals); TMA completes each copy on its *_ready barrier. `it`
+    # counts key tiles over all of this program's items, so the ring of K/V buffers runs on across them, and the
+    # next item's loads start while the softmax groups still finish the last one. Q has two buffers, one per item
+    # in flight.
     STAGES: gl.constexpr = k_smem.shape[0]
-    mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
-    tma.async_copy_global_to_shared(q_desc, [b, h, start_m, 0], q_bar, q_smem.index(0))
-    tma.async_copy_global_to_shared(q_desc, [b, h, start_m + ROWS, 0], q_bar, q_smem.index(1))
-    for j in range(n_tiles):
-        s = j % STAGES
-        phase = ((j // STAGES) & 1) ^ 1  # a fresh barrier passes a wait for the phase before its first
-        mbarrier.wait(k_free.index(s), phase)
-        mbarrier.expect(k_ready.index(s), k_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(k_desc, [b, h, j * BLOCK_N, 0], k_ready.index(s), k_smem.index(s))
-        mbarrier.wait(v_free.index(s), phase)
-        mbarrier.expect(v_ready.index(s), v_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(v_desc, [b, h, j * BLOCK_N, 0], v_ready.index(s), v_smem.index(s))
+    it = 0
+    n = 0
+    for item in range(gl.program_id(0), n_m * BH, gl.num_programs(0)):
+        b, h, bh, start_m, n_tiles = _tile_coords(item, BH, n_m, H)
+        qb = n % 2
+        mbarrier.wait(q_free.index(qb), ((n // 2) & 1) ^ 1)  # a fresh barrier passes a wait for the phase before
+        mbarrier.expect(q_ready.index(qb), 2 * q_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(q_desc, [b, h, start_m, 0], q_ready.index(qb), q_smem.index(2 * qb))
+        tma.async_copy_global_to_shared(q_desc, [b, h, start_m + ROWS, 0], q_ready.index(qb), q_smem.index(2 * qb + 1))
+        for j in range(n_tiles):
+            s = (it + j) % STAGES
+            phase = (((it + j) // STAGES) & 1) ^ 1
+            mbarrier.wait(k_free.index(s), phase)
+            mbarrier.expect(k_ready.index(s), k_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(k_desc, [b, h, j * BLOCK_N, 0], k_ready.index(s), k_smem.index(s))
+            mbarrier.wait(v_free.index(s), phase)
+            mbarrier.expect(v_ready.index(s), v_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(v_desc, [b, h, j * BLOCK_N, 0], v_ready.index(s), v_smem.index(s))
+        it += n_tiles
+        n += 1
 
 
 @gluon.jit
@@ -80,24 +101,26 @@ def _softmax_tile(scores, m_i, l_i, rows, start_n, qk_scale, MASKED: gl.constexp
 
 
 @gluon.jit
-def _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, j, p, acc, m_i, l_i, rows, qk_scale, s_zero,
-          GROUP: gl.constexpr, MASKED: gl.constexpr):
-    # Key tile j >= 1 for one softmax group: issue S_j = Q K_j^T and O += P_{j-1} V_{j-1} back to back, hand the
-    # turn to the other group, then compute the softmax of S_j while the P V product is still running.
+def _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, r, c, start_n, p, acc, m_i, l_i, rows,
+          qk_scale, s_zero, GROUP: gl.constexpr, MASKED: gl.constexpr):
+    # One key tile after an item's first, for one softmax group: issue S_j = Q K_j^T and O += P_{j-1} V_{j-1}
+    # back to back, hand the turn to the other group, then compute the softmax of S_j while the P V product is
+    # still running. r is the tile's place in the K/V ring and c the group's count of steps so far (the turn
+    # barriers' phase), both over all of the program's items.
     STAGES: gl.constexpr = k_smem.shape[0]
     HEAD_DIM: gl.constexpr = k_smem.shape[-1]
-    s = j % STAGES
-    prev = (j - 1) % STAGES
-    mbarrier.wait(turn.index(GROUP), ((j - 1) & 1) ^ (1 - GROUP))  # group 0 goes first
-    mbarrier.wait(k_ready.index(s), (j // STAGES) & 1)
+    s = r % STAGES
+    prev = (r - 1) % STAGES
+    mbarrier.wait(turn.index(GROUP), (c & 1) ^ (1 - GROUP))  # group 0 goes first
+    mbarrier.wait(k_ready.index(s), (r // STAGES) & 1)
     scores = warpgroup_mma(q, k_smem.index(s).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_zero,
                            use_acc=False, is_async=True)
-    mbarrier.wait(v_ready.index(prev), ((j - 1) // STAGES) & 1)
+    mbarrier.wait(v_ready.index(prev), ((r - 1) // STAGES) & 1)
     acc = warpgroup_mma(p, v_smem.index(prev).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
     mbarrier.arrive(turn.index(1 - GROUP), count=1)
     scores = warpgroup_mma_wait(1, deps=(scores, ))  # S_j is done; P_{j-1} V_{j-1} may still run
     mbarrier.arrive(k_free.index(s), count=1)
-    p_new, m_i, l_i, alpha = _softmax_tile(scores, m_i, l_i, rows, j * BLOCK_N, qk_scale, MASKED)
+    p_new, m_i, l_i, alpha = _softmax_tile(scores, m_i, l_i, rows, start_n, qk_scale, MASKED)
     acc = warpgroup_mma_wait(0, deps=(acc, ))
     mbarrier.arrive(v_free.index(prev), count=1)
     acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, acc.type.layout))[:, None]
@@ -105,10 +128,9 @@ def _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, j, p, acc, 
 
 
 @gluon.jit
-def _softmax_partition(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_free, v_free, turn, O, LSE,
-                       stride_ob, stride_oh, stride_ot, b, h, bh, T, start_m, n_tiles, qk_scale,
-                       GROUP: gl.constexpr):
-    # One warpgroup: rows [row0, row0 + 64) of the program's tile. Each step issues two products back to back,
+def _softmax_partition(q_smem, k_smem, v_smem, q_ready, q_free, k_ready, v_ready, k_free, v_free, turn, O, LSE,
+                       stride_ob, stride_oh, stride_ot, BH, n_m, H, T, qk_scale, GROUP: gl.constexpr):
+    # One warpgroup: rows [row0, row0 + 64) of each item's row tile. Each step issues two products back to back,
     # S = Q K_j^T and O += P_{j-1} V_{j-1}, then computes the softmax of S_j while O's product runs. The two
     # groups take turns issuing (the `turn` barriers), so one group's softmax runs under the other's products.
     # Worker partitions take no constexpr arguments, so sizes come from the buffers' shapes.
@@ -122,92 +144,100 @@ def _softmax_partition(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_free, 
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
     dtype: gl.constexpr = q_smem.dtype
-
-    row0 = start_m + GROUP * ROWS
-    rows = row0 + gl.arange(0, ROWS, layout=row_s)
-    q = q_smem.index(GROUP).reshape([ROWS, HEAD_DIM])
     s_zero = gl.zeros([ROWS, BLOCK_N], gl.float32, layout=s_layout)
-    acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=o_layout)
-    mbarrier.wait(q_bar, 0)
 
-    # key tile 0
-    mbarrier.wait(k_ready.index(0), 0)
-    scores = warpgroup_mma(q, k_smem.index(0).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_zero,
-                           use_acc=False)
-    mbarrier.arrive(k_free.index(0), count=1)
-    m_i = gl.full([ROWS], float("-inf"), gl.float32, layout=row_s)
-    l_i = gl.zeros([ROWS], gl.float32, layout=row_s)
-    if n_tiles == 1:
-        p, m_i, l_i, alpha = _softmax_tile(scores, m_i, l_i, rows, 0, qk_scale, True)
-    else:
-        p, m_i, l_i, alpha = _softmax_tile(scores, m_i, l_i, rows, 0, qk_scale, False)
-    p = gl.convert_layout(p.to(dtype), p_layout)
+    it = 0  # key tiles consumed by earlier items: the K/V ring's position
+    n = 0  # earlier items
+    for item in range(gl.program_id(0), n_m * BH, gl.num_programs(0)):
+        b, h, bh, start_m, n_tiles = _tile_coords(item, BH, n_m, H)
+        rows = start_m + GROUP * ROWS + gl.arange(0, ROWS, layout=row_s)
+        qb = n % 2
+        q = q_smem.index(2 * qb + GROUP).reshape([ROWS, HEAD_DIM])
+        acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=o_layout)
+        mbarrier.wait(q_ready.index(qb), (n // 2) & 1)
 
-    for j in range(1, n_tiles - 1):
-        p, acc, m_i, l_i = _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, j, p, acc, m_i, l_i,
-                                 rows, qk_scale, s_zero, GROUP, False)
-    if n_tiles > 1:  # the diagonal tile, out of the loop so that the loop carries no mask
-        p, acc, m_i, l_i = _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, n_tiles - 1, p, acc,
-                                 m_i, l_i, rows, qk_scale, s_zero, GROUP, True)
+        # key tile 0
+        s0 = it % STAGES
+        mbarrier.wait(k_ready.index(s0), (it // STAGES) & 1)
+        scores = warpgroup_mma(q, k_smem.index(s0).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_zero,
+                               use_acc=False)
+        mbarrier.arrive(k_free.index(s0), count=1)
+        m_i = gl.full([ROWS], float("-inf"), gl.float32, layout=row_s)
+        l_i = gl.zeros([ROWS], gl.float32, layout=row_s)
+        if n_tiles == 1:
+            p, m_i, l_i, alpha = _softmax_tile(scores, m_i, l_i, rows, 0, qk_scale, True)
+        else:
+            p, m_i, l_i, alpha = _softmax_tile(scores, m_i, l_i, rows, 0, qk_scale, False)
+        p = gl.convert_layout(p.to(dtype), p_layout)
 
-    last = (n_tiles - 1) % STAGES
-    mbarrier.wait(v_ready.index(last), ((n_tiles - 1) // STAGES) & 1)
-    acc = warpgroup_mma(p, v_smem.index(last).reshape([BLOCK_N, HEAD_DIM]), acc)
-    mbarrier.arrive(v_free.index(last), count=1)
+        c0 = it - n  # steps taken in earlier items: each item takes one per key tile after its first
+        for j in range(1, n_tiles - 1):
+            p, acc, m_i, l_i = _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, it + j, c0 + j - 1,
+                                     j * BLOCK_N, p, acc, m_i, l_i, rows, qk_scale, s_zero, GROUP, False)
+        if n_tiles > 1:  # the diagonal tile, out of the loop so that the loop carries no mask
+            j = n_tiles - 1
+            p, acc, m_i, l_i = _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, it + j, c0 + j - 1,
+                                     j * BLOCK_N, p, acc, m_i, l_i, rows, qk_scale, s_zero, GROUP, True)
 
-    acc = acc / gl.convert_layout(l_i, row_o)[:, None]
-    rows_o = row0 + gl.arange(0, ROWS, layout=row_o)
-    cols_o = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
-    o_ptrs = (O + b.to(gl.int64) * stride_ob + h.to(gl.int64) * stride_oh + rows_o[:, None] * stride_ot
-              + cols_o[None, :])
-    gl.store(o_ptrs, acc.to(dtype), mask=rows_o[:, None] < T)
-    gl.store(LSE + bh.to(gl.int64) * T + rows, m_i + gl.log2(l_i), mask=rows < T)
+        last = it + n_tiles - 1
+        mbarrier.wait(v_ready.index(last % STAGES), (last // STAGES) & 1)
+        acc = warpgroup_mma(p, v_smem.index(last % STAGES).reshape([BLOCK_N, HEAD_DIM]), acc)
+        mbarrier.arrive(v_free.index(last % STAGES), count=1)
+        mbarrier.arrive(q_free.index(qb), count=1)
+
+        acc = acc / gl.convert_layout(l_i, row_o)[:, None]
+        rows_o = start_m + GROUP * ROWS + gl.arange(0, ROWS, layout=row_o)
+        cols_o = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
+        o_ptrs = (O + b.to(gl.int64) * stride_ob + h.to(gl.int64) * stride_oh + rows_o[:, None] * stride_ot
+                  + cols_o[None, :])
+        gl.store(o_ptrs, acc.to(dtype), mask=rows_o[:, None] < T)
+        gl.store(LSE + bh.to(gl.int64) * T + rows, m_i + gl.log2(l_i), mask=rows < T)
+        it += n_tiles
+        n += 1
 
 
 @gluon.jit
-def _softmax_partition_1(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_free, v_free, turn, O, LSE,
-                         stride_ob, stride_oh, stride_ot, b, h, bh, T, start_m, n_tiles, qk_scale):
-    _softmax_partition(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_free, v_free, turn, O, LSE,
-                       stride_ob, stride_oh, stride_ot, b, h, bh, T, start_m, n_tiles, qk_scale, 1)
+def _softmax_partition_1(q_smem, k_smem, v_smem, q_ready, q_free, k_ready, v_ready, k_free, v_free, turn, O, LSE,
+                         stride_ob, stride_oh, stride_ot, BH, n_m, H, T, qk_scale):
+    _softmax_partition(q_smem, k_smem, v_smem, q_ready, q_free, k_ready, v_ready, k_free, v_free, turn, O, LSE,
+                       stride_ob, stride_oh, stride_ot, BH, n_m, H, T, qk_scale, 1)
 
 
 @gluon.jit
-def _attn_fwd_hopper_kernel(q_desc, k_desc, v_desc, O, LSE, stride_ob, stride_oh, stride_ot, H, T, qk_scale,
+def _attn_fwd_hopper_kernel(q_desc, k_desc, v_desc, O, LSE, stride_ob, stride_oh, stride_ot, BH, H, T, qk_scale,
                             HEAD_DIM: gl.constexpr, STAGES: gl.constexpr):
-    # grid: (cdiv(T, BLOCK_M), B * H); the last row tile (the most key tiles) starts first
-    pid_m = gl.num_programs(0) - 1 - gl.program_id(0)
-    bh = gl.program_id(1)
-    b = bh // H
-    h = bh % H
-    start_m = pid_m * BLOCK_M
-    n_tiles = pid_m + 1  # key tiles 0 .. pid_m; the last is the diagonal
-
+    # A persistent grid, one program per SM: each program takes its share of the (row tile, head) items in turn
+    # (_tile_coords), so setting up the partitions is paid once per SM, and one item's loads overlap the end of
+    # the one before it
+    n_m = gl.cdiv(T, BLOCK_M)
     dtype: gl.constexpr = q_desc.dtype
-    q_smem = gl.allocate_shared_memory(dtype, [2] + q_desc.block_type.shape, q_desc.layout)
+    q_smem = gl.allocate_shared_memory(dtype, [4] + q_desc.block_type.shape, q_desc.layout)  # 2 items x 2 groups
     k_smem = gl.allocate_shared_memory(dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
     v_smem = gl.allocate_shared_memory(dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
-    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    q_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    q_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     k_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(q_bar, count=1)
     for i in gl.static_range(STAGES):
         mbarrier.init(k_ready.index(i), count=1)
         mbarrier.init(v_ready.index(i), count=1)
         mbarrier.init(k_free.index(i), count=2)  # released by both softmax groups
         mbarrier.init(v_free.index(i), count=2)
     for i in gl.static_range(2):
+        mbarrier.init(q_ready.index(i), count=1)
+        mbarrier.init(q_free.index(i), count=2)
         mbarrier.init(turn.index(i), count=1)
 
-    softmax_args = (q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_free, v_free, turn, O, LSE,
-                    stride_ob, stride_oh, stride_ot, b, h, bh, T, start_m, n_tiles, qk_scale)
+    softmax_args = (q_smem, k_smem, v_smem, q_ready, q_free, k_ready, v_ready, k_free, v_free, turn, O, LSE,
+                    stride_ob, stride_oh, stride_ot, BH, n_m, H, T, qk_scale)
     gl.warp_specialize([
         (_softmax_partition, softmax_args + (0, )),
         (_softmax_partition_1, softmax_args),
-        (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_free, v_free,
-                           b, h, start_m, n_tiles)),
+        (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_free, k_ready, v_ready,
+                           k_free, v_free, BH, n_m, H)),
     ], [4, 1], [240, 24])
 
 
@@ -496,14 +526,19 @@ def _descriptor(t: torch.Tensor, rows: int, cols: int = 0) -> TensorDescriptor:
     return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows, cols], _smem_layout(rows, cols, t.dtype))
 
 
+@functools.lru_cache(maxsize=None)
+def _num_sms(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def attn_fwd(q, k, v, o, lse, qk_scale: float) -> None:
     """Fill o (B, H, T, D) and lse (B, H, T) as flash_kernel's Triton forward does; qk_scale = softmax scale *
     log2(e)."""
     B, H, T, D = q.shape
-    grid = (triton.cdiv(T, BLOCK_M.value), B * H)
-    _attn_fwd_hopper_kernel[grid](
+    items = triton.cdiv(T, BLOCK_M.value) * B * H
+    _attn_fwd_hopper_kernel[(min(items, _num_sms(q.device)), )](
         _descriptor(q, ROWS.value), _descriptor(k, BLOCK_N.value), _descriptor(v, BLOCK_N.value), o, lse,
-        o.stride(0), o.stride(1), o.stride(2), H, T, qk_scale,
+        o.stride(0), o.stride(1), o.stride(2), B * H, H, T, qk_scale,
         HEAD_DIM=D, STAGES=NUM_STAGES, num_warps=4, maxnreg=maxnreg("fwd", D),
     )
 

@@ -57,6 +57,25 @@ def test_forward_matches_reference_and_triton(B, H, T, D, dtype, strided, monkey
 
 
 @needs_hopper
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("programs", [1, 5])
+def test_forward_with_few_programs(D, programs, monkeypatch):
+    # The forward's grid is persistent: each program takes items (row tile, head) one after another, carrying
+    # its K/V ring, Q buffers and turn barriers across them. A GPU has enough SMs that the shapes above give most
+    # programs one item; here 1 or 5 programs take 2 * 3 * 8 items of 1 to 8 key tiles each.
+    monkeypatch.setattr(flash_kernel.flash_hopper, "_num_sms", lambda device: programs)
+    q, k, v = qkv_like_the_model(2, 3, 1000, D, torch.bfloat16, device="cuda")
+    scale = 1 / math.sqrt(D)
+    o, lse = hopper_fwd(q, k, v, scale)
+    _, lse_triton = triton_fwd(q, k, v, scale, monkeypatch)
+    want = torch.stack([attention_ref(q[b], k[b], v[b]) for b in range(2)])
+    err = (o.float() - want).norm().item()
+    bound = TOL[torch.bfloat16] * want.norm().item() + ABS[torch.bfloat16] * math.sqrt(want.numel())
+    assert err <= bound, f"o: err {err:.3e} > {bound:.3e}"
+    assert (lse - lse_triton).abs().max().item() <= 1000 * 2.0**-24 * math.log2(math.e) + 1e-6  # as above
+
+
+@needs_hopper
 def test_flash_attn_dispatch(monkeypatch):
     # Long causal calls without dropout go to the Hopper forward; short ones, dropout and non-causal do not
     calls = []
