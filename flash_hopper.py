@@ -48,18 +48,24 @@ BLOCK_N = gl.constexpr(128)  # keys per K/V tile; BLOCK_N == BLOCK_M, so each pr
 
 
 @gluon.jit
-def _tile_coords(item, BH, n_m, H):
-    # Work item `item` of the persistent grid: row tile pid_m of head bh. Items run heaviest first (the last row
-    # tile sees the most key tiles), all heads' row tiles of one size before the next size, and each program
-    # strides through them: a longest-processing-time-first order that leaves no program a long tail.
-    pid_m = n_m - 1 - item // BH
-    bh = item % BH
+def _tile_coords(item, BH, n_m, H, SECTION):
+    # Work item `item` of the persistent grid: row tile pid_m of head bh. The heads come in sections of SECTION
+    # whose K and V fit in L2 together; within a section the items run heaviest first (the last row tile sees the
+    # most key tiles), all of the section's heads at one size before the next size. The programs stride through
+    # the items, so they take their shares in about equal sizes, and the ones running at a time read the same
+    # few heads' K and V, from L2.
+    per_section = SECTION * n_m
+    section = item // per_section
+    rest = item - section * per_section
+    heads = gl.minimum(SECTION, BH - section * SECTION)  # the last section may be short
+    pid_m = n_m - 1 - rest // heads
+    bh = section * SECTION + rest % heads
     return bh // H, bh % H, bh, pid_m * BLOCK_M, pid_m + 1
 
 
 @gluon.jit
 def _load_partition(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_free, k_ready, v_ready, k_free,
-                    v_free, BH, n_m, H):
+                    v_free, BH, n_m, H, SECTION):
     # The producer: one warp that only issues TMA copies. A buffer is refilled once both softmax groups have
     # released it (the *_free barriers count 2 arrivals); TMA completes each copy on its *_ready barrier. `it`
     # counts key tiles over all of this program's items, so the ring of K/V buffers runs on across them, and the
@@ -69,7 +75,7 @@ def _load_partition(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_f
     it = 0
     n = 0
     for item in range(gl.program_id(0), n_m * BH, gl.num_programs(0)):
-        b, h, bh, start_m, n_tiles = _tile_coords(item, BH, n_m, H)
+        b, h, bh, start_m, n_tiles = _tile_coords(item, BH, n_m, H, SECTION)
         qb = n % 2
         mbarrier.wait(q_free.index(qb), ((n // 2) & 1) ^ 1)  # a fresh barrier passes a wait for the phase before
         mbarrier.expect(q_ready.index(qb), 2 * q_desc.block_type.nbytes)
@@ -129,7 +135,7 @@ def _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, r, c, start
 
 @gluon.jit
 def _softmax_partition(q_smem, k_smem, v_smem, q_ready, q_free, k_ready, v_ready, k_free, v_free, turn, O, LSE,
-                       stride_ob, stride_oh, stride_ot, BH, n_m, H, T, qk_scale, GROUP: gl.constexpr):
+                       stride_ob, stride_oh, stride_ot, BH, n_m, H, SECTION, T, qk_scale, GROUP: gl.constexpr):
     # One warpgroup: rows [row0, row0 + 64) of each item's row tile. Each step issues two products back to back,
     # S = Q K_j^T and O += P_{j-1} V_{j-1}, then computes the softmax of S_j while O's product runs. The two
     # groups take turns issuing (the `turn` barriers), so one group's softmax runs under the other's products.
@@ -149,7 +155,7 @@ def _softmax_partition(q_smem, k_smem, v_smem, q_ready, q_free, k_ready, v_ready
     it = 0  # key tiles consumed by earlier items: the K/V ring's position
     n = 0  # earlier items
     for item in range(gl.program_id(0), n_m * BH, gl.num_programs(0)):
-        b, h, bh, start_m, n_tiles = _tile_coords(item, BH, n_m, H)
+        b, h, bh, start_m, n_tiles = _tile_coords(item, BH, n_m, H, SECTION)
         rows = start_m + GROUP * ROWS + gl.arange(0, ROWS, layout=row_s)
         qb = n % 2
         q = q_smem.index(2 * qb + GROUP).reshape([ROWS, HEAD_DIM])
@@ -198,13 +204,14 @@ def _softmax_partition(q_smem, k_smem, v_smem, q_ready, q_free, k_ready, v_ready
 
 @gluon.jit
 def _softmax_partition_1(q_smem, k_smem, v_smem, q_ready, q_free, k_ready, v_ready, k_free, v_free, turn, O, LSE,
-                         stride_ob, stride_oh, stride_ot, BH, n_m, H, T, qk_scale):
+                         stride_ob, stride_oh, stride_ot, BH, n_m, H, SECTION, T, qk_scale):
     _softmax_partition(q_smem, k_smem, v_smem, q_ready, q_free, k_ready, v_ready, k_free, v_free, turn, O, LSE,
-                       stride_ob, stride_oh, stride_ot, BH, n_m, H, T, qk_scale, 1)
+                       stride_ob, stride_oh, stride_ot, BH, n_m, H, SECTION, T, qk_scale, 1)
 
 
 @gluon.jit
-def _attn_fwd_hopper_kernel(q_desc, k_desc, v_desc, O, LSE, stride_ob, stride_oh, stride_ot, BH, H, T, qk_scale,
+def _attn_fwd_hopper_kernel(q_desc, k_desc, v_desc, O, LSE, stride_ob, stride_oh, stride_ot, BH, H, SECTION, T,
+                            qk_scale,
                             HEAD_DIM: gl.constexpr, STAGES: gl.constexpr):
     # A persistent grid, one program per SM: each program takes its share of the (row tile, head) items in turn
     # (_tile_coords), so setting up the partitions is paid once per SM, and one item's loads overlap the end of
@@ -232,12 +239,12 @@ def _attn_fwd_hopper_kernel(q_desc, k_desc, v_desc, O, LSE, stride_ob, stride_oh
         mbarrier.init(turn.index(i), count=1)
 
     softmax_args = (q_smem, k_smem, v_smem, q_ready, q_free, k_ready, v_ready, k_free, v_free, turn, O, LSE,
-                    stride_ob, stride_oh, stride_ot, BH, n_m, H, T, qk_scale)
+                    stride_ob, stride_oh, stride_ot, BH, n_m, H, SECTION, T, qk_scale)
     gl.warp_specialize([
         (_softmax_partition, softmax_args + (0, )),
         (_softmax_partition_1, softmax_args),
         (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_free, k_ready, v_ready,
-                           k_free, v_free, BH, n_m, H)),
+                           k_free, v_free, BH, n_m, H, SECTION)),
     ], [4, 1], [240, 24])
 
 
@@ -531,6 +538,13 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+def _heads_per_section(q: torch.Tensor) -> int:
+    # Heads whose K and V fill half of L2 (the H100's L2 is two halves of 25 MB); at least one
+    B, H, T, D = q.shape
+    l2 = torch.cuda.get_device_properties(q.device).L2_cache_size
+    return max(1, l2 // 2 // (2 * T * D * q.element_size()))
+
+
 def attn_fwd(q, k, v, o, lse, qk_scale: float) -> None:
     """Fill o (B, H, T, D) and lse (B, H, T) as flash_kernel's Triton forward does; qk_scale = softmax scale *
     log2(e)."""
@@ -538,7 +552,7 @@ def attn_fwd(q, k, v, o, lse, qk_scale: float) -> None:
     items = triton.cdiv(T, BLOCK_M.value) * B * H
     _attn_fwd_hopper_kernel[(min(items, _num_sms(q.device)), )](
         _descriptor(q, ROWS.value), _descriptor(k, BLOCK_N.value), _descriptor(v, BLOCK_N.value), o, lse,
-        o.stride(0), o.stride(1), o.stride(2), B * H, H, T, qk_scale,
+        o.stride(0), o.stride(1), o.stride(2), B * H, H, _heads_per_section(q), T, qk_scale,
         HEAD_DIM=D, STAGES=NUM_STAGES, num_warps=4, maxnreg=maxnreg("fwd", D),
     )
 

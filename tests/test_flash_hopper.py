@@ -62,8 +62,10 @@ def test_forward_matches_reference_and_triton(B, H, T, D, dtype, strided, monkey
 def test_forward_with_few_programs(D, programs, monkeypatch):
     # The forward's grid is persistent: each program takes items (row tile, head) one after another, carrying
     # its K/V ring, Q buffers and turn barriers across them. A GPU has enough SMs that the shapes above give most
-    # programs one item; here 1 or 5 programs take 2 * 3 * 8 items of 1 to 8 key tiles each.
+    # programs one item; here 1 or 5 programs take 2 * 3 * 8 items of 1 to 8 key tiles each, with the 6 heads in
+    # two sections, of 4 heads and of 2
     monkeypatch.setattr(flash_kernel.flash_hopper, "_num_sms", lambda device: programs)
+    monkeypatch.setattr(flash_kernel.flash_hopper, "_heads_per_section", lambda q: 4)
     q, k, v = qkv_like_the_model(2, 3, 1000, D, torch.bfloat16, device="cuda")
     scale = 1 / math.sqrt(D)
     o, lse = hopper_fwd(q, k, v, scale)
