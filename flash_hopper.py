@@ -64,20 +64,26 @@ def _tile_coords(item, BH, n_m, H, SECTION):
 
 
 @gluon.jit
-def _load_partition(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_free, k_ready, v_ready, k_free,
-                    v_free, BH, n_m, H, SECTION):
-    # The producer: one warp that only issues TMA copies. A buffer is refilled once both softmax groups have
-    # released it (the *_free barriers count 2 arrivals); TMA completes each copy on its *_ready barrier. `it`
-    # counts key tiles over all of this program's items, so the ring of K/V buffers runs on across them, and the
-    # next item's loads start while the softmax groups still finish the last one. Q has two buffers, one per item
-    # in flight.
+def _load_partition(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_ready, v_ready,
+                    k_free, v_free, COUNTER, BH, n_m, H, SECTION):
+    # The producer: one warp that only issues TMA copies, and the scheduler. A buffer is refilled once both
+    # softmax groups have released it (the *_free barriers count 2 arrivals); TMA completes each copy on its
+    # *_ready barrier. Each program starts with item program_id, then takes the next unclaimed one from COUNTER
+    # (an atomic add), as the hardware hands out the blocks of a plain grid: programs that drew short items take
+    # more of them. The item's number goes to the softmax groups in item_smem, with its Q tiles. `it` counts key
+    # tiles over all of this program's items, so the ring of K/V buffers runs on across them, and the next item's
+    # loads start while the softmax groups still finish the last one. Q has two buffers, one per item in flight.
     STAGES: gl.constexpr = k_smem.shape[0]
+    n_items = n_m * BH
     it = 0
     n = 0
-    for item in range(gl.program_id(0), n_m * BH, gl.num_programs(0)):
+    item = gl.program_id(0)
+    while item < n_items:
+        claimed = gl.atomic_add(COUNTER, 1)  # the next item, claimed now and used once this one's loads are out
         b, h, bh, start_m, n_tiles = _tile_coords(item, BH, n_m, H, SECTION)
         qb = n % 2
         mbarrier.wait(q_free.index(qb), ((n // 2) & 1) ^ 1)  # a fresh barrier passes a wait for the phase before
+        _put_item(item_smem.index(qb), item)
         mbarrier.expect(q_ready.index(qb), 2 * q_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(q_desc, [b, h, start_m, 0], q_ready.index(qb), q_smem.index(2 * qb))
         tma.async_copy_global_to_shared(q_desc, [b, h, start_m + ROWS, 0], q_ready.index(qb), q_smem.index(2 * qb + 1))
@@ -92,6 +98,27 @@ def _load_partition(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_f
             tma.async_copy_global_to_shared(v_desc, [b, h, j * BLOCK_N, 0], v_ready.index(s), v_smem.index(s))
         it += n_tiles
         n += 1
+        item = gl.num_programs(0) + claimed  # every program has item program_id, the counter hands out the rest
+    # tell the softmax groups there is no more: an item number past the last
+    qb = n % 2
+    mbarrier.wait(q_free.index(qb), ((n // 2) & 1) ^ 1)
+    _put_item(item_smem.index(qb), item)
+    mbarrier.arrive(q_ready.index(qb), count=1)
+
+
+@gluon.jit
+def _put_item(slot, item):
+    # One warp writes the item's number into shared memory; the mbarrier arrive that follows publishes it
+    gl.static_assert(gl.num_warps() == 1)
+    slot.store(gl.full([1], item, gl.int32, layout=gl.BlockedLayout([1], [32], [1], [0])))
+
+
+@gluon.jit
+def _get_item(item_smem, q_ready, n):
+    # The softmax groups' side: wait until the loader has put item n (and its Q tiles), and read its number
+    qb = n % 2
+    mbarrier.wait(q_ready.index(qb), (n // 2) & 1)
+    return gl.max(item_smem.index(qb).load(gl.BlockedLayout([1], [32], [4], [0])), 0)
 
 
 @gluon.jit
@@ -134,8 +161,8 @@ def _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, r, c, start
 
 
 @gluon.jit
-def _softmax_partition(q_smem, k_smem, v_smem, q_ready, q_free, k_ready, v_ready, k_free, v_free, turn, O, LSE,
-                       stride_ob, stride_oh, stride_ot, BH, n_m, H, SECTION, T, qk_scale, GROUP: gl.constexpr):
+def _softmax_partition(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_ready, v_ready, k_free, v_free, turn, O,
+                       LSE, stride_ob, stride_oh, stride_ot, BH, n_m, H, SECTION, T, qk_scale, GROUP: gl.constexpr):
     # One warpgroup: rows [row0, row0 + 64) of each item's row tile. Each step issues two products back to back,
     # S = Q K_j^T and O += P_{j-1} V_{j-1}, then computes the softmax of S_j while O's product runs. The two
     # groups take turns issuing (the `turn` barriers), so one group's softmax runs under the other's products.
@@ -154,13 +181,13 @@ def _softmax_partition(q_smem, k_smem, v_smem, q_ready, q_free, k_ready, v_ready
 
     it = 0  # key tiles consumed by earlier items: the K/V ring's position
     n = 0  # earlier items
-    for item in range(gl.program_id(0), n_m * BH, gl.num_programs(0)):
+    item = _get_item(item_smem, q_ready, n)
+    while item < n_m * BH:
         b, h, bh, start_m, n_tiles = _tile_coords(item, BH, n_m, H, SECTION)
         rows = start_m + GROUP * ROWS + gl.arange(0, ROWS, layout=row_s)
         qb = n % 2
         q = q_smem.index(2 * qb + GROUP).reshape([ROWS, HEAD_DIM])
         acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=o_layout)
-        mbarrier.wait(q_ready.index(qb), (n // 2) & 1)
 
         # key tile 0
         s0 = it % STAGES
@@ -200,19 +227,19 @@ def _softmax_partition(q_smem, k_smem, v_smem, q_ready, q_free, k_ready, v_ready
         gl.store(LSE + bh.to(gl.int64) * T + rows, m_i + gl.log2(l_i), mask=rows < T)
         it += n_tiles
         n += 1
+        item = _get_item(item_smem, q_ready, n)
 
 
 @gluon.jit
-def _softmax_partition_1(q_smem, k_smem, v_smem, q_ready, q_free, k_ready, v_ready, k_free, v_free, turn, O, LSE,
-                         stride_ob, stride_oh, stride_ot, BH, n_m, H, SECTION, T, qk_scale):
-    _softmax_partition(q_smem, k_smem, v_smem, q_ready, q_free, k_ready, v_ready, k_free, v_free, turn, O, LSE,
-                       stride_ob, stride_oh, stride_ot, BH, n_m, H, SECTION, T, qk_scale, 1)
+def _softmax_partition_1(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_ready, v_ready, k_free, v_free, turn,
+                         O, LSE, stride_ob, stride_oh, stride_ot, BH, n_m, H, SECTION, T, qk_scale):
+    _softmax_partition(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_ready, v_ready, k_free, v_free, turn,
+                       O, LSE, stride_ob, stride_oh, stride_ot, BH, n_m, H, SECTION, T, qk_scale, 1)
 
 
 @gluon.jit
-def _attn_fwd_hopper_kernel(q_desc, k_desc, v_desc, O, LSE, stride_ob, stride_oh, stride_ot, BH, H, SECTION, T,
-                            qk_scale,
-                            HEAD_DIM: gl.constexpr, STAGES: gl.constexpr):
+def _attn_fwd_hopper_kernel(q_desc, k_desc, v_desc, O, LSE, COUNTER, stride_ob, stride_oh, stride_ot, BH, H, SECTION,
+                            T, qk_scale, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr):
     # A persistent grid, one program per SM: each program takes its share of the (row tile, head) items in turn
     # (_tile_coords), so setting up the partitions is paid once per SM, and one item's loads overlap the end of
     # the one before it
@@ -221,6 +248,7 @@ def _attn_fwd_hopper_kernel(q_desc, k_desc, v_desc, O, LSE, stride_ob, stride_oh
     q_smem = gl.allocate_shared_memory(dtype, [4] + q_desc.block_type.shape, q_desc.layout)  # 2 items x 2 groups
     k_smem = gl.allocate_shared_memory(dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
     v_smem = gl.allocate_shared_memory(dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
+    item_smem = gl.allocate_shared_memory(gl.int32, [2, 1], gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
     q_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     q_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -238,13 +266,13 @@ def _attn_fwd_hopper_kernel(q_desc, k_desc, v_desc, O, LSE, stride_ob, stride_oh
         mbarrier.init(q_free.index(i), count=2)
         mbarrier.init(turn.index(i), count=1)
 
-    softmax_args = (q_smem, k_smem, v_smem, q_ready, q_free, k_ready, v_ready, k_free, v_free, turn, O, LSE,
-                    stride_ob, stride_oh, stride_ot, BH, n_m, H, SECTION, T, qk_scale)
+    softmax_args = (q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_ready, v_ready, k_free, v_free, turn, O,
+                    LSE, stride_ob, stride_oh, stride_ot, BH, n_m, H, SECTION, T, qk_scale)
     gl.warp_specialize([
         (_softmax_partition, softmax_args + (0, )),
         (_softmax_partition_1, softmax_args),
-        (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_free, k_ready, v_ready,
-                           k_free, v_free, BH, n_m, H, SECTION)),
+        (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_ready,
+                           v_ready, k_free, v_free, COUNTER, BH, n_m, H, SECTION)),
     ], [4, 1], [240, 24])
 
 
@@ -552,7 +580,8 @@ def attn_fwd(q, k, v, o, lse, qk_scale: float) -> None:
     items = triton.cdiv(T, BLOCK_M.value) * B * H
     _attn_fwd_hopper_kernel[(min(items, _num_sms(q.device)), )](
         _descriptor(q, ROWS.value), _descriptor(k, BLOCK_N.value), _descriptor(v, BLOCK_N.value), o, lse,
-        o.stride(0), o.stride(1), o.stride(2), B * H, H, _heads_per_section(q), T, qk_scale,
+        torch.zeros(1, dtype=torch.int32, device=q.device), o.stride(0), o.stride(1), o.stride(2), B * H, H,
+        _heads_per_section(q), T, qk_scale,
         HEAD_DIM=D, STAGES=NUM_STAGES, num_warps=4, maxnreg=maxnreg("fwd", D),
     )
 
