@@ -138,7 +138,7 @@ def _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, r, c, start
           qk_scale, s_zero, GROUP: gl.constexpr, MASKED: gl.constexpr):
     # One key tile after an item's first, for one softmax group: issue S_j = Q K_j^T and O += P_{j-1} V_{j-1}
     # back to back, hand the turn to the other group, then compute the softmax of S_j while the P V product is
-    # still running. r is the tile's place in the K/V ring and c the group's count of turns so far (the turn
+    # still running. r is the tile's place in the K/V ring and c the group's count of steps so far (the turn
     # barriers' phase), both over all of the program's items.
     STAGES: gl.constexpr = k_smem.shape[0]
     HEAD_DIM: gl.constexpr = k_smem.shape[-1]
@@ -189,19 +189,11 @@ def _softmax_partition(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_rea
         q = q_smem.index(2 * qb + GROUP).reshape([ROWS, HEAD_DIM])
         acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=o_layout)
 
-        # Every product this group issues takes a turn, the item's first and last too, so the two groups stay
-        # staggered from one item to the next: one group's first softmax and epilogue run under the other's
-        # products. c counts the turns taken in earlier items, one per key tile and one more per item.
-        c = it + n
-
         # key tile 0
         s0 = it % STAGES
-        mbarrier.wait(turn.index(GROUP), (c & 1) ^ (1 - GROUP))  # group 0 goes first
         mbarrier.wait(k_ready.index(s0), (it // STAGES) & 1)
         scores = warpgroup_mma(q, k_smem.index(s0).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_zero,
-                               use_acc=False, is_async=True)
-        mbarrier.arrive(turn.index(1 - GROUP), count=1)
-        scores = warpgroup_mma_wait(0, deps=(scores, ))
+                               use_acc=False)
         mbarrier.arrive(k_free.index(s0), count=1)
         m_i = gl.full([ROWS], float("-inf"), gl.float32, layout=row_s)
         l_i = gl.zeros([ROWS], gl.float32, layout=row_s)
@@ -211,20 +203,18 @@ def _softmax_partition(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_rea
             p, m_i, l_i, alpha = _softmax_tile(scores, m_i, l_i, rows, 0, qk_scale, False)
         p = gl.convert_layout(p.to(dtype), p_layout)
 
+        c0 = it - n  # steps taken in earlier items: each item takes one per key tile after its first
         for j in range(1, n_tiles - 1):
-            p, acc, m_i, l_i = _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, it + j, c + j,
+            p, acc, m_i, l_i = _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, it + j, c0 + j - 1,
                                      j * BLOCK_N, p, acc, m_i, l_i, rows, qk_scale, s_zero, GROUP, False)
         if n_tiles > 1:  # the diagonal tile, out of the loop so that the loop carries no mask
             j = n_tiles - 1
-            p, acc, m_i, l_i = _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, it + j, c + j,
+            p, acc, m_i, l_i = _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, it + j, c0 + j - 1,
                                      j * BLOCK_N, p, acc, m_i, l_i, rows, qk_scale, s_zero, GROUP, True)
 
         last = it + n_tiles - 1
-        mbarrier.wait(turn.index(GROUP), ((c + n_tiles) & 1) ^ (1 - GROUP))
         mbarrier.wait(v_ready.index(last % STAGES), (last // STAGES) & 1)
-        acc = warpgroup_mma(p, v_smem.index(last % STAGES).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
-        mbarrier.arrive(turn.index(1 - GROUP), count=1)
-        acc = warpgroup_mma_wait(0, deps=(acc, ))
+        acc = warpgroup_mma(p, v_smem.index(last % STAGES).reshape([BLOCK_N, HEAD_DIM]), acc)
         mbarrier.arrive(v_free.index(last % STAGES), count=1)
         mbarrier.arrive(q_free.index(qb), count=1)
 
