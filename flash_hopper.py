@@ -2,7 +2,8 @@
 Causal attention kernels for Hopper GPUs (H100, H200), written in Gluon with warp specialization:
 FlashAttention-3's structure, which plain Triton cannot express for these loops (BENCHMARKS.md, notes 13, 16, 21).
 
-Forward. One program computes 128 query rows of one (batch, head) with three partitions of warps:
+Forward. A program computes 128 query rows of one (batch, head) at a time, on a persistent grid that hands out
+these items heaviest first (_tile_coords), with three partitions of warps:
     a load warp          TMA-copies the two 64-row Q tiles once, then K and V tiles into a ring of buffers;
     two softmax groups   each a warpgroup (4 warps) that owns 64 of the rows: S = Q K^T and O += P V on the
                          tensor cores (wgmma), the online softmax on the CUDA cores in between.
@@ -516,12 +517,13 @@ def _attn_bwd_hopper_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, DK, DV, LS
 
 _GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}
 # Shortest T per head dim at which this forward beats the Triton one on an H100, in GPU time (BENCHMARKS.md,
-# note 22). Below it a program has few key tiles, and what it pays once (setting up three partitions, loading Q,
+# notes 22 and 27). Below it a program has few key tiles, and what it pays once (setting up three partitions, loading Q,
 # the epilogue) is not won back.
-MIN_T = {64: 4096, 128: 1024}
+MIN_T = {64: 2048, 128: 1024}
 # The same for the backward (notes 23, 25): below these its dQ reductions cost more than the Triton backward's
 # second pass over the keys
 MIN_T_BWD = {64: 2048, 128: 4096}
+PERSISTENT_MAX_TILES = 64  # the forward's grid is persistent up to T = 64 * 128 (attn_fwd)
 NUM_STAGES = 2  # K/V tiles (forward) and Q/dO tiles (backward) in flight; 3 was no faster (note 22)
 
 
@@ -577,8 +579,12 @@ def attn_fwd(q, k, v, o, lse, qk_scale: float) -> None:
     """Fill o (B, H, T, D) and lse (B, H, T) as flash_kernel's Triton forward does; qk_scale = softmax scale *
     log2(e)."""
     B, H, T, D = q.shape
-    items = triton.cdiv(T, BLOCK_M.value) * B * H
-    _attn_fwd_hopper_kernel[(min(items, _num_sms(q.device)), )](
+    n_m = triton.cdiv(T, BLOCK_M.value)
+    items = n_m * B * H
+    # One program per SM while items are short; from T = 16384 (items of up to 128 key tiles) what a program
+    # pays once is small, and a program per item measured 3-4% faster (BENCHMARKS.md, note 27)
+    programs = min(items, _num_sms(q.device)) if n_m <= PERSISTENT_MAX_TILES else items
+    _attn_fwd_hopper_kernel[(programs, )](
         _descriptor(q, ROWS.value), _descriptor(k, BLOCK_N.value), _descriptor(v, BLOCK_N.value), o, lse,
         torch.zeros(1, dtype=torch.int32, device=q.device), o.stride(0), o.stride(1), o.stride(2), B * H, H,
         _heads_per_section(q), T, qk_scale,
