@@ -52,9 +52,9 @@ BLOCK_N = gl.constexpr(128)  # keys per K/V tile; BLOCK_N == BLOCK_M, so each pr
 def _tile_coords(item, BH, n_m, H, SECTION):
     # Work item `item` of the persistent grid: row tile pid_m of head bh. The heads come in sections of SECTION
     # whose K and V fit in L2 together; within a section the items run heaviest first (the last row tile sees the
-    # most key tiles), all of the section's heads at one size before the next size. The programs stride through
-    # the items, so they take their shares in about equal sizes, and the ones running at a time read the same
-    # few heads' K and V, from L2.
+    # most key tiles), all of the section's heads at one size before the next size. Handed out in this order
+    # (_load_partition), the items spread over the programs in about equal shares, and the ones running at a time
+    # read the same few heads' K and V, from L2.
     per_section = SECTION * n_m
     section = item // per_section
     rest = item - section * per_section
@@ -241,9 +241,9 @@ def _softmax_partition_1(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_r
 @gluon.jit
 def _attn_fwd_hopper_kernel(q_desc, k_desc, v_desc, O, LSE, COUNTER, stride_ob, stride_oh, stride_ot, BH, H, SECTION,
                             T, qk_scale, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr):
-    # A persistent grid, one program per SM: each program takes its share of the (row tile, head) items in turn
-    # (_tile_coords), so setting up the partitions is paid once per SM, and one item's loads overlap the end of
-    # the one before it
+    # A persistent grid, one program per SM up to T=8192 (attn_fwd): each program takes (row tile, head) items
+    # one after another, as _load_partition claims them, so setting up the partitions is paid once per SM, and
+    # one item's loads overlap the end of the one before it
     n_m = gl.cdiv(T, BLOCK_M)
     dtype: gl.constexpr = q_desc.dtype
     q_smem = gl.allocate_shared_memory(dtype, [4] + q_desc.block_type.shape, q_desc.layout)  # 2 items x 2 groups
