@@ -564,15 +564,18 @@ def _descriptor(t: torch.Tensor, rows: int, cols: int = 0) -> TensorDescriptor:
 
 
 @functools.lru_cache(maxsize=None)
+def _properties(device: torch.device):
+    return torch.cuda.get_device_properties(device)  # once per device, not on every call
+
+
 def _num_sms(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    return _properties(device).multi_processor_count
 
 
 def _heads_per_section(q: torch.Tensor) -> int:
     # Heads whose K and V fill half of L2 (the H100's L2 is two halves of 25 MB); at least one
     B, H, T, D = q.shape
-    l2 = torch.cuda.get_device_properties(q.device).L2_cache_size
-    return max(1, l2 // 2 // (2 * T * D * q.element_size()))
+    return max(1, _properties(q.device).L2_cache_size // 2 // (2 * T * D * q.element_size()))
 
 
 def attn_fwd(q, k, v, o, lse, qk_scale: float) -> None:

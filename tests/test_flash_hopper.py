@@ -31,6 +31,22 @@ def triton_fwd(q, k, v, scale, monkeypatch):
         return flash_kernel._attn_fwd(q, k, v, None, True, scale, 0.0)
 
 
+def check_hopper_forward(q, k, v, monkeypatch):
+    # o against the fp32 reference with test_flash_kernel's tolerances, lse against the Triton forward's
+    B, H, T, D = q.shape
+    scale = 1 / math.sqrt(D)
+    o, lse = hopper_fwd(q, k, v, scale)
+    want = torch.stack([attention_ref(q[b], k[b], v[b]) for b in range(B)])
+    err = (o.float() - want).norm().item()
+    bound = TOL[q.dtype] * want.norm().item() + ABS[q.dtype] * math.sqrt(want.numel())
+    assert torch.isfinite(o).all() and err <= bound, f"o: err {err:.3e} > {bound:.3e}"
+    # lse is fp32 in both kernels, and the same arithmetic in another order: the row sum l adds up to T terms,
+    # each add off by at most 2^-24 relative, so log2(l) can differ by T * 2^-24 * log2(e) (5e-7 at T=1, 1.8e-4
+    # at T=2048); measured <= 2e-6
+    _, lse_triton = triton_fwd(q, k, v, scale, monkeypatch)
+    assert (lse - lse_triton).abs().max().item() <= T * 2.0**-24 * math.log2(math.e) + 1e-6
+
+
 @needs_hopper
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("D", [64, 128])
@@ -43,17 +59,7 @@ def test_forward_matches_reference_and_triton(B, H, T, D, dtype, strided, monkey
     q, k, v = qkv_like_the_model(B, H, T, D, dtype, device="cuda")
     if not strided:
         q, k, v = (t.detach().contiguous() for t in (q, k, v))
-    scale = 1 / math.sqrt(D)
-    o, lse = hopper_fwd(q, k, v, scale)
-    want = torch.stack([attention_ref(q[b], k[b], v[b]) for b in range(B)])
-    err = (o.float() - want).norm().item()
-    bound = TOL[dtype] * want.norm().item() + ABS[dtype] * math.sqrt(want.numel())
-    assert torch.isfinite(o).all() and err <= bound, f"o: err {err:.3e} > {bound:.3e}"
-    # lse is fp32 in both kernels, and the same arithmetic in another order: the row sum l adds up to T terms,
-    # each add off by at most 2^-24 relative, so log2(l) can differ by T * 2^-24 * log2(e) (5e-7 at T=1, 1.8e-4
-    # at T=2048); measured <= 2e-6
-    _, lse_triton = triton_fwd(q, k, v, scale, monkeypatch)
-    assert (lse - lse_triton).abs().max().item() <= T * 2.0**-24 * math.log2(math.e) + 1e-6
+    check_hopper_forward(q, k, v, monkeypatch)
 
 
 @needs_hopper
@@ -66,15 +72,7 @@ def test_forward_with_few_programs(D, programs, monkeypatch):
     # two sections, of 4 heads and of 2
     monkeypatch.setattr(flash_kernel.flash_hopper, "_num_sms", lambda device: programs)
     monkeypatch.setattr(flash_kernel.flash_hopper, "_heads_per_section", lambda q: 4)
-    q, k, v = qkv_like_the_model(2, 3, 1000, D, torch.bfloat16, device="cuda")
-    scale = 1 / math.sqrt(D)
-    o, lse = hopper_fwd(q, k, v, scale)
-    _, lse_triton = triton_fwd(q, k, v, scale, monkeypatch)
-    want = torch.stack([attention_ref(q[b], k[b], v[b]) for b in range(2)])
-    err = (o.float() - want).norm().item()
-    bound = TOL[torch.bfloat16] * want.norm().item() + ABS[torch.bfloat16] * math.sqrt(want.numel())
-    assert err <= bound, f"o: err {err:.3e} > {bound:.3e}"
-    assert (lse - lse_triton).abs().max().item() <= 1000 * 2.0**-24 * math.log2(math.e) + 1e-6  # as above
+    check_hopper_forward(*qkv_like_the_model(2, 3, 1000, D, torch.bfloat16, device="cuda"), monkeypatch)
 
 
 @needs_hopper
