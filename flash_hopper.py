@@ -520,9 +520,9 @@ _GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.floa
 # notes 22 and 27). Below it a program has few key tiles, and what it pays once (setting up three partitions, loading Q,
 # the epilogue) is not won back.
 MIN_T = {64: 2048, 128: 1024}
-# The same for the backward (notes 23, 25): below these its dQ reductions cost more than the Triton backward's
+# The same for the backward (notes 23, 25, 28): below these its dQ reductions cost more than the Triton backward's
 # second pass over the keys
-MIN_T_BWD = {64: 2048, 128: 4096}
+MIN_T_BWD = {64: 2048, 128: 2048}
 PERSISTENT_MAX_TILES = 64  # the forward's grid is persistent up to T = 64 * 128 (attn_fwd)
 NUM_STAGES = 2  # K/V tiles (forward) and Q/dO tiles (backward) in flight; 3 was no faster (note 22)
 
