@@ -6,8 +6,9 @@ and wgmma waits in the PTX. A developer's tool for checking a layout change befo
     python tools/compile_sm90.py [--head-dim 64] [--dump DIR]
 
 Uses the shipped tile configurations for bf16 at T=4096 (the forward's and the backward's), with and without
-dropout, then the Hopper forward and backward (flash_hopper.py): their warps, wgmma count, and the registers and
-local memory (spills) that ptxas gave them, read from the cubin with the cuobjdump that Triton bundles. Needs triton's NVIDIA
+dropout, then the Hopper forward and backward (flash_hopper.py): their warps, wgmma count, the registers and
+local memory (spills) that ptxas gave them, and whether ptxas serialized their wgmmas (a wait after each one in
+the SASS), read from the cubin with the cuobjdump that Triton bundles. Needs triton's NVIDIA
 backend, which bundles ptxas; no GPU and no CUDA driver.
 """
 import argparse
@@ -118,6 +119,20 @@ def resource_usage(cubin: bytes) -> dict:
     return {key: int(value) for key, value in re.findall(r"\b(REG|STACK|LOCAL):(\d+)", out)}
 
 
+def sass_waits(cubin: bytes) -> tuple:
+    """(HGMMA, WARPGROUP.DEPBAR) instruction counts in the SASS. ptxas may serialize a kernel's wgmmas, a wait after
+    each one, when it cannot prove their pipeline safe (an async product issued under a branch did it: BENCHMARKS.md,
+    note 28); the PTX does not show it, the SASS does."""
+    from triton.backends.nvidia import compiler as nv
+
+    cuobjdump = os.path.join(os.path.dirname(nv.__file__), "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        sass = subprocess.run([cuobjdump, "--dump-sass", f.name], capture_output=True, text=True, check=True).stdout
+    return len(re.findall(r"\bHGMMA\.", sass)), len(re.findall(r"\bWARPGROUP\.DEPBAR\b", sass))
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--head-dim", type=int, default=64)
@@ -143,13 +158,16 @@ def main():
                         f.write(text)
 
     print(f"\nHopper kernels (flash_hopper.py), head dim {D}:")
-    print("| kernel | warps | wgmma.mma_async | setmaxnreg | registers | stack bytes | shared bytes |")
-    print("|---|---|---|---|---|---|---|")
+    print("| kernel | warps | wgmma.mma_async | setmaxnreg | registers | stack bytes | shared bytes | SASS HGMMA | "
+          "SASS wgmma waits |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for kind, name in (("fwd", "forward"), ("bwd", "backward")):
         compiled = compile_hopper(kind, D)
         ptx, usage = compiled.asm["ptx"], resource_usage(compiled.asm["cubin"])
+        hgmma, waits = sass_waits(compiled.asm["cubin"])
         print(f"| hopper {name} | {compiled.metadata.num_warps} | {ptx.count('wgmma.mma_async')} | "
-              f"{ptx.count('setmaxnreg')} | {usage['REG']} | {usage['STACK']} | {compiled.metadata.shared} |")
+              f"{ptx.count('setmaxnreg')} | {usage['REG']} | {usage['STACK']} | {compiled.metadata.shared} | "
+              f"{hgmma} | {waits} |")
         if args.dump:
             for ext in ("ttgir", "ptx"):
                 with open(os.path.join(args.dump, f"hopper_{name}.{ext}"), "w") as f:
