@@ -288,10 +288,14 @@ TILE = gl.constexpr(64)
 
 
 @gluon.jit
-def _bwd_load_partition(q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, kv_bar, q_ready, q_free,
-                        b, h, start_n, start_m, n_steps):
+def _bwd_load_partition(q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, lse_smem, delta_smem,
+                        kv_bar, q_ready, q_free, LSE, DELTA, b, h, bh, T, start_n, start_m, n_steps):
+    # K and V once, then each query block's Q and dO tiles, LSE and delta into a ring of STAGES. LSE and delta go
+    # through shared memory too: loaded by the softmax groups straight from global memory, they were the groups'
+    # longest stall, an L2 round trip every step (note 29).
     NCOL: gl.constexpr = k_smem.shape[0] // 2
     STAGES: gl.constexpr = q_smem.shape[0] // NCOL
+    vec: gl.constexpr = gl.BlockedLayout([TILE // 32], [32], [1], [0])
     mbarrier.expect(kv_bar, 4 * NCOL * k_desc.block_type.nbytes)
     for g in gl.static_range(2):
         for c in gl.static_range(NCOL):
@@ -301,7 +305,13 @@ def _bwd_load_partition(q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem,
                                             v_smem.index(g * NCOL + c))
     for i in range(n_steps):
         s = i % STAGES
+        rows = start_m + i * TILE + gl.arange(0, TILE, layout=vec)
+        lse = gl.load(LSE + bh.to(gl.int64) * T + rows, mask=rows < T, other=float("inf"))
+        delta = gl.load(DELTA + bh.to(gl.int64) * T + rows, mask=rows < T, other=0.0)
         mbarrier.wait(q_free.index(s), ((i // STAGES) & 1) ^ 1)
+        lse_smem.index(s).store(lse)
+        delta_smem.index(s).store(delta)
+        # the arrive in expect() publishes these stores with the TMA copies
         mbarrier.expect(q_ready.index(s), 2 * NCOL * q_desc.block_type.nbytes)
         for c in gl.static_range(NCOL):
             tma.async_copy_global_to_shared(q_desc, [b, h, start_m + i * TILE, c * TILE], q_ready.index(s),
@@ -312,8 +322,9 @@ def _bwd_load_partition(q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem,
 
 @gluon.jit
 def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar, kv_bar, q_ready, q_free, ds_ready,
-                       ds_free, dq_desc, DK, DV, LSE, DELTA, stride_dkb, stride_dkh, stride_dkt, stride_dvb, stride_dvh,
-                       stride_dvt, b, h, bh, T, start_n, start_m, n_steps, qk_scale, sm_scale, GROUP: gl.constexpr):
+                       ds_free, dq_desc, DK, DV, lse_smem, delta_smem, stride_dkb, stride_dkh, stride_dkt, stride_dvb,
+                       stride_dvh, stride_dvt, b, h, bh, T, start_n, start_m, n_steps, qk_scale, sm_scale,
+                       GROUP: gl.constexpr):
     NCOL: gl.constexpr = k_smem.shape[0] // 2
     STAGES: gl.constexpr = q_smem.shape[0] // NCOL
     HEAD_DIM: gl.constexpr = NCOL * TILE
@@ -350,8 +361,8 @@ def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar
             st = warpgroup_mma(k1, q1.permute((1, 0)), st, is_async=True)
             dpt = warpgroup_mma(v1, do1.permute((1, 0)), dpt, is_async=True)
         rows = start_m + i * TILE + cols  # the queries, on columns
-        lse = gl.load(LSE + bh.to(gl.int64) * T + rows, mask=rows < T, other=float("inf"))
-        delta = gl.load(DELTA + bh.to(gl.int64) * T + rows, mask=rows < T, other=0.0)
+        lse = lse_smem.index(s).load(gl.SliceLayout(0, mma))
+        delta = delta_smem.index(s).load(gl.SliceLayout(0, mma))
         st, dpt = warpgroup_mma_wait(0, deps=(st, dpt))
         pt = gl.exp2(st * qk_scale - lse[None, :])
         if i < 2:  # the two query blocks that overlap this program's 128 keys
@@ -447,11 +458,11 @@ def _bwd_reduce_partition(dq_smem, dq_bar, dq_desc, b, h, start_m, n_steps):
 
 @gluon.jit
 def _bwd_mma_partition_1(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar, kv_bar, q_ready, q_free, ds_ready,
-                         ds_free, dq_desc, DK, DV, LSE, DELTA, stride_dkb, stride_dkh, stride_dkt, stride_dvb, stride_dvh,
-                         stride_dvt, b, h, bh, T, start_n, start_m, n_steps, qk_scale, sm_scale):
+                         ds_free, dq_desc, DK, DV, lse_smem, delta_smem, stride_dkb, stride_dkh, stride_dkt, stride_dvb,
+                         stride_dvh, stride_dvt, b, h, bh, T, start_n, start_m, n_steps, qk_scale, sm_scale):
     _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar, kv_bar, q_ready, q_free, ds_ready,
-                       ds_free, dq_desc, DK, DV, LSE, DELTA, stride_dkb, stride_dkh, stride_dkt, stride_dvb, stride_dvh,
-                       stride_dvt, b, h, bh, T, start_n, start_m, n_steps, qk_scale, sm_scale, 1)
+                       ds_free, dq_desc, DK, DV, lse_smem, delta_smem, stride_dkb, stride_dkh, stride_dkt, stride_dvb,
+                       stride_dvh, stride_dvt, b, h, bh, T, start_n, start_m, n_steps, qk_scale, sm_scale, 1)
 
 
 @gluon.jit
@@ -474,6 +485,9 @@ def _attn_bwd_hopper_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, DK, DV, LS
     v_smem = gl.allocate_shared_memory(dtype, [2 * NCOL] + q_desc.block_type.shape, layout)
     q_smem = gl.allocate_shared_memory(dtype, [STAGES * NCOL] + q_desc.block_type.shape, layout)
     do_smem = gl.allocate_shared_memory(dtype, [STAGES * NCOL] + q_desc.block_type.shape, layout)
+    vec_layout: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[0])
+    lse_smem = gl.allocate_shared_memory(gl.float32, [STAGES, TILE], vec_layout)
+    delta_smem = gl.allocate_shared_memory(gl.float32, [STAGES, TILE], vec_layout)
     ds_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
     ds_smem = gl.allocate_shared_memory(dtype, [4, TILE, TILE], ds_layout)  # 2 buffers x 2 groups
     dq_smem = gl.allocate_shared_memory(gl.float32, [2 * NCOL] + dq_desc.block_type.shape, dq_desc.layout)
@@ -494,10 +508,10 @@ def _attn_bwd_hopper_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, DK, DV, LS
         mbarrier.init(dq_bar.index(i), count=1)
 
     mma_args = (q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar, kv_bar, q_ready, q_free, ds_ready, ds_free,
-                dq_desc, DK, DV, LSE, DELTA, stride_dkb, stride_dkh, stride_dkt, stride_dvb, stride_dvh, stride_dvt,
-                b, h, bh, T, start_n, start_m, n_steps, qk_scale, sm_scale)
-    load_args = (q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, kv_bar, q_ready, q_free,
-                 b, h, start_n, start_m, n_steps)
+                dq_desc, DK, DV, lse_smem, delta_smem, stride_dkb, stride_dkh, stride_dkt, stride_dvb, stride_dvh,
+                stride_dvt, b, h, bh, T, start_n, start_m, n_steps, qk_scale, sm_scale)
+    load_args = (q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, lse_smem, delta_smem, kv_bar,
+                 q_ready, q_free, LSE, DELTA, b, h, bh, T, start_n, start_m, n_steps)
     if NCOL == 1:  # 16 warps: 200 registers for each softmax group, 88 for the dQ group (no spills)
         gl.warp_specialize([
             (_bwd_mma_partition, mma_args + (0, )),
