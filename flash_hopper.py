@@ -291,8 +291,8 @@ TILE = gl.constexpr(64)
 def _bwd_load_partition(q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, lse_smem, delta_smem,
                         kv_bar, q_ready, q_free, LSE, DELTA, b, h, bh, T, start_n, start_m, n_steps):
     # K and V once, then each query block's Q and dO tiles, LSE and delta into a ring of STAGES. LSE and delta go
-    # through shared memory too: loaded by the softmax groups straight from global memory, they were the groups'
-    # longest stall, an L2 round trip every step (note 29).
+    # through shared memory too: loaded by the softmax groups straight from global memory, their address arithmetic,
+    # predicated loads and L2 latency sat on every step's critical path (note 29: 1.04-1.10x the backward).
     NCOL: gl.constexpr = k_smem.shape[0] // 2
     STAGES: gl.constexpr = q_smem.shape[0] // NCOL
     vec: gl.constexpr = gl.BlockedLayout([TILE // 32], [32], [1], [0])
