@@ -106,16 +106,20 @@ def compile_hopper(kind, D, dtype=torch.bfloat16):
                           options=dict(num_warps=4, maxnreg=fh.maxnreg(kind, D)))
 
 
-def resource_usage(cubin: bytes) -> dict:
-    """Registers and stack (local memory, where spills go) per thread, from cuobjdump --dump-resource-usage."""
+def _cuobjdump(cubin: bytes, flag: str) -> str:
+    """cuobjdump's output for a cubin, with the cuobjdump that Triton bundles."""
     from triton.backends.nvidia import compiler as nv
 
     cuobjdump = os.path.join(os.path.dirname(nv.__file__), "bin", "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        out = subprocess.run([cuobjdump, "--dump-resource-usage", f.name], capture_output=True, text=True,
-                             check=True).stdout
+        return subprocess.run([cuobjdump, flag, f.name], capture_output=True, text=True, check=True).stdout
+
+
+def resource_usage(cubin: bytes) -> dict:
+    """Registers and stack (local memory, where spills go) per thread, from cuobjdump --dump-resource-usage."""
+    out = _cuobjdump(cubin, "--dump-resource-usage")
     return {key: int(value) for key, value in re.findall(r"\b(REG|STACK|LOCAL):(\d+)", out)}
 
 
@@ -123,13 +127,7 @@ def sass_waits(cubin: bytes) -> tuple:
     """(HGMMA, WARPGROUP.DEPBAR) instruction counts in the SASS. ptxas may serialize a kernel's wgmmas, a wait after
     each one, when it cannot prove their pipeline safe (an async product issued under a branch did it: BENCHMARKS.md,
     note 28); the PTX does not show it, the SASS does."""
-    from triton.backends.nvidia import compiler as nv
-
-    cuobjdump = os.path.join(os.path.dirname(nv.__file__), "bin", "cuobjdump")
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        sass = subprocess.run([cuobjdump, "--dump-sass", f.name], capture_output=True, text=True, check=True).stdout
+    sass = _cuobjdump(cubin, "--dump-sass")
     return len(re.findall(r"\bHGMMA\.", sass)), len(re.findall(r"\bWARPGROUP\.DEPBAR\b", sass))
 
 
