@@ -6,7 +6,8 @@ Forward. A program computes 128 query rows of one (batch, head) at a time, on a 
 these items heaviest first (_tile_coords), with three partitions of warps:
     a load warp          TMA-copies the two 64-row Q tiles once, then K and V tiles into a ring of buffers;
     two softmax groups   each a warpgroup (4 warps) that owns 64 of the rows: S = Q K^T and O += P V on the
-                         tensor cores (wgmma), the online softmax on the CUDA cores in between.
+                         tensor cores (wgmma), the online softmax on the CUDA cores in between; O goes out
+                         through shared memory with a TMA store.
 The two groups share the K and V tiles and take turns issuing their products (the `turn` barriers), so one
 group's softmax runs while the other's products keep the tensor cores busy. In the Triton forward both
 warpgroups of a program run in lockstep behind a barrier, and the tensor cores idle through every softmax
@@ -80,7 +81,9 @@ def _load_partition(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, item_smem, q
     n = 0
     item = gl.program_id(0)
     while item < n_items:
-        claimed = gl.atomic_add(COUNTER, 1)  # the next item, claimed now and used once this one's loads are out
+        # the next item, claimed now and used once this one's loads are out. Relaxed: the number is a ticket, and
+        # it reaches the softmax groups through item_smem and an mbarrier, which order it (acq_rel added 2 fences)
+        claimed = gl.atomic_add(COUNTER, 1, sem="relaxed")
         b, h, bh, start_m, n_tiles = _tile_coords(item, BH, n_m, H, SECTION)
         qb = n % 2
         mbarrier.wait(q_free.index(qb), ((n // 2) & 1) ^ 1)  # a fresh barrier passes a wait for the phase before
@@ -162,8 +165,8 @@ def _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, r, c, start
 
 
 @gluon.jit
-def _softmax_partition(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_ready, v_ready, k_free, v_free, turn, O,
-                       LSE, stride_ob, stride_oh, stride_ot, BH, n_m, H, SECTION, T, qk_scale, GROUP: gl.constexpr):
+def _softmax_partition(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_ready, v_ready, k_free, v_free, turn,
+                       o_desc, LSE, BH, n_m, H, SECTION, T, qk_scale, GROUP: gl.constexpr):
     # One warpgroup: rows [row0, row0 + 64) of each item's row tile. Each step issues two products back to back,
     # S = Q K_j^T and O += P_{j-1} V_{j-1}, then computes the softmax of S_j while O's product runs. The two
     # groups take turns issuing (the `turn` barriers), so one group's softmax runs under the other's products.
@@ -217,15 +220,17 @@ def _softmax_partition(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_rea
         mbarrier.wait(v_ready.index(last % STAGES), (last // STAGES) & 1)
         acc = warpgroup_mma(p, v_smem.index(last % STAGES).reshape([BLOCK_N, HEAD_DIM]), acc)
         mbarrier.arrive(v_free.index(last % STAGES), count=1)
-        mbarrier.arrive(q_free.index(qb), count=1)
 
+        # O leaves through this group's Q tile, which no product reads any more, with one TMA store (it writes
+        # whole lines and drops rows past T); the tile goes back to the loader once the store has read it
         acc = acc / gl.convert_layout(l_i, row_o)[:, None]
-        rows_o = start_m + GROUP * ROWS + gl.arange(0, ROWS, layout=row_o)
-        cols_o = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
-        o_ptrs = (O + b.to(gl.int64) * stride_ob + h.to(gl.int64) * stride_oh + rows_o[:, None] * stride_ot
-                  + cols_o[None, :])
-        gl.store(o_ptrs, acc.to(dtype), mask=rows_o[:, None] < T)
+        q_tile = q_smem.index(2 * qb + GROUP)
+        q_tile.reshape([ROWS, HEAD_DIM]).store(acc.to(dtype))
+        fence_async_shared()
+        tma.async_copy_shared_to_global(o_desc, [b, h, start_m + GROUP * ROWS, 0], q_tile)
         gl.store(LSE + bh.to(gl.int64) * T + rows, m_i + gl.log2(l_i), mask=rows < T)
+        tma.store_wait(0)
+        mbarrier.arrive(q_free.index(qb), count=1)
         it += n_tiles
         n += 1
         item = _get_item(item_smem, q_ready, n)
@@ -233,14 +238,14 @@ def _softmax_partition(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_rea
 
 @gluon.jit
 def _softmax_partition_1(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_ready, v_ready, k_free, v_free, turn,
-                         O, LSE, stride_ob, stride_oh, stride_ot, BH, n_m, H, SECTION, T, qk_scale):
+                         o_desc, LSE, BH, n_m, H, SECTION, T, qk_scale):
     _softmax_partition(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_ready, v_ready, k_free, v_free, turn,
-                       O, LSE, stride_ob, stride_oh, stride_ot, BH, n_m, H, SECTION, T, qk_scale, 1)
+                       o_desc, LSE, BH, n_m, H, SECTION, T, qk_scale, 1)
 
 
 @gluon.jit
-def _attn_fwd_hopper_kernel(q_desc, k_desc, v_desc, O, LSE, COUNTER, stride_ob, stride_oh, stride_ot, BH, H, SECTION,
-                            T, qk_scale, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr):
+def _attn_fwd_hopper_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, BH, H, SECTION, T, qk_scale,
+                            HEAD_DIM: gl.constexpr, STAGES: gl.constexpr):
     # A persistent grid, one program per SM up to T=8192 (attn_fwd): each program takes (row tile, head) items
     # one after another, as _load_partition claims them, so setting up the partitions is paid once per SM, and
     # one item's loads overlap the end of the one before it
@@ -267,8 +272,8 @@ def _attn_fwd_hopper_kernel(q_desc, k_desc, v_desc, O, LSE, COUNTER, stride_ob, 
         mbarrier.init(q_free.index(i), count=2)
         mbarrier.init(turn.index(i), count=1)
 
-    softmax_args = (q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_ready, v_ready, k_free, v_free, turn, O,
-                    LSE, stride_ob, stride_oh, stride_ot, BH, n_m, H, SECTION, T, qk_scale)
+    softmax_args = (q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_ready, v_ready, k_free, v_free, turn,
+                    o_desc, LSE, BH, n_m, H, SECTION, T, qk_scale)
     gl.warp_specialize([
         (_softmax_partition, softmax_args + (0, )),
         (_softmax_partition_1, softmax_args),
@@ -602,8 +607,8 @@ def attn_fwd(q, k, v, o, lse, qk_scale: float) -> None:
     # pays once is small, and a program per item measured 3-4% faster (BENCHMARKS.md, note 27)
     programs = min(items, _num_sms(q.device)) if n_m <= PERSISTENT_MAX_TILES else items
     _attn_fwd_hopper_kernel[(programs, )](
-        _descriptor(q, ROWS.value), _descriptor(k, BLOCK_N.value), _descriptor(v, BLOCK_N.value), o, lse,
-        torch.zeros(1, dtype=torch.int32, device=q.device), o.stride(0), o.stride(1), o.stride(2), B * H, H,
+        _descriptor(q, ROWS.value), _descriptor(k, BLOCK_N.value), _descriptor(v, BLOCK_N.value),
+        _descriptor(o, ROWS.value), lse, torch.zeros(1, dtype=torch.int32, device=q.device), B * H, H,
         _heads_per_section(q), T, qk_scale,
         HEAD_DIM=D, STAGES=NUM_STAGES, num_warps=4, maxnreg=maxnreg("fwd", D),
     )

@@ -85,14 +85,14 @@ def compile_hopper(kind, D, dtype=torch.bfloat16):
     q = torch.empty(B, T, 3, H, D, dtype=dtype)[:, :, 0].transpose(1, 2)  # (B, H, T, D) view, as the model's
     if kind == "fwd":
         kernel = fh._attn_fwd_hopper_kernel
-        descs = {"q_desc": fh._descriptor(q, fh.ROWS.value), "k_desc": fh._descriptor(q, fh.BLOCK_N.value),
-                 "v_desc": fh._descriptor(q, fh.BLOCK_N.value)}
+        descs = {name: fh._descriptor(q, fh.ROWS.value) for name in ("q_desc", "o_desc")}
+        descs.update({name: fh._descriptor(q, fh.BLOCK_N.value) for name in ("k_desc", "v_desc")})
     else:
         kernel = fh._attn_bwd_hopper_kernel
         tile = fh.TILE.value
         descs = {name: fh._descriptor(q, tile, tile) for name in ("q_desc", "k_desc", "v_desc", "do_desc")}
         descs["dq_desc"] = fh._descriptor(torch.empty(B, H, T, D), tile, tile)
-    pointers = {"O": mangle_type(q), "COUNTER": "*i32", "DK": mangle_type(q), "DV": mangle_type(q), "LSE": "*fp32", "DELTA": "*fp32"}
+    pointers = {"COUNTER": "*i32", "DK": mangle_type(q), "DV": mangle_type(q), "LSE": "*fp32", "DELTA": "*fp32"}
 
     def type_of(name):
         if name in descs:
