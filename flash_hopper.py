@@ -327,8 +327,8 @@ def _bwd_load_partition(q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem,
 
 @gluon.jit
 def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar, kv_bar, q_ready, q_free, ds_ready,
-                       ds_free, dq_desc, DK, DV, lse_smem, delta_smem, stride_dkb, stride_dkh, stride_dkt, stride_dvb,
-                       stride_dvh, stride_dvt, b, h, T, start_n, start_m, n_steps, qk_scale, sm_scale,
+                       ds_free, dq_desc, dk_desc, dv_desc, lse_smem, delta_smem, b, h, T, start_n, start_m, n_steps,
+                       qk_scale, sm_scale,
                        GROUP: gl.constexpr):
     NCOL: gl.constexpr = k_smem.shape[0] // 2
     STAGES: gl.constexpr = q_smem.shape[0] // NCOL
@@ -409,15 +409,23 @@ def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar
         if not DQ_GROUP:
             mbarrier.arrive(ds_free.index(buf), count=1)
 
-    keys_ok = keys[:, None] < T
-    dk_ptrs = DK + b.to(gl.int64) * stride_dkb + h.to(gl.int64) * stride_dkh + keys[:, None] * stride_dkt
-    dv_ptrs = DV + b.to(gl.int64) * stride_dvb + h.to(gl.int64) * stride_dvh + keys[:, None] * stride_dvt
-    tma.store_wait(0)
-    gl.store(dk_ptrs + cols[None, :], dk0.to(dtype), mask=keys_ok)
-    gl.store(dv_ptrs + cols[None, :], dv0.to(dtype), mask=keys_ok)
+    # dK and dV leave as the forward's O does, through shared memory with TMA stores: into the Q and dO ring, once
+    # both groups' products have read all of it (each group releases a stage on q_free after its dV and dK)
+    for s in gl.static_range(STAGES):
+        if s < n_steps:
+            last = n_steps - 1 - (n_steps - 1 - s) % STAGES  # the last step that used stage s
+            mbarrier.wait(q_free.index(s), (last // STAGES) & 1)
+    q_smem.index(GROUP * NCOL).reshape([TILE, TILE]).store(dk0.to(dtype))
+    do_smem.index(GROUP * NCOL).reshape([TILE, TILE]).store(dv0.to(dtype))
     if NCOL == 2:
-        gl.store(dk_ptrs + TILE + cols[None, :], dk1.to(dtype), mask=keys_ok)
-        gl.store(dv_ptrs + TILE + cols[None, :], dv1.to(dtype), mask=keys_ok)
+        q_smem.index(GROUP * NCOL + 1).reshape([TILE, TILE]).store(dk1.to(dtype))
+        do_smem.index(GROUP * NCOL + 1).reshape([TILE, TILE]).store(dv1.to(dtype))
+    fence_async_shared()
+    first_key = start_n + GROUP * TILE
+    for c in gl.static_range(NCOL):
+        tma.async_copy_shared_to_global(dk_desc, [b, h, first_key, c * TILE], q_smem.index(GROUP * NCOL + c))
+        tma.async_copy_shared_to_global(dv_desc, [b, h, first_key, c * TILE], do_smem.index(GROUP * NCOL + c))
+    tma.store_wait(0)  # the copies read shared memory, which must outlive them
 
 
 @gluon.jit
@@ -463,16 +471,15 @@ def _bwd_reduce_partition(dq_smem, dq_bar, dq_desc, b, h, start_m, n_steps):
 
 @gluon.jit
 def _bwd_mma_partition_1(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar, kv_bar, q_ready, q_free, ds_ready,
-                         ds_free, dq_desc, DK, DV, lse_smem, delta_smem, stride_dkb, stride_dkh, stride_dkt, stride_dvb,
-                         stride_dvh, stride_dvt, b, h, T, start_n, start_m, n_steps, qk_scale, sm_scale):
+                         ds_free, dq_desc, dk_desc, dv_desc, lse_smem, delta_smem, b, h, T, start_n, start_m, n_steps,
+                         qk_scale, sm_scale):
     _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar, kv_bar, q_ready, q_free, ds_ready,
-                       ds_free, dq_desc, DK, DV, lse_smem, delta_smem, stride_dkb, stride_dkh, stride_dkt, stride_dvb,
-                       stride_dvh, stride_dvt, b, h, T, start_n, start_m, n_steps, qk_scale, sm_scale, 1)
+                       ds_free, dq_desc, dk_desc, dv_desc, lse_smem, delta_smem, b, h, T, start_n, start_m, n_steps,
+                       qk_scale, sm_scale, 1)
 
 
 @gluon.jit
-def _attn_bwd_hopper_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, DK, DV, LSE, DELTA,
-                            stride_dkb, stride_dkh, stride_dkt, stride_dvb, stride_dvh, stride_dvt,
+def _attn_bwd_hopper_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, dv_desc, LSE, DELTA,
                             H, T, qk_scale, sm_scale, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr):
     # grid: (cdiv(T, 128), B * H); program n takes keys [128 n, 128 n + 128) and the query blocks from the
     # diagonal on. Key block 0 has the most query blocks, and it starts first.
@@ -513,8 +520,8 @@ def _attn_bwd_hopper_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, DK, DV, LS
         mbarrier.init(dq_bar.index(i), count=1)
 
     mma_args = (q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar, kv_bar, q_ready, q_free, ds_ready, ds_free,
-                dq_desc, DK, DV, lse_smem, delta_smem, stride_dkb, stride_dkh, stride_dkt, stride_dvb, stride_dvh,
-                stride_dvt, b, h, T, start_n, start_m, n_steps, qk_scale, sm_scale)
+                dq_desc, dk_desc, dv_desc, lse_smem, delta_smem, b, h, T, start_n, start_m, n_steps, qk_scale,
+                sm_scale)
     load_args = (q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, lse_smem, delta_smem, kv_bar,
                  q_ready, q_free, LSE, DELTA, b, h, bh, T, start_n, start_m, n_steps)
     if NCOL == 1:  # 16 warps: 200 registers for each softmax group, 88 for the dQ group (no spills)
@@ -622,8 +629,7 @@ def attn_bwd(do, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, qk_scale
     tile = TILE.value
     _attn_bwd_hopper_kernel[(triton.cdiv(T, 2 * tile), B * H)](
         _descriptor(q, tile, tile), _descriptor(k, tile, tile), _descriptor(v, tile, tile), _descriptor(do, tile, tile),
-        _descriptor(dq_acc, tile, tile), dk, dv, lse, delta,
-        dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
+        _descriptor(dq_acc, tile, tile), _descriptor(dk, tile, tile), _descriptor(dv, tile, tile), lse, delta,
         H, T, qk_scale, softmax_scale, HEAD_DIM=D, STAGES=NUM_STAGES, num_warps=4,
         maxnreg=maxnreg("bwd", D),
     )

@@ -90,9 +90,10 @@ def compile_hopper(kind, D, dtype=torch.bfloat16):
     else:
         kernel = fh._attn_bwd_hopper_kernel
         tile = fh.TILE.value
-        descs = {name: fh._descriptor(q, tile, tile) for name in ("q_desc", "k_desc", "v_desc", "do_desc")}
+        descs = {name: fh._descriptor(q, tile, tile) for name in ("q_desc", "k_desc", "v_desc", "do_desc", "dk_desc",
+                                                                  "dv_desc")}
         descs["dq_desc"] = fh._descriptor(torch.empty(B, H, T, D), tile, tile)
-    pointers = {"COUNTER": "*i32", "DK": mangle_type(q), "DV": mangle_type(q), "LSE": "*fp32", "DELTA": "*fp32"}
+    pointers = {"COUNTER": "*i32", "LSE": "*fp32", "DELTA": "*fp32"}
 
     def type_of(name):
         if name in descs:
