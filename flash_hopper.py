@@ -543,12 +543,13 @@ def _attn_bwd_hopper_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, d
 
 _GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}
 # Shortest T per head dim at which this forward beats the Triton one on an H100, in GPU time (BENCHMARKS.md,
-# notes 22 and 27). Below it a program has few key tiles, and what it pays once (setting up three partitions, loading Q,
-# the epilogue) is not won back.
-MIN_T = {64: 2048, 128: 1024}
-# The same for the backward (notes 23, 25, 28): below these its dQ reductions cost more than the Triton backward's
-# second pass over the keys
-MIN_T_BWD = {64: 2048, 128: 2048}
+# notes 22, 27 and 30). Below it a program has few key tiles, and what it pays once (setting up three partitions,
+# loading Q, the epilogue) is not won back. At head dim 64, T=1024 it is 1.02-1.09x the Triton forward in GPU time,
+# but at the GPT-2 shape (144 heads) the launch's extra host time (tensor-map descriptors) makes it slower eager.
+MIN_T = {64: 2048, 128: 512}
+# The same for the backward (notes 23, 25, 28, 30): below these its dQ reductions cost more than the Triton
+# backward's second pass over the keys
+MIN_T_BWD = {64: 2048, 128: 1024}
 PERSISTENT_MAX_TILES = 64  # the forward's grid is persistent up to T = 64 * 128 (attn_fwd)
 NUM_STAGES = 2  # K/V tiles (forward) and Q/dO tiles (backward) in flight; 3 was no faster (note 22)
 
@@ -563,7 +564,7 @@ def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, d
     if not (causal and dropout_p == 0 and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16)
             and T >= min_t.get(D, 1 << 62)):
         return False
-    if torch.cuda.get_device_capability(q.device)[0] != 9:
+    if _properties(q.device).major != 9:
         return False
     size = q.element_size()
     tensors = (q, k, v) if do is None else (q, k, v, do)
