@@ -542,14 +542,15 @@ def _attn_bwd_hopper_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, d
 
 
 _GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}
-# Shortest T per head dim at which this forward beats the Triton one on an H100, in GPU time (BENCHMARKS.md,
-# notes 22, 27 and 30). Below it a program has few key tiles, and what it pays once (setting up three partitions,
-# loading Q, the epilogue) is not won back. At head dim 64, T=1024 it is 1.02-1.09x the Triton forward in GPU time,
-# but at the GPT-2 shape (144 heads) the launch's extra host time (tensor-map descriptors) makes it slower eager.
-MIN_T = {64: 2048, 128: 512}
-# The same for the backward (notes 23, 25, 28, 30): below these its dQ reductions cost more than the Triton
-# backward's second pass over the keys
-MIN_T_BWD = {64: 2048, 128: 1024}
+# Shortest T per head dim at which this forward beats the Triton one on an H100 (BENCHMARKS.md, notes 22, 27 and
+# 30). Below it a program has few key tiles, and what it pays once (setting up three partitions, loading Q, the
+# epilogue) is not won back. The Hopper paths also cost more host time per call (tensor-map descriptors, the zeroed
+# buffers): in GPU time this forward already wins from T=512 at head dim 128 and T=1024 at 64, and the backward
+# from T=1024 at 128, but an eager fwd+bwd there is host-bound and the Triton kernels' shorter launches win it.
+MIN_T = {64: 2048, 128: 1024}
+# The same for the backward (notes 23, 25, 28, 30): below these its dQ reductions and launch cost more than the
+# Triton backward's second pass over the keys
+MIN_T_BWD = {64: 2048, 128: 2048}
 PERSISTENT_MAX_TILES = 64  # the forward's grid is persistent up to T = 64 * 128 (attn_fwd)
 NUM_STAGES = 2  # K/V tiles (forward) and Q/dO tiles (backward) in flight; 3 was no faster (note 22)
 
