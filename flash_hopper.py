@@ -127,14 +127,28 @@ def _get_item(item_smem, q_ready, n):
 
 @gluon.jit
 def _softmax_tile(scores, m_i, l_i, rows, start_n, qk_scale, MASKED: gl.constexpr):
-    # The Triton forward's online softmax: base 2, the row max taken on the raw scores, one FMA per score
+    # The Triton forward's online softmax: base 2, the row max taken on the raw scores, one FMA per score. The
+    # statistics come back in m_i's layout: a 64-key tile's rows sit on the same threads as a 128-key tile's.
+    row_layout: gl.constexpr = m_i.type.layout
+    row: gl.constexpr = gl.SliceLayout(1, scores.type.layout)
+    m_i = gl.convert_layout(m_i, row)
     if MASKED:  # the diagonal tile: keys after the query (and past T) get no weight
-        cols = start_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, scores.type.layout))
-        scores = gl.where(rows[:, None] >= cols[None, :], scores, float("-inf"))
+        cols = start_n + gl.arange(0, scores.shape[1], layout=gl.SliceLayout(0, scores.type.layout))
+        scores = gl.where(gl.convert_layout(rows, row)[:, None] >= cols[None, :], scores, float("-inf"))
     m_new = gl.maximum(m_i, gl.max(scores, 1) * qk_scale)
     p = gl.exp2(scores * qk_scale - m_new[:, None])
-    alpha = gl.exp2(m_i - m_new)
-    return p, m_new, l_i * alpha + gl.sum(p, 1), alpha
+    alpha = gl.convert_layout(gl.exp2(m_i - m_new), row_layout)
+    l_new = l_i * alpha + gl.convert_layout(gl.sum(p, 1), row_layout)
+    return p, gl.convert_layout(m_new, row_layout), l_new, alpha
+
+
+@gluon.jit
+def _keys(kv_smem, s, KEYS: gl.constexpr):
+    # The first KEYS rows of K or V tile s: all of it, or the half of a diagonal tile that group 0's rows see
+    tile = kv_smem.index(s).reshape([BLOCK_N, kv_smem.shape[-1]])
+    if KEYS < BLOCK_N:
+        tile = tile.slice(0, KEYS)
+    return tile
 
 
 @gluon.jit
@@ -150,8 +164,8 @@ def _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, r, c, start
     prev = (r - 1) % STAGES
     mbarrier.wait(turn.index(GROUP), (c & 1) ^ (1 - GROUP))  # group 0 goes first
     mbarrier.wait(k_ready.index(s), (r // STAGES) & 1)
-    scores = warpgroup_mma(q, k_smem.index(s).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_zero,
-                           use_acc=False, is_async=True)
+    scores = warpgroup_mma(q, _keys(k_smem, s, s_zero.shape[1]).permute((1, 0)), s_zero, use_acc=False,
+                           is_async=True)
     mbarrier.wait(v_ready.index(prev), ((r - 1) // STAGES) & 1)
     acc = warpgroup_mma(p, v_smem.index(prev).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
     mbarrier.arrive(turn.index(1 - GROUP), count=1)
@@ -182,6 +196,11 @@ def _softmax_partition(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_rea
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
     dtype: gl.constexpr = q_smem.dtype
     s_zero = gl.zeros([ROWS, BLOCK_N], gl.float32, layout=s_layout)
+    # The diagonal tile's keys that the group's rows can see: group 0's rows only its first 64 (the other half is
+    # all masked for them), so it computes S, the softmax and P V over that half; group 1's rows see all 128
+    DIAG: gl.constexpr = ROWS * (GROUP + 1)
+    d_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, DIAG, 16])
+    d_zero = gl.zeros([ROWS, DIAG], gl.float32, layout=d_layout)
 
     it = 0  # key tiles consumed by earlier items: the K/V ring's position
     n = 0  # earlier items
@@ -193,32 +212,32 @@ def _softmax_partition(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_rea
         q = q_smem.index(2 * qb + GROUP).reshape([ROWS, HEAD_DIM])
         acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=o_layout)
 
-        # key tile 0
-        s0 = it % STAGES
-        mbarrier.wait(k_ready.index(s0), (it // STAGES) & 1)
-        scores = warpgroup_mma(q, k_smem.index(s0).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_zero,
-                               use_acc=False)
-        mbarrier.arrive(k_free.index(s0), count=1)
         m_i = gl.full([ROWS], float("-inf"), gl.float32, layout=row_s)
         l_i = gl.zeros([ROWS], gl.float32, layout=row_s)
-        if n_tiles == 1:
-            p, m_i, l_i, alpha = _softmax_tile(scores, m_i, l_i, rows, 0, qk_scale, True)
-        else:
-            p, m_i, l_i, alpha = _softmax_tile(scores, m_i, l_i, rows, 0, qk_scale, False)
-        p = gl.convert_layout(p.to(dtype), p_layout)
-
-        c0 = it - n  # steps taken in earlier items: each item takes one per key tile after its first
-        for j in range(1, n_tiles - 1):
-            p, acc, m_i, l_i = _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, it + j, c0 + j - 1,
-                                     j * BLOCK_N, p, acc, m_i, l_i, rows, qk_scale, s_zero, GROUP, False)
-        if n_tiles > 1:  # the diagonal tile, out of the loop so that the loop carries no mask
-            j = n_tiles - 1
-            p, acc, m_i, l_i = _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, it + j, c0 + j - 1,
-                                     j * BLOCK_N, p, acc, m_i, l_i, rows, qk_scale, s_zero, GROUP, True)
-
+        s0 = it % STAGES
         last = it + n_tiles - 1
+        mbarrier.wait(k_ready.index(s0), (it // STAGES) & 1)
+        if n_tiles == 1:  # key tile 0 is the diagonal
+            s_d = warpgroup_mma(q, _keys(k_smem, s0, DIAG).permute((1, 0)), d_zero, use_acc=False)
+            mbarrier.arrive(k_free.index(s0), count=1)
+            p_d, m_i, l_i, _ = _softmax_tile(s_d, m_i, l_i, rows, 0, qk_scale, True)
+            p_d = gl.convert_layout(p_d.to(dtype), p_layout)
+        else:
+            scores = warpgroup_mma(q, _keys(k_smem, s0, BLOCK_N).permute((1, 0)), s_zero, use_acc=False)
+            mbarrier.arrive(k_free.index(s0), count=1)
+            p, m_i, l_i, alpha = _softmax_tile(scores, m_i, l_i, rows, 0, qk_scale, False)
+            p = gl.convert_layout(p.to(dtype), p_layout)
+            c0 = it - n  # steps taken in earlier items: each item takes one per key tile after its first
+            for j in range(1, n_tiles - 1):
+                p, acc, m_i, l_i = _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, it + j,
+                                         c0 + j - 1, j * BLOCK_N, p, acc, m_i, l_i, rows, qk_scale, s_zero, GROUP,
+                                         False)
+            # the diagonal tile, out of the loop so that the loop carries no mask
+            p_d, acc, m_i, l_i = _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, last,
+                                       c0 + n_tiles - 2, (n_tiles - 1) * BLOCK_N, p, acc, m_i, l_i, rows, qk_scale,
+                                       d_zero, GROUP, True)
         mbarrier.wait(v_ready.index(last % STAGES), (last // STAGES) & 1)
-        acc = warpgroup_mma(p, v_smem.index(last % STAGES).reshape([BLOCK_N, HEAD_DIM]), acc)
+        acc = warpgroup_mma(p_d, _keys(v_smem, last % STAGES, DIAG), acc)
         mbarrier.arrive(v_free.index(last % STAGES), count=1)
 
         # O leaves through this group's Q tile, which no product reads any more, with one TMA store (it writes
