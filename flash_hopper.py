@@ -347,8 +347,7 @@ def _bwd_load_partition(q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem,
 @gluon.jit
 def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar, kv_bar, q_ready, q_free, ds_ready,
                        ds_free, dq_desc, dk_desc, dv_desc, lse_smem, delta_smem, b, h, T, start_n, start_m, n_steps,
-                       qk_scale, sm_scale,
-                       GROUP: gl.constexpr):
+                       qk_scale, sm_scale, GROUP: gl.constexpr):
     NCOL: gl.constexpr = k_smem.shape[0] // 2
     STAGES: gl.constexpr = q_smem.shape[0] // NCOL
     HEAD_DIM: gl.constexpr = NCOL * TILE
@@ -627,7 +626,7 @@ def _heads_per_section(q: torch.Tensor) -> int:
 
 def attn_fwd(q, k, v, o, lse, qk_scale: float) -> None:
     """Fill o (B, H, T, D) and lse (B, H, T) as flash_kernel's Triton forward does; qk_scale = softmax scale *
-    log2(e)."""
+    log2(e). o is written by TMA, so like q, k, v it needs 16-byte aligned strides (flash_kernel's always has)."""
     B, H, T, D = q.shape
     n_m = triton.cdiv(T, BLOCK_M.value)
     items = n_m * B * H
@@ -644,7 +643,7 @@ def attn_fwd(q, k, v, o, lse, qk_scale: float) -> None:
 
 def attn_bwd(do, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, qk_scale: float) -> None:
     """Fill dq, dk, dv as flash_kernel's Triton backward does, from delta = rowsum(dO * O); qk_scale as in
-    attn_fwd."""
+    attn_fwd. dk and dv are written by TMA, like o in attn_fwd."""
     B, H, T, D = q.shape
     dq_acc = torch.zeros((B, H, T, D), dtype=torch.float32, device=q.device)
     tile = TILE.value
