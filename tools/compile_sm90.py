@@ -135,7 +135,8 @@ def sass_waits(cubin: bytes) -> tuple:
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--head-dim", type=int, default=64)
-    parser.add_argument("--dump", help="also write each variant's TTGIR and PTX to this folder")
+    parser.add_argument("--dump", help="also write each variant's TTGIR and PTX (and the Hopper kernels' SASS) to "
+                                       "this folder")
     args = parser.parse_args()
     D, T = args.head_dim, 4096
     configs = {"forward": ("fwd", fk._fwd_config(D, T, torch.bfloat16)),
@@ -167,10 +168,12 @@ def main():
         print(f"| hopper {name} | {compiled.metadata.num_warps} | {ptx.count('wgmma.mma_async')} | "
               f"{ptx.count('setmaxnreg')} | {usage['REG']} | {usage['STACK']} | {compiled.metadata.shared} | "
               f"{hgmma} | {waits} |")
-        if args.dump:
-            for ext in ("ttgir", "ptx"):
+        if args.dump:  # the SASS shows what ptxas did with the PTX's order (BENCHMARKS.md, notes 28 and 31)
+            texts = {ext: compiled.asm[ext] for ext in ("ttgir", "ptx")}
+            texts["sass"] = _cuobjdump(compiled.asm["cubin"], "--dump-sass")
+            for ext, text in texts.items():
                 with open(os.path.join(args.dump, f"hopper_{name}.{ext}"), "w") as f:
-                    f.write(compiled.asm[ext])
+                    f.write(text)
 
 
 if __name__ == "__main__":
