@@ -152,6 +152,17 @@ def _keys(kv_smem, s, KEYS: gl.constexpr):
 
 
 @gluon.jit
+def _first_tile(q, k_smem, k_free, s0, s_zero, m_i, l_i, rows, qk_scale, p_layout: gl.constexpr,
+                MASKED: gl.constexpr):
+    # An item's first key tile (its first s_zero.shape[1] keys): S = Q K_0^T with no other product in flight, its
+    # softmax, and P in the register layout of P V's A operand
+    scores = warpgroup_mma(q, _keys(k_smem, s0, s_zero.shape[1]).permute((1, 0)), s_zero, use_acc=False)
+    mbarrier.arrive(k_free.index(s0), count=1)
+    p, m_i, l_i, _ = _softmax_tile(scores, m_i, l_i, rows, 0, qk_scale, MASKED)
+    return gl.convert_layout(p.to(q.dtype), p_layout), m_i, l_i
+
+
+@gluon.jit
 def _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, r, c, start_n, p, acc, m_i, l_i, rows,
           qk_scale, s_zero, GROUP: gl.constexpr, MASKED: gl.constexpr):
     # One key tile after an item's first, for one softmax group: issue S_j = Q K_j^T and O += P_{j-1} V_{j-1}
@@ -218,15 +229,9 @@ def _softmax_partition(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_rea
         last = it + n_tiles - 1
         mbarrier.wait(k_ready.index(s0), (it // STAGES) & 1)
         if n_tiles == 1:  # key tile 0 is the diagonal
-            s_d = warpgroup_mma(q, _keys(k_smem, s0, DIAG).permute((1, 0)), d_zero, use_acc=False)
-            mbarrier.arrive(k_free.index(s0), count=1)
-            p_d, m_i, l_i, _ = _softmax_tile(s_d, m_i, l_i, rows, 0, qk_scale, True)
-            p_d = gl.convert_layout(p_d.to(dtype), p_layout)
+            p_d, m_i, l_i = _first_tile(q, k_smem, k_free, s0, d_zero, m_i, l_i, rows, qk_scale, p_layout, True)
         else:
-            scores = warpgroup_mma(q, _keys(k_smem, s0, BLOCK_N).permute((1, 0)), s_zero, use_acc=False)
-            mbarrier.arrive(k_free.index(s0), count=1)
-            p, m_i, l_i, alpha = _softmax_tile(scores, m_i, l_i, rows, 0, qk_scale, False)
-            p = gl.convert_layout(p.to(dtype), p_layout)
+            p, m_i, l_i = _first_tile(q, k_smem, k_free, s0, s_zero, m_i, l_i, rows, qk_scale, p_layout, False)
             c0 = it - n  # steps taken in earlier items: each item takes one per key tile after its first
             for j in range(1, n_tiles - 1):
                 p, acc, m_i, l_i = _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, it + j,

@@ -124,11 +124,10 @@ def resource_usage(cubin: bytes) -> dict:
     return {key: int(value) for key, value in re.findall(r"\b(REG|STACK|LOCAL):(\d+)", out)}
 
 
-def sass_waits(cubin: bytes) -> tuple:
-    """(HGMMA, WARPGROUP.DEPBAR) instruction counts in the SASS. ptxas may serialize a kernel's wgmmas, a wait after
-    each one, when it cannot prove their pipeline safe (an async product issued under a branch did it: BENCHMARKS.md,
-    note 28); the PTX does not show it, the SASS does."""
-    sass = _cuobjdump(cubin, "--dump-sass")
+def sass_waits(sass: str) -> tuple:
+    """(HGMMA, WARPGROUP.DEPBAR) instruction counts in a kernel's SASS. ptxas may serialize a kernel's wgmmas, a wait
+    after each one, when it cannot prove their pipeline safe (an async product issued under a branch did it:
+    BENCHMARKS.md, note 28); the PTX does not show it, the SASS does."""
     return len(re.findall(r"\bHGMMA\.", sass)), len(re.findall(r"\bWARPGROUP\.DEPBAR\b", sass))
 
 
@@ -164,13 +163,13 @@ def main():
     for kind, name in (("fwd", "forward"), ("bwd", "backward")):
         compiled = compile_hopper(kind, D)
         ptx, usage = compiled.asm["ptx"], resource_usage(compiled.asm["cubin"])
-        hgmma, waits = sass_waits(compiled.asm["cubin"])
+        sass = _cuobjdump(compiled.asm["cubin"], "--dump-sass")
+        hgmma, waits = sass_waits(sass)
         print(f"| hopper {name} | {compiled.metadata.num_warps} | {ptx.count('wgmma.mma_async')} | "
               f"{ptx.count('setmaxnreg')} | {usage['REG']} | {usage['STACK']} | {compiled.metadata.shared} | "
               f"{hgmma} | {waits} |")
         if args.dump:  # the SASS shows what ptxas did with the PTX's order (BENCHMARKS.md, notes 28 and 31)
-            texts = {ext: compiled.asm[ext] for ext in ("ttgir", "ptx")}
-            texts["sass"] = _cuobjdump(compiled.asm["cubin"], "--dump-sass")
+            texts = {"ttgir": compiled.asm["ttgir"], "ptx": compiled.asm["ptx"], "sass": sass}
             for ext, text in texts.items():
                 with open(os.path.join(args.dump, f"hopper_{name}.{ext}"), "w") as f:
                     f.write(text)
