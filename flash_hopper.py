@@ -72,9 +72,10 @@ def _load_partition(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, item_smem, q
     # softmax groups have released it (the *_free barriers count 2 arrivals); TMA completes each copy on its
     # *_ready barrier. Each program starts with item program_id, then takes the next unclaimed one from COUNTER
     # (an atomic add), as the hardware hands out the blocks of a plain grid: programs that drew short items take
-    # more of them. The item's number goes to the softmax groups in item_smem, with its Q tiles. `it` counts key
-    # tiles over all of this program's items, so the ring of K/V buffers runs on across them, and the next item's
-    # loads start while the softmax groups still finish the last one. Q has two buffers, one per item in flight.
+    # more of them. The item's number and coordinates go to the softmax groups in item_smem, with its Q tiles.
+    # `it` counts key tiles over all of this program's items, so the ring of K/V buffers runs on across them, and
+    # the next item's loads start while the softmax groups still finish the last one. Q has two buffers, one per
+    # item in flight.
     STAGES: gl.constexpr = k_smem.shape[0]
     n_items = n_m * BH
     it = 0
@@ -87,7 +88,7 @@ def _load_partition(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, item_smem, q
         b, h, bh, start_m, n_tiles = _tile_coords(item, BH, n_m, H, SECTION)
         qb = n % 2
         mbarrier.wait(q_free.index(qb), ((n // 2) & 1) ^ 1)  # a fresh barrier passes a wait for the phase before
-        _put_item(item_smem.index(qb), item)
+        _put_item(item_smem, qb, item, b, h, n_tiles - 1)
         mbarrier.expect(q_ready.index(qb), 2 * q_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(q_desc, [b, h, start_m, 0], q_ready.index(qb), q_smem.index(2 * qb))
         tma.async_copy_global_to_shared(q_desc, [b, h, start_m + ROWS, 0], q_ready.index(qb), q_smem.index(2 * qb + 1))
@@ -106,23 +107,35 @@ def _load_partition(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, item_smem, q
     # tell the softmax groups there is no more: an item number past the last
     qb = n % 2
     mbarrier.wait(q_free.index(qb), ((n // 2) & 1) ^ 1)
-    _put_item(item_smem.index(qb), item)
+    _put_item(item_smem, qb, item, 0, 0, 0)
     mbarrier.arrive(q_ready.index(qb), count=1)
 
 
 @gluon.jit
-def _put_item(slot, item):
-    # One warp writes the item's number into shared memory; the mbarrier arrive that follows publishes it
+def _put_item(item_smem, qb, item, b, h, pid_m):
+    # One warp writes the item's number and coordinates into shared memory; the mbarrier arrive that follows
+    # publishes them. The softmax groups read the coordinates instead of dividing the number out again: those
+    # integer divisions sat between an item's start and its first product
     gl.static_assert(gl.num_warps() == 1)
-    slot.store(gl.full([1], item, gl.int32, layout=gl.BlockedLayout([1], [32], [1], [0])))
+    layout: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
+    item_smem.index(4 * qb).store(gl.full([1], item, gl.int32, layout=layout))
+    item_smem.index(4 * qb + 1).store(gl.full([1], b, gl.int32, layout=layout))
+    item_smem.index(4 * qb + 2).store(gl.full([1], h, gl.int32, layout=layout))
+    item_smem.index(4 * qb + 3).store(gl.full([1], pid_m, gl.int32, layout=layout))
 
 
 @gluon.jit
 def _get_item(item_smem, q_ready, n):
-    # The softmax groups' side: wait until the loader has put item n (and its Q tiles), and read its number
+    # The softmax groups' side: wait until the loader has put item n (and its Q tiles), and read its number,
+    # batch, head and row tile
     qb = n % 2
     mbarrier.wait(q_ready.index(qb), (n // 2) & 1)
-    return gl.max(item_smem.index(qb).load(gl.BlockedLayout([1], [32], [4], [0])), 0)
+    layout: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
+    item = gl.max(item_smem.index(4 * qb).load(layout), 0)
+    b = gl.max(item_smem.index(4 * qb + 1).load(layout), 0)
+    h = gl.max(item_smem.index(4 * qb + 2).load(layout), 0)
+    pid_m = gl.max(item_smem.index(4 * qb + 3).load(layout), 0)
+    return item, b, h, pid_m
 
 
 @gluon.jit
@@ -215,9 +228,11 @@ def _softmax_partition(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_rea
 
     it = 0  # key tiles consumed by earlier items: the K/V ring's position
     n = 0  # earlier items
-    item = _get_item(item_smem, q_ready, n)
+    item, b, h, pid_m = _get_item(item_smem, q_ready, n)
     while item < n_m * BH:
-        b, h, bh, start_m, n_tiles = _tile_coords(item, BH, n_m, H, SECTION)
+        bh = b * H + h
+        start_m = pid_m * BLOCK_M
+        n_tiles = pid_m + 1
         rows = start_m + GROUP * ROWS + gl.arange(0, ROWS, layout=row_s)
         qb = n % 2
         q = q_smem.index(2 * qb + GROUP).reshape([ROWS, HEAD_DIM])
@@ -257,7 +272,7 @@ def _softmax_partition(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_rea
         mbarrier.arrive(q_free.index(qb), count=1)
         it += n_tiles
         n += 1
-        item = _get_item(item_smem, q_ready, n)
+        item, b, h, pid_m = _get_item(item_smem, q_ready, n)
 
 
 @gluon.jit
@@ -278,7 +293,8 @@ def _attn_fwd_hopper_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, BH, H,
     q_smem = gl.allocate_shared_memory(dtype, [4] + q_desc.block_type.shape, q_desc.layout)  # 2 items x 2 groups
     k_smem = gl.allocate_shared_memory(dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
     v_smem = gl.allocate_shared_memory(dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
-    item_smem = gl.allocate_shared_memory(gl.int32, [2, 1], gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
+    # 2 items x (number, batch, head, row tile)
+    item_smem = gl.allocate_shared_memory(gl.int32, [8, 1], gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
     q_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     q_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
