@@ -262,7 +262,7 @@ def _softmax_partition(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_rea
 
         # O leaves through this group's Q tile, which no product reads any more, with one TMA store (it writes
         # whole lines and drops rows past T); the tile goes back to the loader once the store has read it
-        acc = acc / gl.convert_layout(l_i, row_o)[:, None]
+        acc = acc * gl.convert_layout(1.0 / l_i, row_o)[:, None]  # one division per row, not per element
         q_tile = q_smem.index(2 * qb + GROUP)
         q_tile.reshape([ROWS, HEAD_DIM]).store(acc.to(dtype))
         fence_async_shared()
