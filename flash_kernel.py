@@ -244,9 +244,10 @@ def _attn_fwd_kernel(
         seed, bh, DROP_THRESHOLD, BLOCK_N, True, CAUSAL, DROPOUT, DOT_PRECISION,
     )
 
+    row_scale = 1.0 / l_i  # one division per row, not one per element
     if DROPOUT:
-        acc = acc * drop_scale
-    acc = acc / l_i[:, None]
+        row_scale = row_scale * drop_scale
+    acc = acc * row_scale[:, None]
     o_ptrs = O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :]
     tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=offs_m[:, None] < T)
     tl.store(LSE + bh.to(tl.int64) * T + offs_m, m_i + tl.math.log2(l_i), mask=offs_m < T)
