@@ -204,7 +204,7 @@ def _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, r, c, start
 
 @gluon.jit
 def _softmax_partition(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_ready, v_ready, k_free, v_free, turn,
-                       o_desc, LSE, BH, n_m, H, SECTION, T, qk_scale, GROUP: gl.constexpr):
+                       o_desc, LSE, BH, n_m, H, T, qk_scale, GROUP: gl.constexpr):
     # One warpgroup: rows [row0, row0 + 64) of each item's row tile. Each step issues two products back to back,
     # S = Q K_j^T and O += P_{j-1} V_{j-1}, then computes the softmax of S_j while O's product runs. The two
     # groups take turns issuing (the `turn` barriers), so one group's softmax runs under the other's products.
@@ -277,9 +277,9 @@ def _softmax_partition(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_rea
 
 @gluon.jit
 def _softmax_partition_1(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_ready, v_ready, k_free, v_free, turn,
-                         o_desc, LSE, BH, n_m, H, SECTION, T, qk_scale):
+                         o_desc, LSE, BH, n_m, H, T, qk_scale):
     _softmax_partition(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_ready, v_ready, k_free, v_free, turn,
-                       o_desc, LSE, BH, n_m, H, SECTION, T, qk_scale, 1)
+                       o_desc, LSE, BH, n_m, H, T, qk_scale, 1)
 
 
 @gluon.jit
@@ -313,7 +313,7 @@ def _attn_fwd_hopper_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, BH, H,
         mbarrier.init(turn.index(i), count=1)
 
     softmax_args = (q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_ready, v_ready, k_free, v_free, turn,
-                    o_desc, LSE, BH, n_m, H, SECTION, T, qk_scale)
+                    o_desc, LSE, BH, n_m, H, T, qk_scale)
     gl.warp_specialize([
         (_softmax_partition, softmax_args + (0, )),
         (_softmax_partition_1, softmax_args),
