@@ -31,9 +31,9 @@ def _compile_sm90(head_dim):
             rows[(cells[0], cells[1] == "True")] = dict(zip(
                 ("convert_layout", "st.shared", "ld.shared", "mul.hi", "wgmma.wait_group", "shared"),
                 map(int, cells[2:])))
-        if len(cells) == 9 and cells[0].startswith("hopper "):
+        if len(cells) == 10 and cells[0].startswith("hopper "):
             hopper[cells[0].split()[1]] = dict(zip(("warps", "wgmma", "setmaxnreg", "registers", "stack", "shared",
-                                                    "hgmma", "waits"), map(int, cells[1:])))
+                                                    "hgmma", "waits", "sass"), map(int, cells[1:])))
     assert len(rows) == 4 and len(hopper) == 2, run.stdout
     return rows, hopper
 

@@ -7,8 +7,8 @@ and wgmma waits in the PTX. A developer's tool for checking a layout change befo
 
 Uses the shipped tile configurations for bf16 at T=4096 (the forward's and the backward's), with and without
 dropout, then the Hopper forward and backward (flash_hopper.py): their warps, wgmma count, the registers and
-local memory (spills) that ptxas gave them, and whether ptxas serialized their wgmmas (a wait after each one in
-the SASS), read from the cubin with the cuobjdump that Triton bundles. Needs triton's NVIDIA
+local memory (spills) that ptxas gave them, whether ptxas serialized their wgmmas (a wait after each one in the
+SASS) and the SASS's size, read from the cubin with the cuobjdump that Triton bundles. Needs triton's NVIDIA
 backend, which bundles ptxas; no GPU and no CUDA driver.
 """
 import argparse
@@ -131,6 +131,12 @@ def sass_waits(sass: str) -> tuple:
     return len(re.findall(r"\bHGMMA\.", sass)), len(re.findall(r"\bWARPGROUP\.DEPBAR\b", sass))
 
 
+def sass_size(sass: str) -> int:
+    """Instructions in a kernel's SASS (cuobjdump prints each at its address, /*0a80*/): the code that instruction
+    fetch has to keep up with (BENCHMARKS.md, note 33)."""
+    return len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/", sass, re.M))
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--head-dim", type=int, default=64)
@@ -158,8 +164,8 @@ def main():
 
     print(f"\nHopper kernels (flash_hopper.py), head dim {D}:")
     print("| kernel | warps | wgmma.mma_async | setmaxnreg | registers | stack bytes | shared bytes | SASS HGMMA | "
-          "SASS wgmma waits |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "SASS wgmma waits | SASS instructions |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for kind, name in (("fwd", "forward"), ("bwd", "backward")):
         compiled = compile_hopper(kind, D)
         ptx, usage = compiled.asm["ptx"], resource_usage(compiled.asm["cubin"])
@@ -167,7 +173,7 @@ def main():
         hgmma, waits = sass_waits(sass)
         print(f"| hopper {name} | {compiled.metadata.num_warps} | {ptx.count('wgmma.mma_async')} | "
               f"{ptx.count('setmaxnreg')} | {usage['REG']} | {usage['STACK']} | {compiled.metadata.shared} | "
-              f"{hgmma} | {waits} |")
+              f"{hgmma} | {waits} | {sass_size(sass)} |")
         if args.dump:  # the SASS shows what ptxas did with the PTX's order (BENCHMARKS.md, notes 28 and 31)
             texts = {"ttgir": compiled.asm["ttgir"], "ptx": compiled.asm["ptx"], "sass": sass}
             for ext, text in texts.items():
