@@ -367,7 +367,7 @@ def _bwd_load_partition(q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem,
 
 @gluon.jit
 def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar, kv_bar, q_ready, q_free, ds_ready,
-                       ds_free, dq_desc, dk_desc, dv_desc, lse_smem, delta_smem, b, h, T, start_n, start_m, n_steps,
+                       ds_free, dk_desc, dv_desc, lse_smem, delta_smem, b, h, start_n, start_m, n_steps,
                        qk_scale, sm_scale, GROUP: gl.constexpr):
     NCOL: gl.constexpr = k_smem.shape[0] // 2
     STAGES: gl.constexpr = q_smem.shape[0] // NCOL
@@ -510,10 +510,10 @@ def _bwd_reduce_partition(dq_smem, dq_bar, dq_desc, b, h, start_m, n_steps):
 
 @gluon.jit
 def _bwd_mma_partition_1(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar, kv_bar, q_ready, q_free, ds_ready,
-                         ds_free, dq_desc, dk_desc, dv_desc, lse_smem, delta_smem, b, h, T, start_n, start_m, n_steps,
+                         ds_free, dk_desc, dv_desc, lse_smem, delta_smem, b, h, start_n, start_m, n_steps,
                          qk_scale, sm_scale):
     _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar, kv_bar, q_ready, q_free, ds_ready,
-                       ds_free, dq_desc, dk_desc, dv_desc, lse_smem, delta_smem, b, h, T, start_n, start_m, n_steps,
+                       ds_free, dk_desc, dv_desc, lse_smem, delta_smem, b, h, start_n, start_m, n_steps,
                        qk_scale, sm_scale, 1)
 
 
@@ -559,8 +559,7 @@ def _attn_bwd_hopper_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, d
         mbarrier.init(dq_bar.index(i), count=1)
 
     mma_args = (q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar, kv_bar, q_ready, q_free, ds_ready, ds_free,
-                dq_desc, dk_desc, dv_desc, lse_smem, delta_smem, b, h, T, start_n, start_m, n_steps, qk_scale,
-                sm_scale)
+                dk_desc, dv_desc, lse_smem, delta_smem, b, h, start_n, start_m, n_steps, qk_scale, sm_scale)
     load_args = (q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, lse_smem, delta_smem, kv_bar,
                  q_ready, q_free, LSE, DELTA, b, h, bh, T, start_n, start_m, n_steps)
     if NCOL == 1:  # 16 warps: 200 registers for each softmax group, 88 for the dQ group (no spills)
