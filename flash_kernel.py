@@ -3,12 +3,16 @@ Causal flash attention in Triton: forward, backward and attention dropout, regis
 
 Public surface:
     flash_attn(q, k, v, causal=True, softmax_scale=None, dropout_p=0.0)  the fused kernel, differentiable
+    flash_attn_qkvpacked(qkv, causal=True, softmax_scale=None, dropout_p=0.0)
+                                                                           the same on one (B, T, 3, H, D) tensor
     attention_ref(q, k, v, causal=True, softmax_scale=None, ...)          the plain fp32 reference the tests use
     dropout_mask(seed, B, H, T, dropout_p)                                 the keep-mask a call with `seed` applies
 
 q, k, v are (B, H, T, D) CUDA tensors read through their strides (the last dim must have unit stride), so the
 model's `qkv.split(...)` + `.view(B, T, H, D).transpose(1, 2)` views go in without a copy. The output is
 (B, H, T, D) laid out in memory as (B, T, H, D), which makes the model's transpose back to (B, T, C) free.
+flash_attn_qkvpacked takes the qkv projection's output itself, as the model does: its backward writes dq, dk and
+dv into one gradient for qkv, where separate q, k, v would leave autograd a concatenation (a copy) to make.
 
 The forward keeps only O and the per-row log-sum-exp (in base 2); the backward recomputes the probabilities tile
 by tile, FlashAttention-2 style, in one launch after a small pass for rowsum(dO * O): program j computes dK/dV
@@ -554,10 +558,26 @@ def _attn_fwd(q, k, v, seed, causal, softmax_scale, dropout_p):
 
 
 def _attn_bwd(do, q, k, v, o, lse, seed, causal, softmax_scale, dropout_p):
+    dq, dk, dv = _empty_grad(q), _empty_grad(k), _empty_grad(v)
+    _attn_bwd_into(dq, dk, dv, do, q, k, v, o, lse, seed, causal, softmax_scale, dropout_p)
+    return dq, dk, dv
+
+
+def _attn_bwd_packed(do, qkv, o, lse, seed, causal, softmax_scale, dropout_p):
+    dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)  # (B, T, 3, H, D)
+    _attn_bwd_into(*_unpack(dqkv), do, *_unpack(qkv), o, lse, seed, causal, softmax_scale, dropout_p)
+    return dqkv
+
+
+def _unpack(qkv: torch.Tensor) -> list:
+    # (B, T, 3, H, D) -> q, k, v as (B, H, T, D) views
+    return [t.transpose(1, 2) for t in qkv.unbind(2)]
+
+
+def _attn_bwd_into(dq, dk, dv, do, q, k, v, o, lse, seed, causal, softmax_scale, dropout_p):
     B, H, T, D = q.shape
     if do.stride(-1) != 1:  # autograd can hand us an expanded or transposed gradient; rare, so a copy is fine
         do = do.contiguous()
-    dq, dk, dv = _empty_grad(q), _empty_grad(k), _empty_grad(v)
     delta = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
     _attn_bwd_delta_kernel[(triton.cdiv(T, 64), B * H)](
         o, do, delta,
@@ -567,7 +587,7 @@ def _attn_bwd(do, q, k, v, o, lse, seed, causal, softmax_scale, dropout_p):
     )
     if flash_hopper is not None and flash_hopper.supported(q, k, v, causal, dropout_p, flash_hopper.MIN_T_BWD, do):
         flash_hopper.attn_bwd(do, q, k, v, lse, delta, dq, dk, dv, softmax_scale, softmax_scale * LOG2E)
-        return dq, dk, dv
+        return
 
     def launch(BLOCK, BLOCK_M1, BLOCK_N2, num_warps, num_stages):
         _attn_bwd_kernel[(triton.cdiv(T, BLOCK), B * H)](
@@ -585,7 +605,6 @@ def _attn_bwd(do, q, k, v, o, lse, seed, causal, softmax_scale, dropout_p):
         )
 
     _launch_fitting(launch, _bwd_config(D, T, q.dtype), ("bwd", q.device, q.dtype, D, dropout_p > 0))
-    return dq, dk, dv
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -603,9 +622,14 @@ _lib.define(
     "attn_bwd(Tensor do, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor? seed, bool causal, "
     "float softmax_scale, float dropout_p) -> (Tensor, Tensor, Tensor)"
 )
+_lib.define(
+    "attn_bwd_packed(Tensor do, Tensor qkv, Tensor o, Tensor lse, Tensor? seed, bool causal, float softmax_scale, "
+    "float dropout_p) -> Tensor"
+)
 for _backend in ("CUDA", "CPU"):  # CPU: only reachable with TRITON_INTERPRET=1 (flash_attn checks)
     _lib.impl("attn_fwd", _attn_fwd, _backend)
     _lib.impl("attn_bwd", _attn_bwd, _backend)
+    _lib.impl("attn_bwd_packed", _attn_bwd_packed, _backend)
 
 
 @torch.library.register_fake("flashgpt::attn_fwd")
@@ -617,6 +641,11 @@ def _(q, k, v, seed, causal, softmax_scale, dropout_p):
 @torch.library.register_fake("flashgpt::attn_bwd")
 def _(do, q, k, v, o, lse, seed, causal, softmax_scale, dropout_p):
     return _empty_grad(q), _empty_grad(k), _empty_grad(v)
+
+
+@torch.library.register_fake("flashgpt::attn_bwd_packed")
+def _(do, qkv, o, lse, seed, causal, softmax_scale, dropout_p):
+    return torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
 
 
 class _FlashAttention(torch.autograd.Function):
@@ -632,6 +661,22 @@ class _FlashAttention(torch.autograd.Function):
         q, k, v, o, lse, seed = ctx.saved_tensors
         dq, dk, dv = torch.ops.flashgpt.attn_bwd(do, q, k, v, o, lse, seed, ctx.causal, ctx.softmax_scale, ctx.dropout_p)
         return dq, dk, dv, None, None, None, None
+
+
+class _FlashAttentionQKVPacked(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, qkv, seed, causal, softmax_scale, dropout_p):
+        o, lse = torch.ops.flashgpt.attn_fwd(*_unpack(qkv), seed, causal, softmax_scale, dropout_p)
+        ctx.save_for_backward(qkv, o, lse, seed)
+        ctx.causal, ctx.softmax_scale, ctx.dropout_p = causal, softmax_scale, dropout_p
+        return o.transpose(1, 2)  # (B, T, H, D), contiguous
+
+    @staticmethod
+    def backward(ctx, do):
+        qkv, o, lse, seed = ctx.saved_tensors
+        dqkv = torch.ops.flashgpt.attn_bwd_packed(do.transpose(1, 2), qkv, o, lse, seed, ctx.causal,
+                                                  ctx.softmax_scale, ctx.dropout_p)
+        return dqkv, None, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -707,11 +752,34 @@ def flash_attn(
     (accumulation is fp32 in every case). Returns (B, H, T, D) in q's dtype.
     """
     _check_inputs(q, k, v, dropout_p)
+    seed = _draw_seed(q.device) if dropout_p > 0 else None
+    return _FlashAttention.apply(q, k, v, seed, bool(causal), _scale(softmax_scale, q), float(dropout_p))
+
+
+def flash_attn_qkvpacked(
+    qkv: torch.Tensor,
+    causal: bool = True,
+    softmax_scale: Optional[float] = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """flash_attn on q, k, v packed in one (B, T, 3, H, D) tensor, such as the qkv projection's output viewed
+    that way; returns (B, T, H, D). The gradient comes back as one (B, T, 3, H, D) tensor written by the kernel,
+    where separate q, k, v would leave autograd three gradients to concatenate.
+    """
+    if not isinstance(qkv, torch.Tensor) or qkv.dim() != 5 or qkv.shape[2] != 3:
+        got = tuple(qkv.shape) if isinstance(qkv, torch.Tensor) else type(qkv).__name__
+        raise ValueError(f"flash_attn_qkvpacked: qkv must be a 5-d tensor shaped (B, T, 3, H, D), got {got}")
+    q, k, v = _unpack(qkv)
+    _check_inputs(q, k, v, dropout_p)
+    seed = _draw_seed(qkv.device) if dropout_p > 0 else None
+    return _FlashAttentionQKVPacked.apply(qkv, seed, bool(causal), _scale(softmax_scale, q), float(dropout_p))
+
+
+def _scale(softmax_scale: Optional[float], q: torch.Tensor) -> float:
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     if not (scale > 0 and math.isfinite(scale)):
         raise ValueError(f"softmax_scale must be a positive finite number, got {softmax_scale}")
-    seed = _draw_seed(q.device) if dropout_p > 0 else None
-    return _FlashAttention.apply(q, k, v, seed, bool(causal), scale, float(dropout_p))
+    return scale
 
 
 def dropout_mask(seed: torch.Tensor, B: int, H: int, T: int, dropout_p: float) -> torch.Tensor:

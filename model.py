@@ -67,11 +67,11 @@ class CausalSelfAttention(nn.Module):
         self.attn = config.attn
         if self.attn == 'triton':
             try:
-                from flash_kernel import flash_attn  # lazy: the repo must work where triton is missing
+                from flash_kernel import flash_attn_qkvpacked  # lazy: the repo must work where triton is missing
             except ImportError as e:
                 raise ImportError(f"attn='triton' needs triton and flash_kernel.py ({e}); "
                                   "install triton, or use attn='sdpa' or attn='naive'") from e
-            self.flash_attn = flash_attn
+            self.flash_attn_qkvpacked = flash_attn_qkvpacked
         if self.attn == 'naive':
             # not persistent: it is derived, and keeping it out of the state_dict is what lets
             # checkpoints move between attention implementations
@@ -80,14 +80,13 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C), views into the fused output
-        # views, no copies: (B, nh, T, hs) with the head dim contiguous, which is what the kernel reads
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)  # q, k, v for all heads, one tensor
+        q, k, v = [t.transpose(1, 2) for t in qkv.unbind(2)]  # (B, nh, T, hs) views, no copies
         dropout_p = self.dropout if self.training else 0.0
         if self.attn == 'triton':
-            y = self.flash_attn(q, k, v, causal=True, dropout_p=dropout_p)  # (B, nh, T, hs), stored as (B, T, nh, hs)
+            # qkv itself, not q, k, v: the kernel's backward then writes one gradient for it, where three would
+            # leave autograd a concatenation (a copy of 3 x (B, T, C)) to make
+            y = self.flash_attn_qkvpacked(qkv, causal=True, dropout_p=dropout_p).transpose(1, 2)  # (B, nh, T, hs)
         elif self.attn == 'sdpa':
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=dropout_p, is_causal=True)
         else:
@@ -96,7 +95,7 @@ class CausalSelfAttention(nn.Module):
             att = F.softmax(att, dim=-1)
             att = self.attn_dropout(att)
             y = att @ v  # (B, nh, T, hs)
-        # free for the kernel's (B, T, nh, hs) layout; one copy for sdpa / naive, as in nanoGPT
+        # free for the kernel's output, stored as (B, T, nh, hs); one copy for sdpa / naive, as in nanoGPT
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 

@@ -1,6 +1,7 @@
 """
 flash_attn against the fp32 reference: output and all three gradients, over hostile shapes, every supported head
-dim and dtype, causal and not, with dropout, under torch.compile, and on bad input.
+dim and dtype, causal and not, with dropout, under torch.compile, and on bad input; flash_attn_qkvpacked against
+flash_attn.
 
 Without a GPU this runs the same kernels through Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1)
 on fp32 and fp16; bf16 and the large shapes run on the GPU only (the interpreter computes tl.dot on bf16
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import flash_kernel
-from flash_kernel import attention_ref, dropout_mask, flash_attn
+from flash_kernel import attention_ref, dropout_mask, flash_attn, flash_attn_qkvpacked
 
 GPU = torch.cuda.is_available()
 DEVICE = "cuda" if GPU else "cpu"
@@ -140,6 +141,44 @@ def test_expanded_upstream_gradient():
     flash_attn(q, k, v).sum().backward()
     want = ref_fwd_bwd(q, k, v, torch.ones(q.shape, device=q.device), causal=True)
     assert_close([flash_attn(q, k, v).detach(), q.grad, k.grad, v.grad], want, torch.float32, "expanded dO")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Packed q, k, v
+
+
+@pytest.mark.parametrize("dropout_p", [0.0, 0.3])
+@pytest.mark.parametrize("dtype", _dtypes())
+@pytest.mark.parametrize("B,H,T,D", [(1, 1, 1, 16), (2, 3, 70, 32), (1, 2, 129, 64)], ids=str)
+def test_qkvpacked_is_flash_attn_on_its_views(B, H, T, D, dtype, dropout_p, nan_empty):
+    # The same kernels read the same strides and write the same values, only into one gradient tensor instead of
+    # three, so output and gradients must be bit-identical to flash_attn on q, k, v views of the same tensor
+    g = torch.Generator(device="cpu").manual_seed(3)
+    packed = torch.randn(B, T, 3, H, D, generator=g).to(device=DEVICE, dtype=dtype).requires_grad_()
+    q, k, v = [t.transpose(1, 2).detach().requires_grad_() for t in packed.detach().unbind(2)]
+    do = torch.randn(B, T, H, D, generator=g).to(device=DEVICE, dtype=dtype)
+    torch.manual_seed(5)
+    y = flash_attn_qkvpacked(packed, dropout_p=dropout_p)
+    y.backward(do)
+    torch.manual_seed(5)  # the same dropout seed for both calls
+    want = ours_fwd_bwd(q, k, v, do.transpose(1, 2), causal=True, dropout_p=dropout_p)
+    assert y.shape == (B, T, H, D) and y.is_contiguous()
+    assert torch.equal(y, want[0].transpose(1, 2))
+    assert torch.equal(packed.grad, torch.stack([t.transpose(1, 2) for t in want[1:]], dim=2))
+
+
+def test_qkvpacked_gradient_needs_no_concatenation():
+    # what the packed call is for: autograd's gradient for qkv is the kernel's own output, with nothing after it
+    packed = torch.randn(1, 9, 3, 2, 16, device=DEVICE).requires_grad_()
+    y = flash_attn_qkvpacked(packed)
+    assert type(y.grad_fn).__name__ == "_FlashAttentionQKVPackedBackward"
+    assert y.grad_fn.next_functions[0][0].variable is packed  # straight into the leaf's AccumulateGrad
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 96), (1, 8, 2, 2, 16), (1, 8, 3, 2)], ids=str)
+def test_qkvpacked_refuses_other_shapes(shape):
+    with pytest.raises(ValueError, match=r"5-d tensor shaped \(B, T, 3, H, D\)"):
+        flash_attn_qkvpacked(_t(*shape))
 
 
 # ---------------------------------------------------------------------------------------------------------------
