@@ -752,8 +752,9 @@ def flash_attn(
     (accumulation is fp32 in every case). Returns (B, H, T, D) in q's dtype.
     """
     _check_inputs(q, k, v, dropout_p)
+    scale = _scale(softmax_scale, q)
     seed = _draw_seed(q.device) if dropout_p > 0 else None
-    return _FlashAttention.apply(q, k, v, seed, bool(causal), _scale(softmax_scale, q), float(dropout_p))
+    return _FlashAttention.apply(q, k, v, seed, bool(causal), scale, float(dropout_p))
 
 
 def flash_attn_qkvpacked(
@@ -771,8 +772,9 @@ def flash_attn_qkvpacked(
         raise ValueError(f"flash_attn_qkvpacked: qkv must be a 5-d tensor shaped (B, T, 3, H, D), got {got}")
     q, k, v = _unpack(qkv)
     _check_inputs(q, k, v, dropout_p)
+    scale = _scale(softmax_scale, q)
     seed = _draw_seed(qkv.device) if dropout_p > 0 else None
-    return _FlashAttentionQKVPacked.apply(qkv, seed, bool(causal), _scale(softmax_scale, q), float(dropout_p))
+    return _FlashAttentionQKVPacked.apply(qkv, seed, bool(causal), scale, float(dropout_p))
 
 
 def _scale(softmax_scale: Optional[float], q: torch.Tensor) -> float:
