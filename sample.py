@@ -63,7 +63,12 @@ def get_codec(ckpt: dict) -> tuple[Callable[[str], list[int]], Callable[[list[in
 
         return encode, decode
     import tiktoken
-    enc = tiktoken.get_encoding('gpt2')
+    try:
+        enc = tiktoken.get_encoding('gpt2')
+    except Exception as e:  # tiktoken fetches its BPE files on first use; offline this fails
+        raise ConfigError(f"tiktoken could not load the GPT-2 BPE files this checkpoint's dataset uses "
+                          f"({type(e).__name__}). Without network access, point tiktoken at a local copy of "
+                          "them, e.g. export TIKTOKEN_CACHE_DIR=../shared/tiktoken_cache") from e
     return (lambda s: enc.encode(s, allowed_special={'<|endoftext|>'})), enc.decode
 
 

@@ -3,11 +3,12 @@
 import os
 
 import pytest
+import tiktoken
 
 from helpers import TIKTOKEN_CACHE, char_data, tiny_config  # noqa: F401 (fixture)
 from model import GPT, GPTConfig
 from sample import SampleConfig, generate_samples, main
-from train import save_checkpoint, train
+from train import ConfigError, save_checkpoint, train
 
 
 @pytest.fixture(scope='module')
@@ -54,11 +55,29 @@ def test_gpt2_bpe_when_the_dataset_has_no_vocabulary(tmp_path, monkeypatch):
         if not TIKTOKEN_CACHE.is_dir():
             pytest.skip("no network-free GPT-2 BPE files: ../shared/tiktoken_cache is absent")
         monkeypatch.setenv('TIKTOKEN_CACHE_DIR', str(TIKTOKEN_CACHE))
+    try:
+        tiktoken.get_encoding('gpt2')
+    except Exception as e:  # e.g. a machine with TIKTOKEN_CACHE_DIR set to a cache without them, and no network
+        pytest.skip(f"the GPT-2 BPE files cannot be loaded here ({type(e).__name__})")
+    _bpe_checkpoint(tmp_path)
+    text = generate_samples(SampleConfig(out_dir=str(tmp_path), start='Hello there', num_samples=1,
+                                         max_new_tokens=5, device='cpu', top_k=100))[0]
+    assert text.startswith('Hello there')
+
+
+def test_gpt2_bpe_files_missing_is_a_clear_error(tmp_path, monkeypatch):
+    def offline(name):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(tiktoken, 'get_encoding', offline)
+    _bpe_checkpoint(tmp_path)
+    with pytest.raises(ConfigError, match="GPT-2 BPE files.*TIKTOKEN_CACHE_DIR"):
+        generate_samples(SampleConfig(out_dir=str(tmp_path), start='Hello', max_new_tokens=1, device='cpu'))
+
+
+def _bpe_checkpoint(out_dir):
     # an untrained BPE-sized model in a checkpoint like train.py's, with no vocabulary inside
     args = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=50304, dropout=0.0, bias=True, attn='sdpa')
     model = GPT(GPTConfig(**args))
     save_checkpoint({'model': model.state_dict(), 'optimizer': {}, 'model_args': args, 'iter_num': 0,
-                     'best_val_loss': 0.0, 'config': {'dataset': 'shakespeare'}, 'meta': None}, str(tmp_path))
-    text = generate_samples(SampleConfig(out_dir=str(tmp_path), start='Hello there', num_samples=1,
-                                         max_new_tokens=5, device='cpu', top_k=100))[0]
-    assert text.startswith('Hello there')
+                     'best_val_loss': 0.0, 'config': {'dataset': 'shakespeare'}, 'meta': None}, str(out_dir))
