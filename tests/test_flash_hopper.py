@@ -134,6 +134,28 @@ def test_gradients_through_the_hopper_kernels(D):
                  f"T={T} D={D} through the Hopper forward")
 
 
+@needs_hopper
+@pytest.mark.parametrize("D", [64, 128])
+def test_packed_gradient_through_the_hopper_kernels(D):
+    # flash_attn_qkvpacked, where its backward's TMA stores write dk and dv into strided views of one dqkv
+    hopper = flash_kernel.flash_hopper
+    T = max(hopper.MIN_T[D], hopper.MIN_T_BWD[D]) + 100
+    g = torch.Generator(device="cpu").manual_seed(4)
+    packed = torch.randn(1, T, 3, 2, D, generator=g).to(device="cuda", dtype=torch.bfloat16).requires_grad_()
+    do = torch.randn(1, T, 2, D, generator=g).to(device="cuda", dtype=torch.bfloat16)
+    calls = []
+    real = hopper.attn_bwd
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(hopper, "attn_bwd", lambda *a: calls.append(1) or real(*a))
+        y = flash_kernel.flash_attn_qkvpacked(packed)
+        y.backward(do)
+    assert calls == [1]
+    q, k, v = [t.transpose(1, 2) for t in packed.detach().unbind(2)]
+    want = ref_fwd_bwd(q, k, v, do.transpose(1, 2), causal=True)
+    got = [y.detach().transpose(1, 2)] + [t.transpose(1, 2) for t in packed.grad.unbind(2)]
+    assert_close(got, want, torch.bfloat16, f"packed T={T} D={D} through the Hopper kernels")
+
+
 def test_dispatch_refuses_what_the_kernel_does_not_do():
     # Runs anywhere: the conditions that need no GPU
     if flash_kernel.flash_hopper is None:
