@@ -8,8 +8,8 @@ Public surface:
     attention_ref(q, k, v, causal=True, softmax_scale=None, ...)          the plain fp32 reference the tests use
     dropout_mask(seed, B, H, T, dropout_p)                                 the keep-mask a call with `seed` applies
 
-q, k, v are (B, H, T, D) CUDA tensors read through their strides (the last dim must have unit stride), so the
-model's `qkv.split(...)` + `.view(B, T, H, D).transpose(1, 2)` views go in without a copy. The output is
+q, k, v are (B, H, T, D) CUDA tensors read through their strides (the last dim must have unit stride), so views
+of a fused qkv projection (`qkv.split(...)` + `.view(B, T, H, D).transpose(1, 2)`) go in without a copy. The output is
 (B, H, T, D) laid out in memory as (B, T, H, D), which makes the model's transpose back to (B, T, C) free.
 flash_attn_qkvpacked takes the qkv projection's output itself, as the model does: its backward writes dq, dk and
 dv into one gradient for qkv, where separate q, k, v would leave autograd a concatenation (a copy) to make.
@@ -522,8 +522,8 @@ def _empty_bhtd(B: int, H: int, T: int, D: int, like: torch.Tensor) -> torch.Ten
 
 def _empty_grad(t: torch.Tensor) -> torch.Tensor:
     # A gradient in its input's layout when that is dense (autograd would copy a leaf's gradient into it
-    # otherwise); for the model's strided views of the qkv projection, (B, T, H, D), which the split's backward
-    # concatenates without a transpose.
+    # otherwise); for strided views of a qkv projection, (B, T, H, D), which the split's backward concatenates
+    # without a transpose. (flash_attn_qkvpacked writes into one dqkv instead.)
     if t.is_contiguous():
         return torch.empty(t.shape, dtype=t.dtype, device=t.device)
     return _empty_bhtd(*t.shape, like=t)
