@@ -1,9 +1,9 @@
 """
 The host floor of our eager call: what one forward+backward costs when it is built the way flash_attn is (a Python
 autograd.Function whose forward launches one Triton kernel and whose backward launches two, with the same
-allocations) but every kernel is one block that copies 16 values. Beside it flash_attn, cuDNN and FlashAttention-2 through SDPA, at the
-shapes where bench.py's eager rows are host-bound. If the skeleton alone is not faster than cuDNN's whole call,
-no kernel launched this way can be (BENCHMARKS.md, note 38).
+allocations) but every kernel is one block that copies 16 values. Beside it flash_attn, cuDNN and FlashAttention-2
+through SDPA, at the shapes where bench.py's eager rows are host-bound. If the skeleton alone is not faster than
+cuDNN's whole call, no kernel launched this way can be (BENCHMARKS.md, note 38).
 
     python tools/host_floor.py [--out host_floor.md]
 
