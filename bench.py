@@ -21,7 +21,7 @@ import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from flash_kernel import attention_ref, flash_attn
-from train import git_commit
+from utils import git_commit
 
 SWEEP_T = [512, 1024, 2048, 4096, 8192, 16384]
 MODEL_SHAPES = [("char model", 64, 6, 256, 64), ("GPT-2 124M", 12, 12, 1024, 64)]  # name, B, H, T, D

@@ -20,9 +20,9 @@ import traceback
 
 import torch
 
-from train import ConfigError, TrainConfig, git_commit, parse_config, train
-
-IMPLS = ('triton', 'sdpa', 'naive')
+from model import ATTN_IMPLS as IMPLS
+from train import TrainConfig, train
+from utils import ConfigError, git_commit, parse_config
 
 
 def _run_one(cfg: TrainConfig, result_path: str) -> None:
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         unknown = [i for i in impls if i not in IMPLS]
         if unknown or not impls:
             raise ConfigError(f"--impls takes a comma-separated subset of {IMPLS}, got {impls}")
-        cfg = parse_config(rest)
+        cfg = parse_config(rest, TrainConfig)
     except ConfigError as e:
         sys.exit(f"error: {e}")
 

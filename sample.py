@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from model import check_attn_device
-from train import (REPO_DIR, CheckpointError, ConfigError, autocast_context, load_checkpoint,
+from utils import (REPO_DIR, CheckpointError, ConfigError, autocast_context, load_checkpoint,
                    model_from_checkpoint, parse_config, resolve_dtype)
 
 

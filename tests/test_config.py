@@ -6,7 +6,8 @@ import sys
 import pytest
 
 from helpers import ROOT
-from train import ConfigError, TrainConfig, parse_config, train
+from train import TrainConfig, train
+from utils import ConfigError, parse_config
 
 
 def write(path, text):
@@ -16,13 +17,13 @@ def write(path, text):
 
 def test_file_then_overrides(tmp_path):
     cfg_file = write(tmp_path / 'c.py', "import math\nbatch_size = 4\nlearning_rate = 1e-3\nattn = 'naive'\n")
-    cfg = parse_config([cfg_file, '--batch_size=8', '--attn=sdpa', "--out_dir='quoted'", '--wandb_run_name=2024'])
+    cfg = parse_config([cfg_file, '--batch_size=8', '--attn=sdpa', "--out_dir='quoted'", '--wandb_run_name=2024'], TrainConfig)
     assert cfg.batch_size == 8 and cfg.learning_rate == 1e-3 and cfg.attn == 'sdpa'
     assert cfg.out_dir == 'quoted' and cfg.wandb_run_name == '2024'
 
 
 def test_int_accepted_for_float():
-    cfg = parse_config(['--dropout=0', '--learning_rate=1'])
+    cfg = parse_config(['--dropout=0', '--learning_rate=1'], TrainConfig)
     assert cfg.dropout == 0.0 and isinstance(cfg.dropout, float) and isinstance(cfg.learning_rate, float)
 
 
@@ -35,50 +36,50 @@ def test_int_accepted_for_float():
 ], ids=lambda x: str(x))
 def test_wrong_type_names_key_and_type(arg, key, expected):
     with pytest.raises(ConfigError, match=rf"{key} expects {expected}"):
-        parse_config([arg])
+        parse_config([arg], TrainConfig)
 
 
 def test_wrong_type_in_file_names_key_and_file(tmp_path):
     cfg_file = write(tmp_path / 'bad_type.py', "eval_only = 'yes'\n")
     with pytest.raises(ConfigError, match=r"eval_only expects bool.*bad_type\.py"):
-        parse_config([cfg_file])
+        parse_config([cfg_file], TrainConfig)
 
 
 def test_unknown_key_on_command_line_suggests_the_close_one():
     with pytest.raises(ConfigError, match=r"unknown config key 'lerning_rate'.*'learning_rate'"):
-        parse_config(['--lerning_rate=1e-3'])
+        parse_config(['--lerning_rate=1e-3'], TrainConfig)
 
 
 def test_unknown_key_in_file_names_key_and_file(tmp_path):
     cfg_file = write(tmp_path / 'typo.py', "batch_size = 4\nn_heads = 6\n")
     with pytest.raises(ConfigError, match=r"unknown config key 'n_heads'.*typo\.py"):
-        parse_config([cfg_file])
+        parse_config([cfg_file], TrainConfig)
 
 
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"config file .*nope\.py.* not found"):
-        parse_config([str(tmp_path / 'nope.py')])
+        parse_config([str(tmp_path / 'nope.py')], TrainConfig)
 
 
 def test_syntax_error_names_file_and_line(tmp_path):
     cfg_file = write(tmp_path / 'broken.py', "batch_size = 4\nn_layer = = 6\n")
     with pytest.raises(ConfigError, match=r"broken\.py.*syntax error at line 2"):
-        parse_config([cfg_file])
+        parse_config([cfg_file], TrainConfig)
 
 
 def test_override_without_value_is_rejected():
     with pytest.raises(ConfigError, match=r"--key=value.*--compile"):
-        parse_config(['--compile'])
+        parse_config(['--compile'], TrainConfig)
 
 
 def test_bad_choice_is_named():
     with pytest.raises(ConfigError, match=r"attn must be one of .*'flash'"):
-        parse_config(['--attn=flash'])
+        parse_config(['--attn=flash'], TrainConfig)
 
 
 @pytest.mark.parametrize('name', sorted(p.name for p in (ROOT / 'config').glob('*.py')))
 def test_shipped_configs_parse(name):
-    cfg = parse_config([str(ROOT / 'config' / name)])
+    cfg = parse_config([str(ROOT / 'config' / name)], TrainConfig)
     assert isinstance(cfg, TrainConfig)
 
 

@@ -8,7 +8,8 @@ import tiktoken
 from helpers import TIKTOKEN_CACHE, char_data, tiny_config  # noqa: F401 (fixture)
 from model import GPT, GPTConfig
 from sample import SampleConfig, generate_samples, main
-from train import ConfigError, save_checkpoint, train
+from train import train
+from utils import ConfigError, save_checkpoint
 
 
 @pytest.fixture(scope='module')

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from helpers import ROOT, TRITON_DEVICE, char_data, requires_flash_kernel, tiny_config  # noqa: F401 (fixture)
-from train import CheckpointError, load_checkpoint, model_from_checkpoint, train
+from train import train
+from utils import CheckpointError, load_checkpoint, model_from_checkpoint
 
 
 @pytest.mark.parametrize('attn', ['sdpa', 'naive', pytest.param('triton', marks=requires_flash_kernel)])

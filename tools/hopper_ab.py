@@ -21,7 +21,7 @@ import triton  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 import flash_kernel as fk  # noqa: E402
-from train import git_commit  # noqa: E402
+from utils import git_commit  # noqa: E402
 
 SHAPES = [(64, 6, 256, 64), (12, 12, 1024, 64)] + [(16384 // T, 2048 // D, T, D) for D in (64, 128)
                                                     for T in (512, 1024, 2048, 4096, 8192, 16384)]

@@ -1,0 +1,222 @@
+"""
+Helpers that train.py, sample.py, compare.py, bench.py and tools/ share: settings (config files and --key=value
+overrides checked against a dataclass), the GPU's peak and the commit being measured, precision, checkpoint I/O and
+the token data on disk. Nothing here runs at import time.
+"""
+
+import ast
+import dataclasses
+import difflib
+import os
+import pickle
+import re
+import runpy
+import subprocess
+import types
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+
+from model import GPT, GPTConfig
+
+REPO_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class ConfigError(ValueError):
+    """A config file, override or setting that cannot be used; the message says which and what to do."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that exists but cannot be used; the message says what to do."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# configuration: files of plain assignments, then --key=value overrides, checked against a dataclass
+
+def _check_type(key: str, value, expected: type, source: str):
+    """Return value as the field's type, or raise ConfigError naming the key and the expected type."""
+    # bool is a subclass of int in Python, so it is checked first and never accepted as a number
+    if expected is bool:
+        ok = isinstance(value, bool)
+    elif expected is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif expected is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, expected)
+    if not ok:
+        raise ConfigError(f"{key} expects {expected.__name__}, got {type(value).__name__} {value!r} ({source})")
+    return value
+
+
+def _unknown_key(key: str, known: list[str], source: str) -> ConfigError:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+    return ConfigError(f"unknown config key {key!r} ({source}){hint}")
+
+
+def parse_config(argv: list[str], config_cls: type):
+    """Build config_cls from argv: config file paths (applied in order), then --key=value overrides.
+
+    Raises ConfigError, naming the key or file, for an unknown key, a value of the wrong type, a missing
+    config file or one that does not run.
+    """
+    fields = {f.name: f.type for f in dataclasses.fields(config_cls)}
+    values = {}
+    for arg in argv:
+        if not arg.startswith('--'):
+            # a config file: run it in a namespace of its own, keep its public assignments
+            if not os.path.isfile(arg):
+                raise ConfigError(f"config file {arg!r} not found")
+            try:
+                namespace = runpy.run_path(arg)
+            except SyntaxError as e:
+                raise ConfigError(f"config file {arg!r} has a syntax error at line {e.lineno}: {e.msg}") from e
+            except Exception as e:
+                raise ConfigError(f"config file {arg!r} failed to run: {type(e).__name__}: {e}") from e
+            for key, value in namespace.items():
+                if key.startswith('_') or isinstance(value, types.ModuleType):
+                    continue  # dunders and `import math` in a config file are not settings
+                if key not in fields:
+                    raise _unknown_key(key, list(fields), f"in {arg}")
+                values[key] = _check_type(key, value, fields[key], f"in {arg}")
+        else:
+            if '=' not in arg:
+                raise ConfigError(f"expected --key=value, got {arg!r}")
+            key, raw = arg[2:].split('=', 1)
+            if key not in fields:
+                raise _unknown_key(key, list(fields), "on the command line")
+            try:
+                value = ast.literal_eval(raw)
+            except (ValueError, SyntaxError):
+                value = raw  # a bare word: only a str field accepts it, _check_type says so otherwise
+            if fields[key] is str and not isinstance(value, str):
+                value = raw  # --wandb_run_name=2024 means the string '2024'
+            values[key] = _check_type(key, value, fields[key], "on the command line")
+    return config_cls(**values)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the machine and the code being measured
+
+# dense bf16 tensor-core peak, TFLOP/s, from NVIDIA's datasheets (no sparsity); matched against
+# torch.cuda.get_device_name. A GPU not listed gets no MFU rather than one against the wrong peak.
+GPU_PEAK_TFLOPS = [
+    (r'\bH100\b.*\bPCIe\b', 756.0),
+    (r'\bH100\b.*(\bSXM|\bHBM3\b)', 989.0),  # 'NVIDIA H100 80GB HBM3' is the SXM part
+    (r'\bH200\b', 989.0),
+    (r'\bA100\b', 312.0),
+]
+
+
+def gpu_peak_flops(device_name: str) -> float | None:
+    for pattern, tflops in GPU_PEAK_TFLOPS:
+        if re.search(pattern, device_name):
+            return tflops * 1e12
+    return None
+
+
+def git_commit() -> str:
+    """The commit being measured: GIT_COMMIT when set (a tree copied to another machine may carry no .git, or a
+    stale one), else from git."""
+    if os.environ.get("GIT_COMMIT"):
+        return os.environ["GIT_COMMIT"]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO_DIR)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=REPO_DIR)
+        if head.returncode == 0:
+            return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except OSError:
+        pass
+    return "unknown"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# precision, checkpoints and data
+
+def resolve_dtype(dtype: str, device_type: str) -> str:
+    """'auto' -> bfloat16 on a GPU that has it, float16 on an older GPU, float32 on the CPU.
+    float32 on the CPU because CPU autocast to bf16 is slower than fp32 on most CPUs (no bf16 matmul units)
+    and the CPU runs here are small anyway."""
+    if dtype == 'auto':
+        if device_type == 'cuda':
+            return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
+        return 'float32'
+    if dtype == 'float16' and device_type != 'cuda':
+        raise ConfigError("dtype='float16' needs a CUDA device (its loss scaling is CUDA-only here); "
+                          "use dtype='float32' or 'bfloat16'")
+    if dtype == 'bfloat16' and device_type == 'cuda' and not torch.cuda.is_bf16_supported():
+        raise ConfigError("this GPU does not support bfloat16: use dtype='float16' or 'float32'")
+    return dtype
+
+
+def autocast_context(device_type: str, dtype: str):
+    if dtype == 'float32':
+        return nullcontext()
+    ptdtype = {'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
+    return torch.amp.autocast(device_type=device_type, dtype=ptdtype)
+
+
+def load_checkpoint(out_dir: str, device: str) -> dict:
+    """Load out_dir/ckpt.pt, with an error that says what to do when it is missing or unreadable."""
+    path = os.path.join(out_dir, 'ckpt.pt')
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {path}: train one first (python train.py CONFIG "
+                                f"--out_dir={out_dir}), or point --out_dir at the directory that has ckpt.pt")
+    try:
+        # weights_only: a checkpoint is tensors and plain Python values, nothing that needs arbitrary unpickling
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        reason = (str(e).strip().splitlines() or [''])[0][:200]  # torch's own messages run to many lines
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a checkpoint of this repo "
+                              f"({type(e).__name__}: {reason}). It was left as it is; restore it from a copy, "
+                              f"or train again from scratch into another --out_dir.") from e
+    missing = [k for k in ('model', 'model_args', 'config', 'iter_num', 'best_val_loss') if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {missing}: it was not written by this repo's train.py")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict, **overrides) -> GPT:
+    """Rebuild the GPT a checkpoint holds. overrides replace its model_args, e.g. attn='sdpa' to run it with
+    another attention implementation than it was trained with, or dropout=0.0."""
+    model = GPT(GPTConfig(**{**ckpt['model_args'], **overrides}))
+    # a model saved after torch.compile carries this prefix on every key
+    state_dict = {k.removeprefix('_orig_mod.'): v for k, v in ckpt['model'].items()}
+    model.load_state_dict(state_dict)
+    return model
+
+
+def save_checkpoint(ckpt: dict, out_dir: str) -> None:
+    """Write to a temporary file, then rename over ckpt.pt: a crash mid-write never leaves a half checkpoint."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, 'ckpt.pt')
+    tmp = path + '.tmp'
+    with open(tmp, 'wb') as f:
+        torch.save(ckpt, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_meta(data_dir: str) -> dict | None:
+    """The character vocabulary, if the dataset has one (meta.pkl); None means GPT-2 BPE."""
+    path = os.path.join(data_dir, 'meta.pkl')
+    if not os.path.isfile(path):
+        return None
+    with open(path, 'rb') as f:
+        return pickle.load(f)
+
+
+def load_tokens(data_dir: str, split: str, device: str) -> torch.Tensor:
+    """The whole split as one int64 tensor on the device: the Shakespeare splits are a few MB, and
+    gathering batches on the device avoids a host->device copy and its Python overhead every step."""
+    path = os.path.join(data_dir, f'{split}.bin')
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path} not found: prepare the dataset first, e.g. python {os.path.relpath(data_dir)}/prepare.py "
+            f"(offline: add --input ../shared/data/tinyshakespeare/input.txt)")
+    return torch.from_numpy(np.fromfile(path, dtype=np.uint16).astype(np.int64)).to(device)
