@@ -52,7 +52,7 @@ trap 'rm -f "$started"' EXIT
 "$PY" train.py "$config" "$@"
 
 # the directory this run trained into, read from the same arguments the way train.py reads them
-out_dir=$("$PY" -c 'import sys; from train import parse_config; print(parse_config(sys.argv[1:]).out_dir)' \
+out_dir=$("$PY" -c 'import sys; from train import TrainConfig; from utils import parse_config; print(parse_config(sys.argv[1:], TrainConfig).out_dir)' \
     "$config" "$@" | tail -n 1)
 ckpt="$out_dir/ckpt.pt"
 if [ ! -f "$ckpt" ]; then
