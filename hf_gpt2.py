@@ -31,7 +31,8 @@ from utils import CheckpointError, ConfigError, load_checkpoint, model_from_chec
 GPT2_NAMES = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')  # OpenAI's four, by their hub names
 HUB_FILES = ['config.json', 'model.safetensors']  # what a download fetches: each of the four has one safetensors file
 # the weights a directory may hold, in the order they are looked for (an index.json lists a sharded model's files)
-WEIGHT_FILES = ('model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin', 'pytorch_model.bin.index.json')
+WEIGHT_FILES = ('model.safetensors', 'model.safetensors.index.json',
+                'pytorch_model.bin', 'pytorch_model.bin.index.json')
 # stored as Conv1D, (in, out), in GPT-2's files; nn.Linear's (out, in) in ours
 CONV1D = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
 # non-parameter buffers that older GPT-2 files carry (the causal mask and its fill value): not weights, skipped
@@ -197,7 +198,7 @@ def _safetensors():
     try:
         import safetensors.torch
     except ImportError:
-        raise CheckpointError("reading and writing model.safetensors needs safetensors: pip install safetensors") from None
+        raise CheckpointError("model.safetensors files need the safetensors package: pip install safetensors") from None
     return safetensors.torch
 
 

@@ -35,7 +35,7 @@ class TrainConfig:
     eval_iters: int = 200
     eval_only: bool = False  # evaluate once, then exit
     always_save_checkpoint: bool = True  # save at every eval, not only when val loss improves
-    init_from: str = 'scratch'  # 'scratch' | 'resume' (out_dir/ckpt.pt) | 'gpt2'... 'gpt2-xl' | a Hugging Face GPT-2 dir
+    init_from: str = 'scratch'  # 'scratch' | 'resume' (out_dir/ckpt.pt) | 'gpt2'...'gpt2-xl' | a Hugging Face GPT-2 dir
     # wandb logging (imported only when on)
     wandb_log: bool = False
     wandb_project: str = 'owt'
@@ -172,8 +172,8 @@ def train(cfg: TrainConfig) -> dict:
         iter_num = ckpt['iter_num']
         best_val_loss = ckpt['best_val_loss']
     elif master and os.path.exists(os.path.join(cfg.out_dir, 'ckpt.pt')):
-        print(f"note: {cfg.out_dir}/ckpt.pt exists and this run starts from {cfg.init_from}: its first save replaces it "
-              f"(--init_from=resume continues it instead)")
+        print(f"note: {cfg.out_dir}/ckpt.pt exists and this run starts from {cfg.init_from}: its first save replaces "
+              f"it (--init_from=resume continues it instead)")
     tokens_per_iter = grad_accum * world_size * cfg.batch_size * cfg.block_size
     if master:
         print(f"device {device} ({torch.cuda.get_device_name(device) if device_type == 'cuda' else 'cpu'}), "

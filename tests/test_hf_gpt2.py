@@ -9,7 +9,6 @@ import pickle
 import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -284,7 +283,7 @@ def test_corrupt_weights_file(exported, name, content):
 
 def test_corrupt_config_and_no_weights(exported):
     os.remove(f'{exported}/model.safetensors')
-    with pytest.raises(CheckpointError, match=r"holds none of \['model.safetensors'.*config.json and model.safetensors"):
+    with pytest.raises(CheckpointError, match=r"holds none of \['model.safetensors'.*holds config.json and model"):
         hf_gpt2.load(exported)
     open(f'{exported}/config.json', 'w').write('{"n_layer": 2,')
     with pytest.raises(CheckpointError, match=r"config.json is corrupt \(JSONDecodeError"):
@@ -352,7 +351,8 @@ def test_by_name_download_failure_fails_fast_saying_how(tmp_path):
     r = run_python(TIMED_SAMPLE, tmp_path / 'empty-hf-home', HF_HUB_OFFLINE='0', HF_ENDPOINT=f'http://127.0.0.1:{port}')
     assert r.returncode == 1 and float(r.stdout.split()[-1]) < LOOKUP_BOUND_S
     err = r.stderr.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("error: could not download GPT-2 'gpt2' from the Hugging Face hub")
+    assert len(err.splitlines()) == 1
+    assert err.startswith("error: could not download GPT-2 'gpt2' from the Hugging Face hub")
     assert '`hf download gpt2' in err and '--init_from=/path/to/gpt2' in err
 
 
@@ -399,6 +399,20 @@ def test_train_finetunes_from_a_hf_directory_and_resumes(hf_dir, bpe_like_data, 
     assert ckpt['model_args']['gelu_approximate'] == 'tanh' and ckpt['config']['n_head'] == 4
     summary = train(tiny_config(out, bpe_like_data, init_from='resume', max_iters=10, eval_interval=5))
     assert summary['iter_num'] == 10
+
+
+def test_finetune_config_runs_from_a_hf_directory(hf_dir, bpe_like_data, tmp_path):
+    from train import TrainConfig, train
+    from utils import parse_config
+    # the shipped config as it is, made small and CPU-friendly on the command line
+    cfg = parse_config([str(ROOT / 'config' / 'finetune_shakespeare.py'), f'--init_from={hf_dir}',
+                        f'--data_dir={bpe_like_data}', f'--out_dir={tmp_path}', '--device=cpu', '--compile=False',
+                        '--attn=sdpa', '--dtype=float32', '--block_size=32', '--batch_size=2', '--max_iters=2',
+                        '--eval_interval=2', '--eval_iters=1',
+                        '--always_save_checkpoint=True'], TrainConfig)  # saved even if 2 steps do not improve val
+    assert train(cfg)['iter_num'] == 2
+    model_args = torch.load(tmp_path / 'ckpt.pt', weights_only=True)['model_args']
+    assert model_args['n_head'] == TINY['n_head'] and model_args['dropout'] == 0.1  # the checkpoint's, the config's
 
 
 def test_train_cli_errors_for_bad_hf_files(exported, bpe_like_data, tmp_path):
