@@ -273,7 +273,7 @@ def _meta(hf_dir: str, vocab_size: int) -> dict:
 # out: our GPT -> config.json + model.safetensors (+ meta.pkl)
 
 def export(model: GPT, hf_dir: str, meta: dict | None = None) -> list[str]:
-    """Write model as a Hugging Face GPT-2 directory; returns the paths written.
+    """Write model (a GPT, not a torch.compile wrapper) as a Hugging Face GPT-2 directory; returns the paths written.
 
     The tensors keep their dtype and values (our checkpoints hold fp32). A model without biases (bias=False) gets
     zero biases, since GPT-2 always has them and zeros compute the same. meta: the model's vocabulary; a character
@@ -310,7 +310,6 @@ def export(model: GPT, hf_dir: str, meta: dict | None = None) -> list[str]:
     }
 
     save_file = _safetensors().save_file
-    os.makedirs(hf_dir, exist_ok=True)
     written = []
 
     def write(name: str, save) -> None:
@@ -320,10 +319,14 @@ def export(model: GPT, hf_dir: str, meta: dict | None = None) -> list[str]:
         os.replace(path + '.tmp', path)
         written.append(path)
 
-    write('model.safetensors', lambda p: save_file(tensors, p, metadata={'format': 'pt'}))
-    write('config.json', lambda p: _write_text(p, json.dumps(config, indent=2, sort_keys=True) + '\n'))
-    if char:
-        write('meta.pkl', lambda p: _write_bytes(p, pickle.dumps(meta)))
+    try:
+        os.makedirs(hf_dir, exist_ok=True)
+        write('model.safetensors', lambda p: save_file(tensors, p, metadata={'format': 'pt'}))
+        write('config.json', lambda p: _write_text(p, json.dumps(config, indent=2, sort_keys=True) + '\n'))
+        if char:
+            write('meta.pkl', lambda p: _write_bytes(p, pickle.dumps(meta)))
+    except OSError as e:
+        raise CheckpointError(f"cannot write into {hf_dir} ({_one_line(e)}): choose another --hf_dir") from e
     return written
 
 

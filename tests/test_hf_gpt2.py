@@ -207,6 +207,13 @@ def test_export_never_overwrites_a_model(tmp_path):
     assert (tmp_path / 'model.safetensors').read_bytes() == before
 
 
+def test_export_into_a_file_is_a_clear_error(tmp_path):
+    (tmp_path / 'a-file').write_text('keep me')
+    with pytest.raises(CheckpointError, match=r"cannot write into .*a-file \(FileExistsError.*choose another"):
+        hf_gpt2.export(our_model(), str(tmp_path / 'a-file'), None)
+    assert (tmp_path / 'a-file').read_text() == 'keep me'
+
+
 def test_export_command_errors_are_one_line(tmp_path):
     with pytest.raises(SystemExit, match=r"^error: no checkpoint at .*ckpt.pt: train one first"):
         hf_gpt2.main(['export', f'--out_dir={tmp_path}', f'--hf_dir={tmp_path / "hf"}'])
