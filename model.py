@@ -6,6 +6,7 @@ The attention implementation is one explicit setting, GPTConfig.attn:
   'sdpa'   - torch.nn.functional.scaled_dot_product_attention
   'naive'  - matmul, causal mask, softmax, matmul, written out
 All three own exactly the same parameters, so a checkpoint trained with one loads and runs with another.
+The names and shapes of the parameters are GPT-2's, so OpenAI's weights load (hf_gpt2.py) and ours export.
 """
 
 import math
@@ -29,6 +30,9 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm, like GPT-2; False is a little better and faster
     attn: str = 'sdpa'  # 'triton' | 'sdpa' | 'naive'; sdpa by default because it runs on any device
+    # the MLP's GELU: 'none' = exact (erf), 'tanh' = the tanh approximation OpenAI's GPT-2 was trained with
+    # (loading its weights turns it on). A checkpoint saved before this setting existed lacks it: 'none'.
+    gelu_approximate: str = 'none'
 
     def __post_init__(self):
         if self.attn not in ATTN_IMPLS:
@@ -41,6 +45,8 @@ class GPTConfig:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.gelu_approximate not in ('none', 'tanh'):
+            raise ValueError(f"gelu_approximate must be 'none' or 'tanh', got {self.gelu_approximate!r}")
 
 
 def check_attn_device(attn: str, device_type: str) -> None:
@@ -105,7 +111,7 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
+        self.gelu = nn.GELU(approximate=config.gelu_approximate)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+import hf_gpt2
 from model import check_attn_device
 from utils import (REPO_DIR, CheckpointError, ConfigError, autocast_context, load_checkpoint,
                    model_from_checkpoint, parse_config, resolve_dtype)
@@ -24,6 +25,7 @@ from utils import (REPO_DIR, CheckpointError, ConfigError, autocast_context, loa
 
 @dataclass
 class SampleConfig:
+    init_from: str = 'resume'  # 'resume' (out_dir/ckpt.pt) | 'gpt2'... 'gpt2-xl' | a Hugging Face GPT-2 directory
     out_dir: str = 'out'  # the directory with ckpt.pt
     start: str = '\n'  # the prompt, or FILE:path to read it from a file
     num_samples: int = 10
@@ -35,6 +37,9 @@ class SampleConfig:
     dtype: str = 'auto'  # 'auto' | 'float32' | 'bfloat16' | 'float16'
     compile: bool = False  # torch.compile the model (worth it only for long generations)
     attn: str = ''  # '' = the implementation the checkpoint was trained with; else 'triton' | 'sdpa' | 'naive'
+
+    def __post_init__(self):
+        hf_gpt2.check_init_from(self.init_from, own=('resume',))
 
 
 def get_codec(ckpt: dict) -> tuple[Callable[[str], list[int]], Callable[[list[int]], str]]:
@@ -48,7 +53,7 @@ def get_codec(ckpt: dict) -> tuple[Callable[[str], list[int]], Callable[[list[in
         if os.path.isfile(meta_path):
             with open(meta_path, 'rb') as f:
                 meta = pickle.load(f)
-    if meta is not None:
+    if meta is not None and 'stoi' in meta:  # a character vocabulary; else GPT-2 BPE
         stoi, itos = meta['stoi'], meta['itos']
 
         def encode(s: str) -> list[int]:
@@ -89,7 +94,7 @@ def generate_samples(cfg: SampleConfig) -> list[str]:
     device_type = 'cuda' if cfg.device.startswith('cuda') else 'cpu'
     dtype = resolve_dtype(cfg.dtype, device_type)
     prompt = read_prompt(cfg.start)
-    ckpt = load_checkpoint(cfg.out_dir, cfg.device)
+    ckpt = load_checkpoint(cfg.out_dir, cfg.device) if cfg.init_from == 'resume' else hf_gpt2.load(cfg.init_from)
     attn = cfg.attn or ckpt['model_args']['attn']
     try:
         check_attn_device(attn, device_type)

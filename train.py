@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+import hf_gpt2
 from model import ATTN_IMPLS, GPT, GPTConfig, check_attn_device
 from utils import (REPO_DIR, CheckpointError, ConfigError, autocast_context, gpu_peak_flops, load_checkpoint,
                    load_tokens, model_from_checkpoint, parse_config, read_meta, resolve_dtype, save_checkpoint)
@@ -34,7 +35,7 @@ class TrainConfig:
     eval_iters: int = 200
     eval_only: bool = False  # evaluate once, then exit
     always_save_checkpoint: bool = True  # save at every eval, not only when val loss improves
-    init_from: str = 'scratch'  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+    init_from: str = 'scratch'  # 'scratch' | 'resume' (out_dir/ckpt.pt) | 'gpt2'...'gpt2-xl' | a Hugging Face GPT-2 dir
     # wandb logging (imported only when on)
     wandb_log: bool = False
     wandb_project: str = 'owt'
@@ -73,11 +74,11 @@ class TrainConfig:
     seed: int = 1337
 
     def __post_init__(self):
-        choices = {'attn': ATTN_IMPLS, 'init_from': ('scratch', 'resume'),
-                   'dtype': ('auto', 'float32', 'bfloat16', 'float16')}
+        choices = {'attn': ATTN_IMPLS, 'dtype': ('auto', 'float32', 'bfloat16', 'float16')}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
+        hf_gpt2.check_init_from(self.init_from, own=('scratch', 'resume'))
         for key in ('eval_interval', 'log_interval', 'eval_iters', 'gradient_accumulation_steps',
                     'batch_size', 'block_size'):
             if getattr(self, key) < 1:
@@ -171,8 +172,8 @@ def train(cfg: TrainConfig) -> dict:
         iter_num = ckpt['iter_num']
         best_val_loss = ckpt['best_val_loss']
     elif master and os.path.exists(os.path.join(cfg.out_dir, 'ckpt.pt')):
-        print(f"note: {cfg.out_dir}/ckpt.pt exists and this run starts from scratch: its first save replaces it "
-              f"(--init_from=resume continues it instead)")
+        print(f"note: {cfg.out_dir}/ckpt.pt exists and this run starts from {cfg.init_from}: its first save replaces "
+              f"it (--init_from=resume continues it instead)")
     tokens_per_iter = grad_accum * world_size * cfg.batch_size * cfg.block_size
     if master:
         print(f"device {device} ({torch.cuda.get_device_name(device) if device_type == 'cuda' else 'cpu'}), "
@@ -198,6 +199,10 @@ def train(cfg: TrainConfig) -> dict:
     # -------- model and optimizer
     if ckpt is not None:
         model = model_from_checkpoint(ckpt, attn=cfg.attn, dropout=cfg.dropout)
+    elif cfg.init_from != 'scratch':  # GPT-2's weights (by name or directory): its shape, cropped to block_size
+        model = model_from_checkpoint(hf_gpt2.load(cfg.init_from, block_size=cfg.block_size), attn=cfg.attn,
+                                      dropout=cfg.dropout)
+        cfg = dataclasses.replace(cfg, **{k: getattr(model.config, k) for k in ARCH_KEYS})  # saved as it is
     else:
         # the same seed on every rank and for every attn: identical initial weights
         torch.manual_seed(cfg.seed)
