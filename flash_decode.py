@@ -108,7 +108,7 @@ def _decode_inner(
 @triton.jit
 def _decode_merge(
     O_PART, LSE_PART, O, part_base, o_base, stride_ot, row_lo, row_hi, Tq,
-    HEAD_DIM: tl.constexpr, NUM_SPLITS: tl.constexpr, SPLITS_POW2: tl.constexpr,
+    NUM_SPLITS, HEAD_DIM: tl.constexpr, SPLITS_POW2: tl.constexpr,
 ):
     # Merges the NUM_SPLITS partial outputs of query rows [row_lo, row_hi) of one (batch, head), one row at a time:
     # out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M), M = max_s lse_s. All splits of a row in one
@@ -134,15 +134,16 @@ def _decode_fwd_kernel(
     stride_kb, stride_kt, stride_kh,
     stride_vb, stride_vt, stride_vh,
     stride_ob, stride_ot, stride_oh,
-    H, Tq, S, qk_scale,
+    H, Tq, S, qk_scale, NUM_SPLITS,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    NUM_SPLITS: tl.constexpr, SPLITS_POW2: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    SPLITS_POW2: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     # grid: (NUM_SPLITS, cdiv(Tq, BLOCK_M), B * H). Each program takes query rows [m0, m0 + BLOCK_M) of one
     # (batch, head) against the split-th of NUM_SPLITS equal runs of whole key blocks of BLOCK_N (runs cut from the
     # keys these rows need, so every split has work whatever the row's length). Tiles: q [BLOCK_M, HEAD_DIM],
     # k [HEAD_DIM, BLOCK_N], v [BLOCK_N, HEAD_DIM], acc [BLOCK_M, HEAD_DIM] in fp32.
-    # NUM_SPLITS == 1: the program writes O. Otherwise it writes its normalised partial output and log-sum-exp
+    # NUM_SPLITS is a run-time value, so one compiled kernel serves every count with the same next power of two,
+    # SPLITS_POW2. SPLITS_POW2 == 1: the program writes O. Otherwise it writes its normalised partial output and log-sum-exp
     # (base 2) to O_PART / LSE_PART, (B * H, NUM_SPLITS, Tq, HEAD_DIM) and (B * H, NUM_SPLITS, Tq) in fp32, and
     # bumps LOCKS[bh, m-block]; the program that bumps it last merges the partials into O and resets it to 0.
     split = tl.program_id(0)
@@ -178,7 +179,7 @@ def _decode_fwd_kernel(
                                   L, qk_scale, BLOCK_N, True, DOT_PRECISION)
 
     o_base = b.to(tl.int64) * stride_ob + h * stride_oh
-    if NUM_SPLITS == 1:
+    if SPLITS_POW2 == 1:
         acc = acc * (1.0 / l_i)[:, None]
         o_ptrs = O + o_base + offs_m[:, None] * stride_ot + offs_d[None, :]
         tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=offs_m[:, None] < Tq)
@@ -197,7 +198,7 @@ def _decode_fwd_kernel(
         if tl.atomic_add(lock, 1, sem="acq_rel", scope="gpu") == NUM_SPLITS - 1:
             tl.store(lock, 0)  # every other split has already counted: ready for the next call
             _decode_merge(O_PART, LSE_PART, O, bh.to(tl.int64) * NUM_SPLITS * Tq, o_base, stride_ot,
-                          m0, tl.minimum(m0 + BLOCK_M, Tq), Tq, HEAD_DIM, NUM_SPLITS, SPLITS_POW2)
+                          m0, tl.minimum(m0 + BLOCK_M, Tq), Tq, NUM_SPLITS, HEAD_DIM, SPLITS_POW2)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -275,9 +276,8 @@ def _decode_attn(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         o.stride(0), o.stride(1), o.stride(2),
-        H, Tq, S, softmax_scale * LOG2E,
-        HEAD_DIM=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, NUM_SPLITS=num_splits,
-        SPLITS_POW2=triton.next_power_of_2(num_splits),
+        H, Tq, S, softmax_scale * LOG2E, num_splits,
+        HEAD_DIM=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, SPLITS_POW2=triton.next_power_of_2(num_splits),
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # fp32 in, fp32 accuracy out
         num_warps=num_warps, num_stages=num_stages,
     )

@@ -64,7 +64,8 @@ def check_attn_device(attn: str, device_type: str) -> None:
 class KVCache:
     """Keys and values of every layer at every position of a (batch_size, block_size) window, allocated once.
 
-    kv[layer] is (B, block_size, 2, n_head, head_dim): k and v side by side, so one indexed write stores both.
+    kv[layer] is (B, 2, n_head, block_size, head_dim): k and v in one tensor, so one indexed write stores both, and
+    each head's keys (and values) contiguous, so attention streams them.
     seqlens (B,) int32 counts each row's filled positions. It lives on the device and the model advances it in
     place, so a decode step captured in a CUDA graph finds the right positions at every replay. The caller keeps
     seqlens + (new tokens) <= block_size: there are no position embeddings past it (GPT.generate's policy).
@@ -73,8 +74,8 @@ class KVCache:
     def __init__(self, config: GPTConfig, batch_size: int, dtype: torch.dtype, device: torch.device | str):
         H, D = config.n_head, config.n_embd // config.n_head
         # zeros, not empty: sdpa and naive weigh the unfilled positions by exactly 0, and 0 x NaN would be NaN
-        self.kv = torch.zeros((config.n_layer, batch_size, config.block_size, 2, H, D), dtype=dtype, device=device)
-        self.layers = self.kv.unbind(0)  # n_layer views (B, block_size, 2, nh, hs)
+        self.kv = torch.zeros((config.n_layer, batch_size, 2, H, config.block_size, D), dtype=dtype, device=device)
+        self.layers = self.kv.unbind(0)  # n_layer views (B, 2, nh, block_size, hs)
         self.seqlens = torch.zeros(batch_size, dtype=torch.int32, device=device)  # (B,)
         self.rows = torch.arange(batch_size, device=device)[:, None]  # (B, 1), for the indexed writes
         self.empty = True  # on the host: nothing stored since the last reset (the next forward is a prefill)
@@ -85,7 +86,7 @@ class KVCache:
 
     def step(self, T: int, with_mask: bool) -> '_CacheStep':
         """The positions, lengths and (for sdpa / naive) mask that every layer of one forward of T tokens uses."""
-        S = self.kv.size(2)
+        S = self.kv.size(4)
         pos = self.seqlens.long()[:, None] + torch.arange(T, device=self.seqlens.device)  # (B, T)
         visible = None
         if with_mask:  # key j is visible to the query at position p when j <= p: causal, bottom-right aligned
@@ -102,7 +103,7 @@ class _CacheStep:
     prefill: bool  # the cache was empty: the new tokens attend to each other only
 
 
-LayerCache = tuple[torch.Tensor, _CacheStep]  # one layer's (B, block_size, 2, nh, hs) cache and the shared step
+LayerCache = tuple[torch.Tensor, _CacheStep]  # one layer's (B, 2, nh, block_size, hs) cache and the shared step
 
 
 class CausalSelfAttention(nn.Module):
@@ -164,16 +165,17 @@ class CausalSelfAttention(nn.Module):
         position up to their own; returns (B, T, C)."""
         B, T, _, nh, hs = qkv.size()
         kv, step = cache
-        kv[step.rows, step.pos] = qkv[:, :, 1:]  # (B, T, 2, nh, hs) into the cache at the new positions
+        kv[step.rows, :, :, step.pos] = qkv[:, :, 1:]  # (B, T, 2, nh, hs) into the cache at the new positions
         if step.prefill:  # the cache held nothing before these tokens: plain causal attention among them
             return self._causal_attention(qkv)
         q = qkv[:, :, 0]  # (B, T, nh, hs)
-        k_cache, v_cache = kv[:, :, 0], kv[:, :, 1]  # (B, block_size, nh, hs) views
+        k, v = kv.unbind(1)  # (B, nh, block_size, hs) each
         if self.attn == 'triton':
-            return self.flash_attn_with_kvcache(q, k_cache, v_cache, step.seqlens).view(B, T, nh * hs)
+            y = self.flash_attn_with_kvcache(q, k.transpose(1, 2), v.transpose(1, 2), step.seqlens)  # (B, T, nh, hs)
+            return y.view(B, T, nh * hs)
         # sdpa and naive see the whole cache, unfilled positions included, under a mask: static shapes, so a
         # CUDA graph captures them
-        q, k, v = q.transpose(1, 2), k_cache.transpose(1, 2), v_cache.transpose(1, 2)  # (B, nh, T or S, hs)
+        q = q.transpose(1, 2)  # (B, nh, T, hs)
         if self.attn == 'sdpa':
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=step.visible)  # (B, nh, T, hs)
         else:
