@@ -34,10 +34,10 @@ SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 LOG2E = 1.4426950408889634  # the kernel works in base 2: exp(x) = exp2(x * log2(e))
 MAX_SPLITS = 64  # the merge holds one [MAX_SPLITS, HEAD_DIM] fp32 tile; 64 x 128 is 64 registers a thread
-# The default split: enough programs for PROGRAMS_PER_SM per multiprocessor, but at least MIN_BLOCKS_PER_SPLIT key
-# blocks in each, since every split pays a fixed cost (q load, partial store, the atomic) that a short run of keys
-# does not amortise. Both from the sweep in results/generation.md.
-PROGRAMS_PER_SM = 2
+# The default split: about PROGRAMS_PER_SM programs per multiprocessor, but at least MIN_BLOCKS_PER_SPLIT key blocks in each, since every split pays a fixed cost (q load, partial store, the
+# atomic) that a short run of keys does not amortise. From a sweep on an H200 at H=12, D=64 (results/generation.md):
+# batch 1 was fastest at 8 splits for 1k cached tokens and 22-32 from 8k on; batch 8 at 4 splits for 1k to 32k.
+PROGRAMS_PER_SM = 3
 MIN_BLOCKS_PER_SPLIT = 2
 
 
@@ -229,7 +229,7 @@ def _default_num_splits(programs: int, key_blocks: int, device: torch.device) ->
     interpreter runs programs one after another, so splitting only adds work there)."""
     if device.type != "cuda":
         return 1
-    want = triton.cdiv(PROGRAMS_PER_SM * _multiprocessors(device), programs)
+    want = PROGRAMS_PER_SM * _multiprocessors(device) // programs
     return max(1, min(want, key_blocks // MIN_BLOCKS_PER_SPLIT, MAX_SPLITS))
 
 

@@ -290,8 +290,9 @@ class GPT(nn.Module):
             logits = self.lm_head(x)  # (B, T, vocab_size)
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         else:
-            # inference: only the last position's logits are needed; the list index keeps the time dim
-            logits = self.lm_head(x[:, [-1], :])  # (B, 1, vocab_size)
+            # inference: only the last position's logits are needed; the slice keeps the time dim (a list index
+            # would too, but through a host-to-device copy of the index, which a CUDA graph cannot capture)
+            logits = self.lm_head(x[:, -1:, :])  # (B, 1, vocab_size)
             loss = None
         return logits, loss
 
@@ -410,7 +411,7 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
         return torch.argmax(logits, dim=-1, keepdim=True)
     logits = logits.float() / temperature  # (B, vocab_size)
     if top_k is not None and 0 < top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, [-1]]  # (B, 1)
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float('-inf'))
     probs = F.softmax(logits, dim=-1)  # (B, vocab_size)
     # The exponential race: with E_i ~ Exp(1) independent, argmax_i p_i / E_i is token i with probability p_i
