@@ -6,6 +6,7 @@ greedy bf16 tokens the cached path shares with the no-cache path.
     python bench_generate.py                  # everything: about 3 minutes on an H200
     python bench_generate.py --quick          # batch 1, short prompts, three cache sizes, no agreement table
     python bench_generate.py --out FILE.md    # also write the tables to a Markdown file
+    python bench_generate.py --sweep          # only: the decode kernel's time at each num_splits (re-tuning data)
 
 Generation: random-weight models (a step's time does not depend on the weights) at the char model's shape (6x384,
 block_size 256, vocab 65) and GPT-2 124M's (12x768, block_size 1024, vocab 50304), bf16 autocast and sampling with
@@ -35,6 +36,7 @@ import torch.nn.functional as F
 import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+import flash_decode
 from flash_decode import attention_with_kvcache_ref, flash_attn_with_kvcache
 from model import ATTN_IMPLS, GPT, GPTConfig
 from train import git_commit
@@ -219,13 +221,17 @@ def graph_us(calls: list) -> float:
     return ms * 1e3 / reps
 
 
-def decode_kernel_times(cache: int, batch: int) -> list[KernelResult]:
-    nbytes = 2 * batch * cache * H * D * 2
-    copies = max(1, math.ceil(L2_FLUSH_BYTES / nbytes))
+def _decode_inputs(cache: int, batch: int) -> tuple[list, list, torch.Tensor]:
+    """Queries (B, 1, H, D) and caches (B, 2, H, S, D), as many copies as it takes to exceed L2, and full lengths."""
+    copies = max(1, math.ceil(L2_FLUSH_BYTES / (2 * batch * cache * H * D * 2)))
     g = torch.Generator("cuda").manual_seed(0)
     qs = [torch.randn(batch, 1, H, D, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(copies)]
     kvs = [torch.randn(batch, 2, H, cache, D, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(copies)]
-    seqlens = torch.full((batch,), cache, dtype=torch.int32, device="cuda")
+    return qs, kvs, torch.full((batch,), cache, dtype=torch.int32, device="cuda")
+
+
+def decode_kernel_times(cache: int, batch: int) -> list[KernelResult]:
+    qs, kvs, seqlens = _decode_inputs(cache, batch)
     want = attention_with_kvcache_ref(qs[0][:1], kvs[0][:1, 0].transpose(1, 2), kvs[0][:1, 1].transpose(1, 2),
                                       seqlens[:1])
     dst = torch.empty_like(kvs[0])
@@ -248,6 +254,19 @@ def decode_kernel_times(cache: int, batch: int) -> list[KernelResult]:
     del qs, kvs, dst
     torch.cuda.empty_cache()
     return results
+
+
+def split_sweep(cache: int, batch: int, splits=(1, 2, 4, 8, 16, 22, 32, 44, 64)) -> dict[int, float]:
+    """Our kernel's GPU time per call (us) at each num_splits: the data flash_decode's default split is set from."""
+    qs, kvs, seqlens = _decode_inputs(cache, batch)
+    times = {}
+    for n in splits:
+        def call(q, kv, n=n):
+            return flash_attn_with_kvcache(q, kv[:, 0].transpose(1, 2), kv[:, 1].transpose(1, 2), seqlens, num_splits=n)
+        times[n] = graph_us([lambda q=q, kv=kv: call(q, kv) for q, kv in zip(qs, kvs)])
+    del qs, kvs
+    torch.cuda.empty_cache()
+    return times
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -297,7 +316,8 @@ def kernel_table(results: list[KernelResult], copy_bps: float) -> str:
         sdpa_us = [row[p].us for p in others if row[p].status == "ok"]
         best = min(sdpa_us) if sdpa_us else float("nan")
         lines.append(f"| {cache} | {batch} | {ours.kv_bytes / 1e6:.1f} | {fmt(ours.us, '.1f')} | {fmt(ours.gbps)} | "
-                     f"{fmt(100 * ours.gbps * 1e9 / copy_bps)}% | {fmt(copy_gbps)} | {fmt(100 * ours.gbps / copy_gbps)}% | "
+                     f"{fmt(100 * ours.gbps * 1e9 / copy_bps)}% | {fmt(copy_gbps)} | "
+                     f"{fmt(100 * ours.gbps / copy_gbps)}% | "
                      + " | ".join(fmt(row[p].us, ".1f") if row[p].status == "ok" else row[p].status for p in others)
                      + f" | {fmt(best / ours.us, '.2f')}x |")
     return "\n".join(lines)
@@ -314,6 +334,21 @@ def agreement_table(results: list[Agreement]) -> str:
     return "\n".join(lines)
 
 
+def sweep_table(rows: dict) -> str:
+    """rows: {(cache, batch): {num_splits: us}}"""
+    splits = sorted({n for times in rows.values() for n in times})
+    lines = [f"### Decode kernel GPU time (us) by num_splits, H={H}, D={D}, bf16; * marks the fastest", "",
+             "| cache tokens | batch | default | " + " | ".join(str(n) for n in splits) + " |",
+             "|---" * (3 + len(splits)) + "|"]
+    for (cache, batch), times in rows.items():
+        best = min(times, key=times.get)
+        block_n = flash_decode._config(1, torch.bfloat16)[1]
+        default = flash_decode._default_num_splits(batch * H, triton.cdiv(cache, block_n), torch.device("cuda"))
+        lines.append(f"| {cache} | {batch} | {default} | " + " | ".join(
+            fmt(times[n], ".1f") + ("*" if n == best else "") if n in times else "–" for n in splits) + " |")
+    return "\n".join(lines)
+
+
 def header(copy_bps: float) -> str:
     return (f"{torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__} | "
             f"commit {git_commit()} | device-to-device copy {copy_bps / 1e9:.0f} GB/s")
@@ -323,10 +358,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="batch 1, short prompts, three cache sizes, no agreement")
     parser.add_argument("--out", help="also write the Markdown tables to this file")
+    parser.add_argument("--sweep", action="store_true", help="only the decode kernel's time at each num_splits")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_generate.py needs a CUDA GPU: it times GPU kernels and CUDA graphs. The CPU tests "
                          "are `python -m pytest tests`.")
+    if args.sweep:
+        rows = {(cache, batch): split_sweep(cache, batch) for cache in CACHE_SIZES for batch in KERNEL_BATCHES}
+        print(header(copy_bandwidth()) + "\n\n" + sweep_table(rows))
+        return
     copy_bps = copy_bandwidth()
     print("decode kernel:", flush=True)
     kernel = []

@@ -34,9 +34,11 @@ SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 LOG2E = 1.4426950408889634  # the kernel works in base 2: exp(x) = exp2(x * log2(e))
 MAX_SPLITS = 64  # the merge holds one [MAX_SPLITS, HEAD_DIM] fp32 tile; 64 x 128 is 64 registers a thread
-# The default split: about PROGRAMS_PER_SM programs per multiprocessor, but at least MIN_BLOCKS_PER_SPLIT key blocks in each, since every split pays a fixed cost (q load, partial store, the
-# atomic) that a short run of keys does not amortise. From a sweep on an H200 at H=12, D=64 (results/generation.md):
-# batch 1 was fastest at 8 splits for 1k cached tokens and 22-32 from 8k on; batch 8 at 4 splits for 1k to 32k.
+# The default split: about PROGRAMS_PER_SM programs per multiprocessor, but at least MIN_BLOCKS_PER_SPLIT key
+# blocks in each, since every split pays a fixed cost (q load, partial store, the atomic) that a short run of keys
+# does not amortise; rounded down to a power of two, so the merge's [SPLITS_POW2, HEAD_DIM] tile has no idle rows.
+# From a sweep on an H200 at H=12, D=64 (results/generation.md): batch 1 was fastest at 8 splits for 1k cached
+# tokens and at 22-32 from 8k on (33 ran 2-3% slower than 32); batch 8 at 4 splits from 1k to 32k.
 PROGRAMS_PER_SM = 3
 MIN_BLOCKS_PER_SPLIT = 2
 
@@ -143,9 +145,9 @@ def _decode_fwd_kernel(
     # keys these rows need, so every split has work whatever the row's length). Tiles: q [BLOCK_M, HEAD_DIM],
     # k [HEAD_DIM, BLOCK_N], v [BLOCK_N, HEAD_DIM], acc [BLOCK_M, HEAD_DIM] in fp32.
     # NUM_SPLITS is a run-time value, so one compiled kernel serves every count with the same next power of two,
-    # SPLITS_POW2. SPLITS_POW2 == 1: the program writes O. Otherwise it writes its normalised partial output and log-sum-exp
-    # (base 2) to O_PART / LSE_PART, (B * H, NUM_SPLITS, Tq, HEAD_DIM) and (B * H, NUM_SPLITS, Tq) in fp32, and
-    # bumps LOCKS[bh, m-block]; the program that bumps it last merges the partials into O and resets it to 0.
+    # SPLITS_POW2. SPLITS_POW2 == 1: the program writes O. Otherwise it writes its normalised partial output and
+    # log-sum-exp (base 2) to O_PART / LSE_PART, (B * H, NUM_SPLITS, Tq, HEAD_DIM) and (B * H, NUM_SPLITS, Tq) in
+    # fp32, and bumps LOCKS[bh, m-block]; the program that bumps it last merges the partials into O and resets it.
     split = tl.program_id(0)
     pid_m = tl.program_id(1)
     bh = tl.program_id(2)
@@ -225,12 +227,13 @@ def _multiprocessors(device: torch.device) -> int:
 
 def _default_num_splits(programs: int, key_blocks: int, device: torch.device) -> int:
     """Splits that give about PROGRAMS_PER_SM programs per multiprocessor, with MIN_BLOCKS_PER_SPLIT key blocks of
-    the cache's capacity in each. One where programs without splits already fill the GPU, and off the GPU (the
-    interpreter runs programs one after another, so splitting only adds work there)."""
+    the cache's capacity in each, rounded down to a power of two. One where programs without splits already fill
+    the GPU, and off the GPU (the interpreter runs programs one after another, so splitting only adds work there)."""
     if device.type != "cuda":
         return 1
     want = PROGRAMS_PER_SM * _multiprocessors(device) // programs
-    return max(1, min(want, key_blocks // MIN_BLOCKS_PER_SPLIT, MAX_SPLITS))
+    n = max(1, min(want, key_blocks // MIN_BLOCKS_PER_SPLIT, MAX_SPLITS))
+    return 1 << (n.bit_length() - 1)
 
 
 # one zeroed int32 counter per (batch, head, query block) of a split call, per device and stream; each call leaves
@@ -372,7 +375,8 @@ def flash_attn_with_kvcache(
     _check_inputs(q, k_cache, v_cache, cache_seqlens, num_splits)
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     if not (scale > 0 and math.isfinite(scale)):
-        raise ValueError(f"flash_attn_with_kvcache: softmax_scale must be a positive finite number, got {softmax_scale}")
+        raise ValueError(f"flash_attn_with_kvcache: softmax_scale must be a positive finite number, "
+                         f"got {softmax_scale}")
     if num_splits is None:
         B, Tq, H, D = q.shape
         BLOCK_M, BLOCK_N, _, _ = _config(Tq, q.dtype)

@@ -268,8 +268,12 @@ class GPT(nn.Module):
             pos = torch.arange(0, T, dtype=torch.long, device=idx.device)  # (T,)
         else:
             if targets is not None or B != cache.kv.size(1):
+                got = f"batch {B}" + (" and targets" if targets is not None else "")
                 raise ValueError(f"a forward through a KV cache takes no targets and the cache's batch size "
-                                 f"({cache.kv.size(1)}), got batch {B}" + (" and targets" if targets is not None else ""))
+                                 f"({cache.kv.size(1)}), got {got}")
+            if torch.is_grad_enabled():  # the cache is written in place, which autograd cannot follow
+                raise ValueError("a forward through a KV cache is inference only: run it under torch.no_grad() "
+                                 "(GPT.generate, prefill and decode_one_token do)")
             step = cache.step(T, with_mask=self.config.attn != 'triton')
             pos = step.pos  # (B, T)
 
@@ -431,6 +435,7 @@ def _forward(model: GPT, idx: torch.Tensor, cache: KVCache, weights: dict | None
     return logits[:, -1]  # (B, vocab_size)
 
 
+@torch.no_grad()
 def prefill(model: GPT, idx: torch.Tensor, cache: KVCache, temperature: float = 1.0, top_k: int | None = None,
             weights: dict | None = None) -> torch.Tensor:
     """Empty the cache, run the prompt idx (B, T) into it, and sample the token that follows; returns (B, 1)."""
@@ -438,6 +443,7 @@ def prefill(model: GPT, idx: torch.Tensor, cache: KVCache, temperature: float = 
     return sample_next(_forward(model, idx, cache, weights), temperature, top_k)
 
 
+@torch.no_grad()
 def decode_one_token(model: GPT, tok: torch.Tensor, cache: KVCache, temperature: float = 1.0,
                      top_k: int | None = None, weights: dict | None = None) -> torch.Tensor:
     """Run tok (B, 1) at the cache's next position and sample the token after it; returns (B, 1). Every shape is

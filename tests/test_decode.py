@@ -186,3 +186,17 @@ def test_reference_is_plain_causal_attention_when_the_cache_holds_only_the_queri
 
 def test_default_split_is_one_off_the_gpu():
     assert flash_decode._default_num_splits(1, 1000, torch.device("cpu")) == 1
+
+
+@pytest.mark.parametrize("programs,key_blocks,want", [
+    (12, 16, 8),  # batch 1, GPT-2 heads, 1k cache: 2 key blocks per split at most
+    (12, 512, 32),  # batch 1, 32k cache: 3 x 132 / 12 = 33 programs' worth, rounded down to 32
+    (96, 512, 4),  # batch 8: 3 x 132 / 96 = 4
+    (6, 4, 2),  # the char model: a 256-token cache has 4 blocks
+    (400, 512, 1),  # enough programs without splitting
+], ids=["b1-1k", "b1-32k", "b8-32k", "char", "full"])
+def test_default_split_follows_the_h200_sweep(programs, key_blocks, want, monkeypatch):
+    """The choices results/generation.md measured best on a 132-multiprocessor H200 (no GPU needed: the count is
+    stubbed)."""
+    monkeypatch.setattr(flash_decode, "_multiprocessors", lambda device: 132)
+    assert flash_decode._default_num_splits(programs, key_blocks, torch.device("cuda")) == want

@@ -157,6 +157,19 @@ def test_cache_misuse_is_a_clear_error():
         model(prompt(2, 2, 'cpu'), prompt(2, 2, 'cpu'), cache=cache)
     with pytest.raises(ValueError, match=r"at least one token"):
         model.generate(torch.zeros(1, 0, dtype=torch.long), 3)
+    with pytest.raises(ValueError, match=r"inference only: run it under torch.no_grad\(\)"):
+        model(prompt(2, 2, 'cpu'), cache=cache)
+
+
+def test_prefill_and_decode_one_token_need_no_caller_side_no_grad():
+    """They write the cache in place, which must not meet autograd: they turn gradients off themselves (a call
+    with gradients on failed on the GPU before they did)."""
+    model = peaky_model('sdpa')
+    cache = KVCache(model.config, 1, torch.float32, 'cpu')
+    idx = prompt(1, 4, 'cpu')
+    toks = [prefill(model, idx, cache, top_k=1)]
+    toks.append(decode_one_token(model, toks[-1], cache, top_k=1))
+    assert torch.equal(torch.cat([idx] + toks, dim=1), model.generate(idx, 2, top_k=1, kv_cache=False))
 
 
 @needs_gpu
