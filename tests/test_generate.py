@@ -162,8 +162,8 @@ def test_cache_misuse_is_a_clear_error():
 
 
 def test_prefill_and_decode_one_token_need_no_caller_side_no_grad():
-    """They write the cache in place, which must not meet autograd: they turn gradients off themselves (a call
-    with gradients on failed on the GPU before they did)."""
+    """They write the cache in place, which autograd refuses: they turn gradients off themselves. The bug: called
+    with gradients on, the cache write raised 'A view was created in no_grad mode and is being modified inplace'."""
     model = peaky_model('sdpa')
     cache = KVCache(model.config, 1, torch.float32, 'cpu')
     idx = prompt(1, 4, 'cpu')
