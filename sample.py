@@ -12,6 +12,7 @@ Settings are the fields of SampleConfig, given as in train.py: config files of p
 import os
 import pickle
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -35,7 +36,8 @@ class SampleConfig:
     seed: int = 1337
     device: str = field(default_factory=lambda: 'cuda' if torch.cuda.is_available() else 'cpu')
     dtype: str = 'auto'  # 'auto' | 'float32' | 'bfloat16' | 'float16'
-    compile: bool = False  # torch.compile the model (worth it only for long generations)
+    compile: bool = False  # torch.compile the model; no-cache path only (the cached decode step is a CUDA graph)
+    kv_cache: bool = True  # prefill once, then one token at a time through a KV cache; False re-runs the context
     attn: str = ''  # '' = the implementation the checkpoint was trained with; else 'triton' | 'sdpa' | 'naive'
 
     def __post_init__(self):
@@ -89,8 +91,12 @@ def read_prompt(start: str) -> str:
     return start
 
 
-def generate_samples(cfg: SampleConfig) -> list[str]:
-    """Generate cfg.num_samples texts (prompt included) from the checkpoint in cfg.out_dir."""
+def generate_samples(cfg: SampleConfig, timings: list[float] | None = None) -> list[str]:
+    """Generate cfg.num_samples texts (prompt included) from the checkpoint in cfg.out_dir. Appends each sample's
+    wall time in seconds (generation and the read-back of its tokens) to timings when given."""
+    if cfg.compile and cfg.kv_cache:
+        raise ConfigError("compile=True applies to the no-cache path only (the cached decode step already runs as "
+                          "a CUDA graph): drop --compile, or add --kv_cache=False")
     device_type = 'cuda' if cfg.device.startswith('cuda') else 'cpu'
     dtype = resolve_dtype(cfg.dtype, device_type)
     prompt = read_prompt(cfg.start)
@@ -106,7 +112,7 @@ def generate_samples(cfg: SampleConfig) -> list[str]:
     model = model_from_checkpoint(ckpt, attn=attn)
     model.eval()
     model.to(cfg.device)
-    if cfg.compile:
+    if cfg.compile:  # kv_cache=False, checked above
         # compile forward, not the module: generate() calls self(...), which a compiled wrapper would bypass;
         # dynamic because the context grows by one token per step
         model.forward = torch.compile(model.forward, dynamic=True)
@@ -116,21 +122,41 @@ def generate_samples(cfg: SampleConfig) -> list[str]:
     samples = []
     with torch.no_grad(), autocast_context(device_type, dtype):
         for _ in range(cfg.num_samples):
-            y = model.generate(x, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k or None)
-            samples.append(decode(y[0].tolist()))
+            t0 = time.perf_counter()
+            y = model.generate(x, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k or None,
+                               kv_cache=cfg.kv_cache)
+            ids = y[0].tolist()  # waits for the device
+            if timings is not None:
+                timings.append(time.perf_counter() - t0)
+            samples.append(decode(ids))
     return samples
+
+
+def speed_report(timings: list[float], max_new_tokens: int, kv_cache: bool) -> str:
+    """One line of tokens/s. The first sample also pays for kernel compilation and CUDA-graph capture, so with
+    more than one sample the rate is that of the others, and the first is reported apart."""
+    def rate(ts: list[float]) -> float:
+        return max_new_tokens * len(ts) / max(sum(ts), 1e-9)
+
+    head = f"{len(timings)} samples x {max_new_tokens} new tokens, kv_cache={kv_cache}: "
+    if len(timings) == 1:
+        return head + f"{rate(timings):.0f} tokens/s (warm-up included)"
+    return head + f"{rate(timings[1:]):.0f} tokens/s (first sample, warm-up included: {rate(timings[:1]):.0f})"
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     try:
         cfg = parse_config(argv, SampleConfig)
-        samples = generate_samples(cfg)
+        timings = []
+        samples = generate_samples(cfg, timings)
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
     for s in samples:
         print(s)
         print('---------------')
+    if timings:  # stderr: stdout stays the samples
+        print(speed_report(timings, cfg.max_new_tokens, cfg.kv_cache), file=sys.stderr)
 
 
 if __name__ == '__main__':
