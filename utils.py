@@ -235,7 +235,7 @@ def meta_mismatch(a: dict | None, b: dict | None) -> str | None:
             return f"the same {len(a['stoi'])} characters, numbered differently"
 
         def some(chars: list[str]) -> str:
-            return ''.join(chars[:20]).encode('unicode_escape').decode() + (' ...' if len(chars) > 20 else '')
+            return ''.join(chars[:20]) + (' ...' if len(chars) > 20 else '')  # shown with !r: '\n' stays visible
         return (f"{len(a['stoi'])} vs {len(b['stoi'])} characters ({len(only_a)} only in the first: {some(only_a)!r}; "
                 f"{len(only_b)} only in the second: {some(only_b)!r})")
     size_a, size_b = (m.get('vocab_size') if m else None for m in (a, b))
