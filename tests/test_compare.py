@@ -73,7 +73,7 @@ def test_help_lists_its_own_options_and_the_training_settings(capsys):
 def test_wandb_runs_are_grouped_and_the_table_is_logged(char_data, tmp_path, monkeypatch):
     """The real wandb package, offline: each implementation's run and a summary run share one group, and the
     summary run holds the comparison table with the numbers of compare.json."""
-    pytest.importorskip('wandb')
+    wandb = pytest.importorskip('wandb')
     from wandb_offline import read_offline_runs
 
     wandb_dir = tmp_path / 'wandb_dir'
@@ -89,6 +89,9 @@ def test_wandb_runs_are_grouped_and_the_table_is_logged(char_data, tmp_path, mon
     group = saved['wandb_group']
     assert group.startswith('tiny-compare-')
 
+    # the runs in the run processes are on disk once those processes end; the summary run, made in this process,
+    # once wandb's service stops, which is what the end of `python compare.py` does
+    wandb.teardown()
     runs = {run['name']: run for run in read_offline_runs(wandb_dir)}
     assert set(runs) == {'tiny-sdpa', 'tiny-naive', f'{group}-summary'}
     assert {run['group'] for run in runs.values()} == {group}
