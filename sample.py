@@ -123,20 +123,19 @@ def checkpoint_meta(ckpt: dict, ckpt_path: str, data_dir: str = '') -> dict | No
     must agree with the checkpoint, and any vocabulary must fit the model's embedding: ConfigError naming both
     sides otherwise.
     """
-    config = ckpt.get('config') or {}
-    default_dir = config.get('data_dir') or (os.path.join(REPO_DIR, 'data', config['dataset'])
-                                             if config.get('dataset') else '')
-    data_meta = _dataset_meta(data_dir or default_dir, asked=bool(data_dir))
-    data_path = os.path.join(data_dir or default_dir, 'meta.pkl')
     if 'meta' in ckpt:
         meta, source = ckpt['meta'], f"checkpoint {ckpt_path}"
-        mismatch = meta_mismatch(data_meta, meta) if data_dir else None
+        mismatch = meta_mismatch(_dataset_meta(data_dir, asked=True), meta) if data_dir else None
         if mismatch:
-            raise ConfigError(f"{data_path} and {source} disagree on what the tokens mean: {mismatch} (dataset vs "
-                              f"checkpoint). Point --data_dir at the dataset the model was trained on, or leave it "
-                              f"out: the checkpoint carries its own vocabulary")
+            raise ConfigError(f"{os.path.join(data_dir, 'meta.pkl')} and {source} disagree on what the tokens mean: "
+                              f"{mismatch} (dataset vs checkpoint). Point --data_dir at the dataset the model was "
+                              f"trained on, or leave it out: the checkpoint carries its own vocabulary")
     else:
-        meta, source = data_meta, data_path if data_meta is not None else f"checkpoint {ckpt_path}"
+        config = ckpt.get('config') or {}
+        dataset_dir = data_dir or config.get('data_dir') or (
+            os.path.join(REPO_DIR, 'data', config['dataset']) if config.get('dataset') else '')
+        meta = _dataset_meta(dataset_dir, asked=bool(data_dir))
+        source = os.path.join(dataset_dir, 'meta.pkl') if meta is not None else f"checkpoint {ckpt_path}"
     model_vocab = ckpt['model_args'].get('vocab_size')
     kind = tokenizer_of(meta)
     if kind == 'char' and model_vocab != len(meta['stoi']):
@@ -171,7 +170,7 @@ def generate_samples(cfg: SampleConfig) -> list[str]:
     prompt = read_prompt(cfg.start)
     ckpt = load_checkpoint(cfg.out_dir, cfg.device)
     ckpt_path = os.path.join(cfg.out_dir, 'ckpt.pt')
-    trained_attn = ckpt['model_args'].get('attn', 'sdpa')  # nanoGPT's checkpoints carry no attn: its is sdpa
+    trained_attn = ckpt['model_args'].get('attn', 'sdpa')  # nanoGPT's carry none; nanoGPT runs torch's SDPA
     attn = cfg.attn or trained_attn
     try:
         check_attn_device(attn, device_type)

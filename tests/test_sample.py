@@ -149,6 +149,10 @@ def test_a_dataset_that_disagrees_with_the_checkpoint_is_refused_naming_both(cha
     assert "tokenizer 'gpt2' vs 'char' (dataset vs checkpoint)" in _error(
         [f'--out_dir={char_ckpt}', f'--data_dir={bpe_dir}', '--device=cpu'])
     assert "has no meta.pkl" in _error([f'--out_dir={char_ckpt}', f'--data_dir={tmp_path}', '--device=cpu'])
+    (tmp_path / 'junk').mkdir()
+    (tmp_path / 'junk' / 'meta.pkl').write_bytes(b'not a pickle')
+    assert f"{tmp_path / 'junk' / 'meta.pkl'}" in _error(
+        [f'--out_dir={char_ckpt}', f"--data_dir={tmp_path / 'junk'}", '--device=cpu'])
 
 
 def test_gpt2_bpe_when_the_dataset_has_no_vocabulary(tmp_path, monkeypatch):
