@@ -95,12 +95,11 @@ def comparison_rows(results: dict) -> list[list]:
     ours = results.get('triton', {})
     rows = []
     for impl, r in results.items():
-        ok = r.get('status') == 'ok'
-        get = (lambda key: r.get(key)) if ok else (lambda key: None)  # a failed run's partial numbers mean nothing
-        mem = get('peak_mem_bytes')
-        rows.append([impl, r['status'], get('best_val_loss'), get('val_loss'), get('ms_per_iter'),
-                     get('tokens_per_sec'), mem / 2**30 if mem else None,
-                     _ratio(ours.get('tokens_per_sec'), get('tokens_per_sec'), True),
+        measured = r if r.get('status') == 'ok' else {}  # a failed run's partial numbers mean nothing
+        mem = measured.get('peak_mem_bytes')
+        rows.append([impl, r['status'], measured.get('best_val_loss'), measured.get('val_loss'),
+                     measured.get('ms_per_iter'), measured.get('tokens_per_sec'), mem / 2**30 if mem else None,
+                     _ratio(ours.get('tokens_per_sec'), measured.get('tokens_per_sec'), True),
                      _ratio(ours.get('peak_mem_bytes'), mem, False)])
     return rows
 
