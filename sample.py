@@ -60,7 +60,7 @@ class SampleConfig:
     dtype: str = 'auto'  # 'auto' | 'float32' | 'bfloat16' | 'float16'
     compile: bool = False  # torch.compile the model (worth it only for long generations)
     attn: str = ''  # '' = the implementation the checkpoint was trained with; else 'triton' | 'sdpa' | 'naive'
-    data_dir: str = ''  # a dataset whose meta.pkl must match the checkpoint's; '' = the checkpoint's own vocabulary
+    data_dir: str = ''  # a dataset whose meta.pkl must agree with the checkpoint ('' = data/<its dataset> if needed)
 
     def __post_init__(self):
         for key in ('num_samples', 'max_new_tokens'):
