@@ -9,24 +9,37 @@ Every run gets the same config, seed and data order; only `attn` (and out_dir, o
 Each runs in a fresh process, so peak memory and torch.compile state belong to it alone, and one that runs out
 of memory is reported as OOM while the others go on. Writes report_dir/compare.md (a table, with the ratio of
 each implementation to ours), report_dir/compare.png (loss curves and throughput bars) and compare.json.
---wandb_log=True logs every run to W&B under wandb_run_name-<impl>.
+--wandb_log=True logs every run to W&B as wandb_run_name-<impl>, all in one group (one per comparison), and adds
+a run <group>-summary to that group with the table (a wandb.Table) and the plot.
+--help lists compare.py's own options and every training setting.
 """
 import dataclasses
 import json
 import multiprocessing as mp
 import os
 import sys
+import time
 import traceback
+from dataclasses import dataclass
 
 import torch
 
 from model import ATTN_IMPLS as IMPLS
 from train import TrainConfig, train
-from utils import ConfigError, git_commit, parse_config
+from utils import HELP_FLAGS, ConfigError, git_commit, parse_config, read_settings, settings_help, table_cell
 
 
-def _run_one(cfg: TrainConfig, result_path: str) -> None:
+@dataclass
+class CompareOptions:
+    impls: str = ','.join(IMPLS)  # the attention implementations to train, comma-separated, in this order
+    report_dir: str = 'compare-out'  # for compare.md, .png, .json and each run's checkpoint (out_dir is not used)
+
+
+def _run_one(cfg: TrainConfig, result_path: str, wandb_group: str) -> None:
     """Child process: train, and leave the summary (or the reason there is none) in result_path."""
+    if wandb_group:
+        # W&B's documented way to put a run in a group; this process is the run's own, so nothing else sees it
+        os.environ['WANDB_RUN_GROUP'] = wandb_group
     try:
         result = train(cfg)
         result['status'] = 'ok'
@@ -47,14 +60,16 @@ def run_config(cfg: TrainConfig, impl: str, report_dir: str) -> TrainConfig:
                                wandb_run_name=f"{cfg.wandb_run_name}-{impl}")
 
 
-def run_one(cfg: TrainConfig, impl: str, report_dir: str) -> dict:
-    """Train cfg with attn=impl in a fresh process; returns its summary, or {'status': 'OOM' | 'failed', ...}."""
+def run_one(cfg: TrainConfig, impl: str, report_dir: str, wandb_group: str = '') -> dict:
+    """Train cfg with attn=impl in a fresh process; returns its summary, or {'status': 'OOM' | 'failed', ...}.
+    With cfg.wandb_log, the run goes into the W&B group wandb_group."""
     run_cfg = run_config(cfg, impl, report_dir)
     result_path = os.path.join(report_dir, f'{impl}.json')
     if os.path.exists(result_path):
         os.remove(result_path)
     print(f"\n===== attn={impl} =====", flush=True)
-    proc = mp.get_context('spawn').Process(target=_run_one, args=(run_cfg, result_path))  # clean CUDA + compile state
+    # spawn: a clean CUDA and compile state per run
+    proc = mp.get_context('spawn').Process(target=_run_one, args=(run_cfg, result_path, wandb_group))
     proc.start()
     proc.join()
     if not os.path.exists(result_path):  # killed from outside (e.g. the host's OOM killer): nothing was written
@@ -63,37 +78,56 @@ def run_one(cfg: TrainConfig, impl: str, report_dir: str) -> dict:
         return json.load(f)
 
 
-def _fmt(x, spec):
-    return format(x, spec) if x is not None else '–'
-
-
 def _ratio(ours, theirs, higher_is_better):
-    """How many times better ours is than theirs (>1 = ours better)."""
-    if ours is None or theirs is None or ours == 0 or theirs == 0:
-        return '–'
-    return f"{(ours / theirs if higher_is_better else theirs / ours):.3f}x"  # 3 digits: goals sit near 1.00x
+    """How many times better ours is than theirs (>1 = ours better); None when either is missing."""
+    if not ours or not theirs:
+        return None
+    return ours / theirs if higher_is_better else theirs / ours
+
+
+COLUMNS = ['attn', 'status', 'best val loss', 'final val loss', 'ms/iter (median)', 'tokens/s', 'peak GPU memory GiB',
+           'ours vs it: tokens/s', 'ours vs it: memory']
+
+
+def comparison_rows(results: dict) -> list[list]:
+    """One row per implementation, in COLUMNS' order, as numbers (None where there is no value): what
+    compare.md formats and what W&B gets as a table."""
+    ours = results.get('triton', {})
+    rows = []
+    for impl, r in results.items():
+        measured = r if r.get('status') == 'ok' else {}  # a failed run's partial numbers mean nothing
+        mem = measured.get('peak_mem_bytes')
+        rows.append([impl, r['status'], measured.get('best_val_loss'), measured.get('val_loss'),
+                     measured.get('ms_per_iter'), measured.get('tokens_per_sec'), mem / 2**30 if mem else None,
+                     _ratio(ours.get('tokens_per_sec'), measured.get('tokens_per_sec'), True),
+                     _ratio(ours.get('peak_mem_bytes'), mem, False)])
+    return rows
 
 
 def markdown_table(results: dict, header: str) -> str:
-    ours = results.get('triton', {})
-    lines = [header, '',
-             '| attn | status | best val loss | final val loss | ms/iter (median) | tokens/s | peak GPU memory | '
-             'ours vs it: tokens/s | ours vs it: memory |',
-             '|---|---|---|---|---|---|---|---|---|']
-    for impl, r in results.items():
-        ok = r.get('status') == 'ok'
-        mem = r.get('peak_mem_bytes') if ok else None
-        lines.append('| ' + ' | '.join([
-            impl, r['status'] if ok else f"**{r['status']}**",
-            _fmt(r.get('best_val_loss') if ok else None, '.4f'),
-            _fmt(r.get('val_loss') if ok else None, '.4f'),
-            _fmt(r.get('ms_per_iter') if ok else None, '.2f'),
-            _fmt(r.get('tokens_per_sec') if ok else None, ',.0f'),
-            f"{mem / 2**30:.2f} GiB" if mem else '–',
-            _ratio(ours.get('tokens_per_sec'), r.get('tokens_per_sec') if ok else None, True),
-            _ratio(ours.get('peak_mem_bytes'), mem, False),
-        ]) + ' |')
+    lines = [header, '', '| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
+    for impl, status, best, final, ms, tok_s, mem, ratio_tok_s, ratio_mem in comparison_rows(results):
+        cells = [impl, status if status == 'ok' else f"**{status}**", table_cell(best, '.4f'),
+                 table_cell(final, '.4f'), table_cell(ms, '.2f'), table_cell(tok_s, ',.0f'), table_cell(mem, '.2f')]
+        # ratios to 3 digits: the goals sit near 1.00x
+        cells += [table_cell(r, '.3f') + ('x' if r is not None else '') for r in (ratio_tok_s, ratio_mem)]
+        lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
+
+
+def log_to_wandb(cfg: TrainConfig, results: dict, plot_path: str, group: str) -> None:
+    """Add a run <group>-summary to the comparison's W&B group: the table (wandb.Table, numbers as in
+    compare.md) and the plot, and each implementation's headline numbers in the run's summary."""
+    import wandb
+    run = wandb.init(project=cfg.wandb_project, group=group, name=f"{group}-summary", job_type='compare',
+                     config=dataclasses.asdict(cfg))
+    rows = comparison_rows(results)
+    run.log({'comparison': wandb.Table(columns=COLUMNS, data=rows), 'comparison_plot': wandb.Image(plot_path)})
+    for row in rows:
+        for column, value in zip(COLUMNS[2:], row[2:]):
+            if value is not None:
+                run.summary[f"{row[0]}/{column}"] = value
+    run.finish()
 
 
 def plot(results: dict, path: str, title: str) -> None:
@@ -138,36 +172,55 @@ def describe(cfg: TrainConfig) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    impls, report_dir, rest = list(IMPLS), 'compare-out', []
-    for arg in argv:  # compare.py's own two options; everything else is train.py's config
-        if arg.startswith('--impls='):
-            impls = [s for s in arg.split('=', 1)[1].split(',') if s]
-        elif arg.startswith('--report_dir='):
-            report_dir = arg.split('=', 1)[1]
-        else:
-            rest.append(arg)
+    own_keys = tuple(f"--{f.name}=" for f in dataclasses.fields(CompareOptions))
+    own = [arg for arg in argv if arg.startswith(own_keys)]
+    rest = [arg for arg in argv if not arg.startswith(own_keys) and arg not in HELP_FLAGS]
     try:
+        if any(arg in HELP_FLAGS for arg in argv):
+            train_title = "training settings, as in train.py (--key=value, or key = value in a config file)"
+            print(f"{__doc__.strip()}\n\n{settings_help(CompareOptions, title='options of compare.py')}\n\n"
+                  f"{settings_help(TrainConfig, read_settings(rest, TrainConfig), title=train_title)}")
+            sys.exit(0)
+        options = parse_config(own, CompareOptions)
+        impls = [s for s in options.impls.split(',') if s]
         unknown = [i for i in impls if i not in IMPLS]
         if unknown or not impls:
             raise ConfigError(f"--impls takes a comma-separated subset of {IMPLS}, got {impls}")
         cfg = parse_config(rest, TrainConfig)
+        if cfg.wandb_log:
+            try:
+                import wandb  # noqa: F401 (checked before any training time is spent)
+            except ImportError:
+                raise ConfigError("wandb_log=True but wandb is not installed: pip install wandb, "
+                                  "or --wandb_log=False") from None
     except ConfigError as e:
         sys.exit(f"error: {e}")
 
+    report_dir = options.report_dir
     os.makedirs(report_dir, exist_ok=True)
     title = describe(cfg)
+    # one W&B group per comparison, so that runs of different comparisons never mix
+    group = f"{cfg.wandb_run_name or cfg.dataset}-compare-{time.strftime('%Y%m%d-%H%M%S')}" if cfg.wandb_log else ''
     results = {}
     for impl in impls:
-        results[impl] = run_one(cfg, impl, report_dir)
+        results[impl] = run_one(cfg, impl, report_dir, group)
         # the report is rewritten after every run, so a comparison cut short still leaves what it measured
         table = markdown_table(results, f"`python compare.py {' '.join(argv)}`\n\n{title}")
         with open(os.path.join(report_dir, 'compare.md'), 'w') as f:
             f.write(table + '\n')
         with open(os.path.join(report_dir, 'compare.json'), 'w') as f:
-            json.dump({'config': dataclasses.asdict(cfg), 'title': title, 'results': results}, f, indent=1)
+            json.dump({'config': dataclasses.asdict(cfg), 'title': title, 'wandb_group': group or None,
+                       'results': results}, f, indent=1)
         plot(results, os.path.join(report_dir, 'compare.png'), title)
     print('\n' + table)
     print(f"\nwrote {report_dir}/compare.md, compare.png, compare.json")
+    if group:
+        try:
+            log_to_wandb(cfg, results, os.path.join(report_dir, 'compare.png'), group)
+            print(f"logged the table to W&B: project {cfg.wandb_project}, group {group}")
+        except Exception as e:  # login, network, quota: the report files above are written either way
+            print(f"warning: the table was not logged to W&B ({type(e).__name__}: "
+                  f"{(str(e).splitlines() or [''])[0]}); the report files have it")
 
 
 if __name__ == '__main__':

@@ -3,25 +3,50 @@ Sample from a trained model.
 
     python sample.py --out_dir=out-shakespeare-char --start="ROMEO:" --num_samples=3
     python sample.py config/some_sample_settings.py --start=FILE:prompt.txt --attn=sdpa
+    python sample.py --out_dir=../nanoGPT/out-shakespeare-char --data_dir=../nanoGPT/data/shakespeare_char
 
 Settings are the fields of SampleConfig, given as in train.py: config files of plain assignments, then
---key=value overrides. Characters are decoded with the checkpoint's vocabulary; a dataset without one
-(no meta.pkl) is GPT-2 BPE, decoded with tiktoken.
+--key=value overrides; --help lists them. Every setting is checked before the checkpoint is read. Tokens are
+decoded as the checkpoint says (its 'meta': a character vocabulary, or GPT-2 BPE). A checkpoint without one,
+such as nanoGPT's, takes the vocabulary of its dataset's meta.pkl (--data_dir, else data/<its dataset>), and is
+GPT-2 BPE when there is none. Errors are one line, `error: ...`, with a non-zero exit.
 """
 
+import math
 import os
-import pickle
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 import hf_gpt2
-from model import check_attn_device
-from utils import (REPO_DIR, CheckpointError, ConfigError, autocast_context, load_checkpoint,
-                   model_from_checkpoint, parse_config, resolve_dtype)
+from model import ATTN_IMPLS, GPT, check_attn_device
+from utils import (REPO_DIR, CheckpointError, ConfigError, autocast_context, get_codec, load_checkpoint,
+                   meta_mismatch, model_from_checkpoint, parse_config, read_meta, resolve_dtype, tokenizer_of)
+
+
+def _default_device() -> str:
+    return 'cuda' if torch.cuda.is_available() else 'cpu'
+
+
+def check_device(device: str) -> str:
+    """'cpu' or 'cuda' for a device this machine has; ConfigError saying what to use otherwise."""
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        kind = None
+    if kind not in ('cpu', 'cuda'):
+        raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if kind == 'cuda':
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={device!r} but this machine has no CUDA GPU that torch can use: "
+                              f"use --device=cpu")
+        index, count = torch.device(device).index, torch.cuda.device_count()
+        if index is not None and index >= count:
+            raise ConfigError(f"device={device!r} but this machine has {count} CUDA GPU(s): "
+                              f"use cuda:0 to cuda:{count - 1}")
+    return kind
 
 
 @dataclass
@@ -29,54 +54,33 @@ class SampleConfig:
     init_from: str = 'resume'  # 'resume' (out_dir/ckpt.pt) | 'gpt2'... 'gpt2-xl' | a Hugging Face GPT-2 directory
     out_dir: str = 'out'  # the directory with ckpt.pt
     start: str = '\n'  # the prompt, or FILE:path to read it from a file
-    num_samples: int = 10
-    max_new_tokens: int = 500  # tokens generated per sample
-    temperature: float = 0.8  # 1.0 = the model's distribution; lower is more conservative
+    num_samples: int = 10  # how many samples, >= 1
+    max_new_tokens: int = 500  # tokens generated per sample, >= 1
+    temperature: float = 0.8  # > 0: 1.0 = the model's distribution; lower is more conservative
     top_k: int = 200  # sample among the top_k most likely tokens only; 0 = all of them
-    seed: int = 1337
-    device: str = field(default_factory=lambda: 'cuda' if torch.cuda.is_available() else 'cpu')
+    seed: int = 1337  # the same seed, checkpoint and settings give the same samples
+    device: str = field(default_factory=_default_device)  # 'cpu' | 'cuda' | 'cuda:N'; cuda when there is a GPU
     dtype: str = 'auto'  # 'auto' | 'float32' | 'bfloat16' | 'float16'
     compile: bool = False  # torch.compile the model; no-cache path only (the cached decode step is a CUDA graph)
     kv_cache: bool = True  # prefill once, then one token at a time through a KV cache; False re-runs the context
     attn: str = ''  # '' = the implementation the checkpoint was trained with; else 'triton' | 'sdpa' | 'naive'
+    data_dir: str = ''  # a dataset whose meta.pkl must agree with the checkpoint ('' = data/<its dataset> if needed)
 
     def __post_init__(self):
         hf_gpt2.check_init_from(self.init_from, own=('resume',))
-
-
-def get_codec(ckpt: dict) -> tuple[Callable[[str], list[int]], Callable[[list[int]], str]]:
-    """(encode, decode) for the checkpoint's dataset: its character vocabulary, or GPT-2 BPE without one."""
-    meta = ckpt.get('meta')
-    if 'meta' not in ckpt:
-        # a checkpoint without the vocabulary inside (e.g. from nanoGPT): look for the dataset's meta.pkl
-        config = ckpt['config']
-        data_dir = config.get('data_dir') or os.path.join(REPO_DIR, 'data', config['dataset'])
-        meta_path = os.path.join(data_dir, 'meta.pkl')
-        if os.path.isfile(meta_path):
-            with open(meta_path, 'rb') as f:
-                meta = pickle.load(f)
-    if meta is not None and 'stoi' in meta:  # a character vocabulary; else GPT-2 BPE
-        stoi, itos = meta['stoi'], meta['itos']
-
-        def encode(s: str) -> list[int]:
-            unknown = sorted(set(c for c in s if c not in stoi))
-            if unknown:
-                raise ValueError(f"the prompt has characters outside the model's {len(stoi)}-character vocabulary: "
-                                 f"{', '.join(repr(c) for c in unknown)}; remove or replace them")
-            return [stoi[c] for c in s]
-
-        def decode(ids: list[int]) -> str:
-            return ''.join(itos[i] for i in ids)
-
-        return encode, decode
-    import tiktoken
-    try:
-        enc = tiktoken.get_encoding('gpt2')
-    except Exception as e:  # tiktoken fetches its BPE files on first use; offline this fails
-        raise ConfigError(f"tiktoken could not load the GPT-2 BPE files this checkpoint's dataset uses "
-                          f"({type(e).__name__}). Without network access, point tiktoken at a local copy of "
-                          "them, e.g. export TIKTOKEN_CACHE_DIR=../shared/tiktoken_cache") from e
-    return (lambda s: enc.encode(s, allowed_special={'<|endoftext|>'})), enc.decode
+        for key in ('num_samples', 'max_new_tokens'):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ConfigError(f"temperature must be a number > 0, got {self.temperature} "
+                              f"(for the most likely token at every step use --top_k=1)")
+        if self.top_k < 0:
+            raise ConfigError(f"top_k must be >= 0 (0 = sample among all tokens), got {self.top_k}")
+        choices = {'attn': ('',) + ATTN_IMPLS, 'dtype': ('auto', 'float32', 'bfloat16', 'float16')}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
+        resolve_dtype(self.dtype, check_device(self.device))  # raises for float16 on the CPU, bf16 on an old GPU
 
 
 def read_prompt(start: str) -> str:
@@ -84,32 +88,110 @@ def read_prompt(start: str) -> str:
         path = start[len('FILE:'):]
         if not os.path.isfile(path):
             raise FileNotFoundError(f"prompt file {path!r} (from start=FILE:...) not found")
-        with open(path, 'r', encoding='utf-8') as f:
-            start = f.read()
+        with open(path, 'rb') as f:
+            raw = f.read()
+        try:
+            start = raw.decode('utf-8')
+        except UnicodeDecodeError:
+            raise ValueError(f"prompt file {path!r} is not UTF-8 text: save it as UTF-8") from None
     if not start:
         raise ValueError("the prompt is empty: give at least one token, e.g. --start='\\n'")
     return start
 
 
+def _dataset_meta(data_dir: str, asked: bool) -> dict | None:
+    """The meta.pkl of data_dir; None when it has none, unless the user asked for that dataset (asked)."""
+    if not data_dir or not os.path.isfile(os.path.join(data_dir, 'meta.pkl')):
+        if asked:
+            raise ConfigError(f"--data_dir={data_dir} has no meta.pkl: run that dataset's prepare.py, which writes "
+                              f"one, or leave --data_dir out")
+        return None
+    path = os.path.join(data_dir, 'meta.pkl')
+    try:
+        meta = read_meta(data_dir)
+    except ConfigError:
+        raise
+    except Exception as e:  # unpickling a damaged or foreign file fails in many ways
+        raise ConfigError(f"{path} cannot be read ({type(e).__name__}): run the dataset's prepare.py again") from e
+    if not isinstance(meta, dict):
+        raise ConfigError(f"{path} is not a dataset's meta.pkl (it holds a {type(meta).__name__}): "
+                          f"run the dataset's prepare.py again")
+    return meta
+
+
+def checkpoint_meta(ckpt: dict, ckpt_path: str, data_dir: str = '') -> dict | None:
+    """What the checkpoint's tokens mean (a meta dict; None is GPT-2 BPE).
+
+    Its own 'meta' when it has one: this repo's train.py stores it. A checkpoint without the key (nanoGPT's
+    train.py) takes its dataset's meta.pkl (data_dir, else its config's data_dir or data/<dataset>), and is
+    GPT-2 BPE when there is none, like nanoGPT's OpenWebText and GPT-2 checkpoints. A dataset given as data_dir
+    must agree with the checkpoint, and any vocabulary must fit the model's embedding: ConfigError naming both
+    sides otherwise.
+    """
+    if 'meta' in ckpt:
+        meta, source = ckpt['meta'], f"checkpoint {ckpt_path}"
+        mismatch = meta_mismatch(_dataset_meta(data_dir, asked=True), meta) if data_dir else None
+        if mismatch:
+            raise ConfigError(f"{os.path.join(data_dir, 'meta.pkl')} and {source} disagree on what the tokens mean: "
+                              f"{mismatch} (dataset vs checkpoint). Point --data_dir at the dataset the model was "
+                              f"trained on, or leave it out: the checkpoint carries its own vocabulary")
+    else:
+        config = ckpt.get('config') or {}
+        dataset_dir = data_dir or config.get('data_dir') or (
+            os.path.join(REPO_DIR, 'data', config['dataset']) if config.get('dataset') else '')
+        meta = _dataset_meta(dataset_dir, asked=bool(data_dir))
+        source = os.path.join(dataset_dir, 'meta.pkl') if meta is not None else f"checkpoint {ckpt_path}"
+    model_vocab = ckpt['model_args'].get('vocab_size')
+    kind = tokenizer_of(meta)
+    if kind == 'char' and model_vocab != len(meta['stoi']):
+        raise ConfigError(f"{source} has {len(meta['stoi'])} characters and the model in {ckpt_path} has "
+                          f"{model_vocab} token ids: that is not the vocabulary the model was trained with. "
+                          f"Point --data_dir at the dataset it was trained on")
+    if kind == 'gpt2' and model_vocab is not None and model_vocab < 50257:
+        raise ConfigError(f"{source} means GPT-2 BPE (50257 token ids; no character vocabulary was found) and the "
+                          f"model in {ckpt_path} has only {model_vocab}: point --data_dir at the dataset it was "
+                          f"trained on (its meta.pkl)")
+    return meta
+
+
+def load_model(ckpt: dict, attn: str, ckpt_path: str) -> GPT:
+    """The GPT a checkpoint of this repo's or of nanoGPT's train.py holds, set up to run with attn."""
+    # nanoGPT on a torch without flash attention kept its causal mask as a buffer named attn.bias; this model
+    # builds the mask itself (model.py), and its own parameters are never named that (they are attn.c_attn.*)
+    state_dict = {k: v for k, v in ckpt['model'].items() if not k.endswith('.attn.bias')}
+    try:
+        return model_from_checkpoint({**ckpt, 'model': state_dict}, attn=attn)
+    except (RuntimeError, TypeError, ValueError) as e:  # missing or unexpected weights, unknown model_args
+        reason = ' '.join(str(e).split())  # load_state_dict's first line only says that there are errors
+        reason = reason if len(reason) <= 300 else reason[:300] + ' ...'  # one line, even for many keys
+        raise CheckpointError(f"checkpoint {ckpt_path} does not hold a model this repo can build "
+                              f"({type(e).__name__}: {reason})") from e
+
+
 def generate_samples(cfg: SampleConfig, timings: list[float] | None = None) -> list[str]:
-    """Generate cfg.num_samples texts (prompt included) from the checkpoint in cfg.out_dir. Appends each sample's
-    wall time in seconds (generation and the read-back of its tokens) to timings when given."""
+    """Generate cfg.num_samples texts (prompt included) from the checkpoint in cfg.out_dir (or the GPT-2 that
+    cfg.init_from names). Appends each sample's wall time in seconds (generation and the read-back of its tokens) to
+    timings when given."""
     if cfg.compile and cfg.kv_cache:
         raise ConfigError("compile=True applies to the no-cache path only (the cached decode step already runs as "
                           "a CUDA graph): drop --compile, or add --kv_cache=False")
-    device_type = 'cuda' if cfg.device.startswith('cuda') else 'cpu'
+    device_type = check_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device_type)
     prompt = read_prompt(cfg.start)
-    ckpt = load_checkpoint(cfg.out_dir, cfg.device) if cfg.init_from == 'resume' else hf_gpt2.load(cfg.init_from)
-    attn = cfg.attn or ckpt['model_args']['attn']
+    if cfg.init_from == 'resume':
+        ckpt, ckpt_path = load_checkpoint(cfg.out_dir, cfg.device), os.path.join(cfg.out_dir, 'ckpt.pt')
+    else:
+        ckpt, ckpt_path = hf_gpt2.load(cfg.init_from), cfg.init_from
+    trained_attn = ckpt['model_args'].get('attn', 'sdpa')  # nanoGPT's carry none; nanoGPT runs torch's SDPA
+    attn = cfg.attn or trained_attn
     try:
         check_attn_device(attn, device_type)
     except RuntimeError as e:
-        raise ConfigError(f"{e} (the checkpoint was trained with attn={ckpt['model_args']['attn']!r}; "
+        raise ConfigError(f"{e} (the checkpoint was trained with attn={trained_attn!r}; "
                           f"any implementation can run it)") from None
-    encode, decode = get_codec(ckpt)
+    encode, decode = get_codec(checkpoint_meta(ckpt, ckpt_path, cfg.data_dir))
     start_ids = encode(prompt)
-    model = model_from_checkpoint(ckpt, attn=attn)
+    model = load_model(ckpt, attn, ckpt_path)
     model.eval()
     model.to(cfg.device)
     if cfg.compile:  # kv_cache=False, checked above

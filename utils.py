@@ -7,12 +7,19 @@ the token data on disk. Nothing here runs at import time.
 import ast
 import dataclasses
 import difflib
+import inspect
+import io
+import itertools
 import os
 import pickle
 import re
 import runpy
 import subprocess
+import sys
+import textwrap
+import tokenize
 import types
+from collections.abc import Callable
 from contextlib import nullcontext
 
 import numpy as np
@@ -53,19 +60,18 @@ def _check_type(key: str, value, expected: type, source: str):
 
 def _unknown_key(key: str, known: list[str], source: str) -> ConfigError:
     close = difflib.get_close_matches(key, known, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+    hint = f"; did you mean {close[0]!r}?" if close else "; --help lists the settings"
     return ConfigError(f"unknown config key {key!r} ({source}){hint}")
 
 
-def parse_config(argv: list[str], config_cls: type):
-    """Build config_cls from argv: config file paths (applied in order), then --key=value overrides.
-
-    Raises ConfigError, naming the key or file, for an unknown key, a value of the wrong type, a missing
-    config file or one that does not run.
-    """
+def read_settings(argv: list[str], config_cls: type) -> dict:
+    """The values argv sets for config_cls's fields (config files run in order, --key=value overrides; later ones
+    win), checked for known keys and types but not yet built into config_cls. ConfigError as parse_config."""
     fields = {f.name: f.type for f in dataclasses.fields(config_cls)}
     values = {}
     for arg in argv:
+        if arg.startswith('-') and not arg.startswith('--'):
+            raise ConfigError(f"unknown option {arg!r}: settings are given as --key=value (--help lists them)")
         if not arg.startswith('--'):
             # a config file: run it in a namespace of its own, keep its public assignments
             if not os.path.isfile(arg):
@@ -95,7 +101,152 @@ def parse_config(argv: list[str], config_cls: type):
             if fields[key] is str and not isinstance(value, str):
                 value = raw  # --wandb_run_name=2024 means the string '2024'
             values[key] = _check_type(key, value, fields[key], "on the command line")
-    return config_cls(**values)
+    return values
+
+
+HELP_FLAGS = ('-h', '--help')
+
+
+def parse_config(argv: list[str], config_cls: type):
+    """Build config_cls from argv: config file paths (applied in order), then --key=value overrides.
+
+    Raises ConfigError, naming the key or file, for an unknown key, a value of the wrong type, a missing
+    config file or one that does not run. With -h or --help anywhere in argv it prints the docstring of the
+    module that defines config_cls (the script's usage) and every setting (settings_help), then exits with 0.
+    """
+    if any(arg in HELP_FLAGS for arg in argv):
+        values = read_settings([arg for arg in argv if arg not in HELP_FLAGS], config_cls)
+        usage = (sys.modules[config_cls.__module__].__doc__ or '').strip()
+        print(f"{usage}\n\n{settings_help(config_cls, values)}")
+        raise SystemExit(0)
+    return config_cls(**read_settings(argv, config_cls))
+
+
+def _field_comments(config_cls: type) -> tuple[dict[str, str], dict[str, str]]:
+    """From the source of a config dataclass: ({field: the `# comment` on its line}, {field: the comment
+    line(s) just above it, a section heading like `# AdamW`}). Both empty when the source cannot be read."""
+    try:
+        source = textwrap.dedent(inspect.getsource(config_cls))
+    except (OSError, TypeError):  # a class made at run time, or a frozen program without its .py files
+        return {}, {}
+    comments = {}  # line number -> (text, whether it is alone on its line)
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            alone = not tok.line[:tok.start[1]].strip()
+            comments[tok.start[0]] = (tok.string.lstrip('#').strip(), alone)
+    on_line, above = {}, {}
+    for node in ast.parse(source).body[0].body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        name = node.target.id
+        for line in range(node.lineno, node.end_lineno + 1):  # a default may span lines
+            if line in comments and not comments[line][1]:
+                on_line[name] = comments[line][0]
+                break
+        heading, line = [], node.lineno - 1
+        while line in comments and comments[line][1]:
+            heading.insert(0, comments[line][0])
+            line -= 1
+        if heading:
+            above[name] = ' '.join(heading)
+    return on_line, above
+
+
+def _default(f: dataclasses.Field):
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()  # e.g. device: 'cuda' when this machine has a GPU, else 'cpu'
+    return f.default
+
+
+def settings_help(config_cls: type, values: dict | None = None,
+                  title: str = "settings (--key=value, or key = value in a config file; later ones win)") -> str:
+    """Every field of config_cls as `--name=type  default  comment`, grouped under the source's section
+    comments. A value in `values` (what the config files and overrides before --help set) is shown too."""
+    values = values or {}
+    on_line, above = _field_comments(config_cls)
+    rows = []
+    for f in dataclasses.fields(config_cls):
+        flag = f"--{f.name}={getattr(f.type, '__name__', str(f.type))}"
+        default = f"default {_default(f)!r}"
+        if f.name in values and values[f.name] != _default(f):
+            default += f", here {values[f.name]!r}"
+        rows.append((above.get(f.name), flag, default, on_line.get(f.name, '')))
+    flag_w = max(len(r[1]) for r in rows) + 2
+    default_w = max(len(r[2]) for r in rows) + 2
+    lines = [f"{title}:"]
+    for heading, flag, default, comment in rows:
+        if heading:
+            lines += ['', f"  {heading}"]
+        lines.append(f"    {flag:<{flag_w}}{default:<{default_w}}{comment}".rstrip())
+    return '\n'.join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# what token ids mean: a character vocabulary or GPT-2 BPE (meta.pkl, and 'meta' in a checkpoint)
+
+def get_codec(meta: dict | None) -> tuple[Callable[[str], list[int]], Callable[[list[int]], str]]:
+    """(encode, decode) for the tokens meta describes (see tokenizer_of): its character vocabulary, or GPT-2 BPE
+    through tiktoken. encode raises ValueError naming the characters a character vocabulary lacks; ConfigError
+    when tiktoken cannot load GPT-2's files or the tokenizer is unknown."""
+    kind = tokenizer_of(meta)
+    if kind == 'char':
+        stoi, itos = meta['stoi'], meta['itos']
+
+        def encode(s: str) -> list[int]:
+            unknown = sorted(set(c for c in s if c not in stoi))
+            if unknown:
+                raise ValueError(f"the prompt has characters outside the model's {len(stoi)}-character vocabulary: "
+                                 f"{', '.join(repr(c) for c in unknown)}; remove or replace them")
+            return [stoi[c] for c in s]
+
+        def decode(ids: list[int]) -> str:
+            return ''.join(itos[i] for i in ids)
+
+        return encode, decode
+    if kind != 'gpt2':
+        raise ConfigError(f"unknown tokenizer {kind!r} in the dataset's or checkpoint's meta: "
+                          f"this repo reads 'char' and 'gpt2'")
+    import tiktoken
+    try:
+        enc = tiktoken.get_encoding('gpt2')
+    except Exception as e:  # tiktoken fetches its BPE files on first use; offline this fails
+        raise ConfigError(f"tiktoken could not load the GPT-2 BPE files ({type(e).__name__}). Without network "
+                          "access, point tiktoken at a directory with a local copy of them: "
+                          "export TIKTOKEN_CACHE_DIR=PATH/TO/tiktoken_cache") from e
+
+    def decode_bpe(ids: list[int]) -> str:
+        # a model's vocabulary is GPT-2's 50257 ids padded to 50304 (for faster matmuls); an untrained model can
+        # sample a padding id, which is no text: it shows as U+FFFD instead of stopping tiktoken with a KeyError
+        runs = itertools.groupby(ids, key=lambda i: i < enc.n_vocab)
+        return ''.join(enc.decode(list(run)) if known else '\ufffd' * len(list(run)) for known, run in runs)
+
+    return (lambda s: enc.encode(s, allowed_special={'<|endoftext|>'})), decode_bpe
+
+
+def meta_mismatch(a: dict | None, b: dict | None) -> str | None:
+    """How the tokens of two metas (a dataset's meta.pkl, a checkpoint's 'meta') differ in meaning, e.g.
+    "tokenizer 'char' vs 'gpt2'", in the order a, b; None when they mean the same."""
+    kind_a, kind_b = tokenizer_of(a), tokenizer_of(b)
+    if kind_a != kind_b:
+        return f"tokenizer {kind_a!r} vs {kind_b!r}"
+    if kind_a == 'char' and a['stoi'] != b['stoi']:
+        only_a, only_b = sorted(set(a['stoi']) - set(b['stoi'])), sorted(set(b['stoi']) - set(a['stoi']))
+        if not only_a and not only_b:
+            return f"the same {len(a['stoi'])} characters, numbered differently"
+
+        def some(chars: list[str]) -> str:
+            return ''.join(chars[:20]) + (' ...' if len(chars) > 20 else '')  # shown with !r: '\n' stays visible
+        return (f"{len(a['stoi'])} vs {len(b['stoi'])} characters ({len(only_a)} only in the first: {some(only_a)!r}; "
+                f"{len(only_b)} only in the second: {some(only_b)!r})")
+    size_a, size_b = (m.get('vocab_size') if m else None for m in (a, b))
+    if None not in (size_a, size_b) and size_a != size_b:
+        return f"vocab_size {size_a} vs {size_b}"
+    return None
+
+
+def table_cell(x: float | None, spec: str) -> str:
+    """x formatted for a results table; a dash when it was not measured (None or NaN)."""
+    return '–' if x is None or x != x else format(x, spec)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -200,6 +351,15 @@ def save_checkpoint(ckpt: dict, out_dir: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def tokenizer_of(meta: dict | None) -> str:
+    """What a dataset's or checkpoint's tokens mean: 'char' (meta['stoi'] / meta['itos']) or 'gpt2' (GPT-2 BPE).
+    A meta without a 'tokenizer' key comes from before the key existed: 'char' if it has a vocabulary, else
+    'gpt2'; None (a nanoGPT checkpoint, or a model loaded from GPT-2 weights) means GPT-2 BPE."""
+    if meta is None:
+        return 'gpt2'
+    return meta.get('tokenizer', 'char' if 'stoi' in meta else 'gpt2')
 
 
 def read_meta(data_dir: str) -> dict | None:

@@ -1,10 +1,12 @@
 """
 Prepare Tiny Shakespeare for character-level language modeling: every distinct character is a token.
 
-    python data/shakespeare_char/prepare.py [--input PATH]
+    python data/shakespeare_char/prepare.py [--input PATH] [--out_dir DIR]
 
-Writes train.bin and val.bin (uint16 token ids) and meta.pkl (vocab_size, stoi, itos) next to this script.
-Without --input it uses input.txt next to this script if present, else tries to download it.
+Writes train.bin and val.bin (uint16 token ids) and meta.pkl ({'tokenizer': 'char', 'vocab_size', 'stoi',
+'itos'}) next to this script, or into --out_dir. Without --input it uses input.txt next to this script if present,
+else tries to download it. The new files replace the old ones only once they are complete and pass their checks:
+an empty, too short, binary or non-UTF-8 input stops with an error and leaves the dataset as it was.
 Expected: vocab 65, train 1,003,854 tokens, val 111,540 tokens.
 """
 
@@ -18,62 +20,135 @@ import numpy as np
 
 DATA_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
 HERE = os.path.dirname(os.path.abspath(__file__))
+# Training draws windows of block_size + 1 tokens from each split (block_size inputs, shifted by one for the
+# targets), so a split needs at least that many. 257 is what the configs of both Tiny Shakespeare datasets need
+# (block_size = 256 in config/train_shakespeare_char.py and config/train_shakespeare.py); train.py checks the
+# block_size of the run itself when it starts.
+MIN_SPLIT_TOKENS = 257
+
+
+def shown(path: str) -> str:
+    """path as a user would type it: relative to the working directory when inside it, else absolute."""
+    rel = os.path.relpath(path)
+    return os.path.abspath(path) if rel.startswith('..') else rel
+
+
+def decode_text(raw: bytes, source: str) -> str:
+    """raw as UTF-8 text, or ValueError saying why it is not text (binary, or another encoding such as latin-1)."""
+    if b'\0' in raw:
+        raise ValueError(f"{source} is binary (it holds NUL bytes), not text: give the plain-text input.txt")
+    try:
+        return raw.decode('utf-8')
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{source} is not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start} is not valid "
+                         f"UTF-8; latin-1 and other encodings are not read): convert it to UTF-8, e.g. "
+                         f"iconv -f latin1 -t utf-8") from None
 
 
 def read_input(input_path: str | None, here: str = HERE) -> str:
     """The raw text: from input_path, else input.txt in `here`, else downloaded into `here`.
-    Exits with what to do when none of these works."""
+    Raises ValueError saying what to do when none of these gives UTF-8 text."""
     if input_path is not None:
         if not os.path.isfile(input_path):
-            sys.exit(f"error: --input {input_path!r} does not exist")
-        with open(input_path, 'r', encoding='utf-8') as f:
-            return f.read()
+            raise ValueError(f"--input {input_path!r} does not exist (or is not a file)")
+        with open(input_path, 'rb') as f:
+            return decode_text(f.read(), input_path)
     local = os.path.join(here, 'input.txt')
     if not os.path.isfile(local):
         print(f"downloading Tiny Shakespeare from {DATA_URL}")
         try:
             with urllib.request.urlopen(DATA_URL, timeout=10) as r:
-                text = r.read().decode('utf-8')
+                raw = r.read()
         except Exception as e:  # no network, DNS failure, timeout, HTTP error: all mean the same to the user
-            rel = os.path.relpath(local)
-            sys.exit(f"error: could not download Tiny Shakespeare ({e}).\n"
-                     f"Point the script at a local copy, e.g.\n"
-                     f"    python {os.path.relpath(os.path.join(here, 'prepare.py'))} --input ../shared/data/tinyshakespeare/input.txt\n"
-                     f"or place the file at {rel} and run the script again.")
+            script = os.path.relpath(os.path.join(here, 'prepare.py'))
+            raise ValueError(f"could not download Tiny Shakespeare ({e}). Point the script at a local copy of "
+                             f"input.txt: python {script} --input PATH/TO/input.txt, or place the file at "
+                             f"{os.path.relpath(local)} and run the script again") from None
+        text = decode_text(raw, DATA_URL)
         with open(local, 'w', encoding='utf-8') as f:
             f.write(text)
-    with open(local, 'r', encoding='utf-8') as f:
-        return f.read()
+    with open(local, 'rb') as f:
+        return decode_text(f.read(), local)
+
+
+def check_splits(splits: dict[str, np.ndarray], vocab_size: int, chars: int) -> None:
+    """ValueError unless every split is long enough to train on and its ids fit the vocabulary."""
+    if chars == 0:
+        raise ValueError("the input is empty: give the whole input.txt")
+    short = {name: len(ids) for name, ids in splits.items() if len(ids) < MIN_SPLIT_TOKENS}
+    if short:
+        counts = ', '.join(f"{name} {n:,}" for name, n in short.items())
+        raise ValueError(f"the input is too short: {chars:,} characters give {counts} tokens, and training needs "
+                         f"at least {MIN_SPLIT_TOKENS} tokens in each split (it draws windows of block_size + 1 "
+                         f"tokens; the val split is the last 10% of the text). Give the whole input.txt")
+    for name, ids in splits.items():
+        if len(ids) and int(ids.max()) >= vocab_size:  # a bug here, not a user error; cheap to rule out
+            raise ValueError(f"{name} holds token id {int(ids.max())}, outside the vocabulary of {vocab_size}")
+
+
+def write_dataset(out_dir: str, splits: dict[str, np.ndarray], meta: dict) -> None:
+    """Write <split>.bin for each split and meta.pkl into out_dir, each through a temporary file in out_dir that
+    is renamed over the old one only after all of them are written in full. Until then, and if writing fails
+    (e.g. a full disk), the old files stay as they were. The renames are three steps, not one: a crash in the
+    microseconds between them could pair new token files with the old meta.pkl, which train.py refuses."""
+    os.makedirs(out_dir, exist_ok=True)
+    payloads = {f'{name}.bin': ids.tobytes() for name, ids in splits.items()}
+    payloads['meta.pkl'] = pickle.dumps(meta)
+    tmp_paths = {}
+    try:
+        for name, payload in payloads.items():
+            tmp_paths[name] = os.path.join(out_dir, f'.{name}.{os.getpid()}.tmp')  # the pid: two runs never share one
+            with open(tmp_paths[name], 'wb') as f:
+                f.write(payload)
+                f.flush()
+                os.fsync(f.fileno())
+        for name, tmp in tmp_paths.items():
+            os.replace(tmp, os.path.join(out_dir, name))
+    except OSError as e:
+        raise ValueError(f"could not write the dataset into {out_dir} ({e.strerror or e})") from e
+    finally:
+        for tmp in tmp_paths.values():
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
 
 def prepare(text: str, out_dir: str) -> dict:
-    """Encode text by character, split 90/10, write train.bin, val.bin and meta.pkl into out_dir."""
+    """Encode text by character, split 90/10, check, and write train.bin, val.bin and meta.pkl into out_dir.
+    Raises ValueError, leaving out_dir as it was, when the text is too short to train on."""
     chars = sorted(set(text))
     vocab_size = len(chars)
+    if vocab_size > np.iinfo(np.uint16).max + 1:
+        raise ValueError(f"the input has {vocab_size:,} distinct characters; token ids are stored as uint16, "
+                         f"which holds 65,536")
     stoi = {ch: i for i, ch in enumerate(chars)}
     itos = {i: ch for i, ch in enumerate(chars)}
     n = len(text)
-    train_ids = np.array([stoi[c] for c in text[:int(n * 0.9)]], dtype=np.uint16)
-    val_ids = np.array([stoi[c] for c in text[int(n * 0.9):]], dtype=np.uint16)
-    os.makedirs(out_dir, exist_ok=True)
-    train_ids.tofile(os.path.join(out_dir, 'train.bin'))
-    val_ids.tofile(os.path.join(out_dir, 'val.bin'))
-    with open(os.path.join(out_dir, 'meta.pkl'), 'wb') as f:
-        pickle.dump({'vocab_size': vocab_size, 'itos': itos, 'stoi': stoi}, f)
-    return {'vocab_size': vocab_size, 'train_tokens': len(train_ids), 'val_tokens': len(val_ids)}
+    splits = {'train': np.array([stoi[c] for c in text[:int(n * 0.9)]], dtype=np.uint16),
+              'val': np.array([stoi[c] for c in text[int(n * 0.9):]], dtype=np.uint16)}
+    check_splits(splits, vocab_size, n)
+    write_dataset(out_dir, splits, {'tokenizer': 'char', 'vocab_size': vocab_size, 'itos': itos, 'stoi': stoi})
+    return {'vocab_size': vocab_size, 'train_tokens': len(splits['train']), 'val_tokens': len(splits['val'])}
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument('--input', default=None, help='path to a local copy of Tiny Shakespeare input.txt')
+    parser = argparse.ArgumentParser(description=__doc__.strip(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--input', metavar='PATH', default=None,
+                        help='a local copy of Tiny Shakespeare input.txt, UTF-8 text (default: input.txt next to '
+                             'this script, downloaded when absent)')
+    parser.add_argument('--out_dir', metavar='DIR', default=HERE,
+                        help='where to write train.bin, val.bin and meta.pkl (default: this script\'s directory)')
     args = parser.parse_args(argv)
-    text = read_input(args.input)
-    stats = prepare(text, HERE)
+    try:
+        text = read_input(args.input)
+        stats = prepare(text, args.out_dir)
+    except ValueError as e:
+        sys.exit(f"error: {e} (nothing in {shown(args.out_dir)} was changed)")
     print(f"length of dataset in characters: {len(text):,}")
     print(f"vocab size: {stats['vocab_size']}")
     print(f"train has {stats['train_tokens']:,} tokens")
     print(f"val has {stats['val_tokens']:,} tokens")
-    print(f"wrote train.bin, val.bin, meta.pkl to {os.path.relpath(HERE)}")
+    print(f"wrote train.bin, val.bin, meta.pkl to {shown(args.out_dir)}")
 
 
 if __name__ == '__main__':
