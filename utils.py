@@ -202,6 +202,15 @@ def save_checkpoint(ckpt: dict, out_dir: str) -> None:
     os.replace(tmp, path)
 
 
+def tokenizer_of(meta: dict | None) -> str:
+    """What a dataset's or checkpoint's tokens mean: 'char' (meta['stoi'] / meta['itos']) or 'gpt2' (GPT-2 BPE).
+    A meta without a 'tokenizer' key comes from before the key existed: 'char' if it has a vocabulary, else
+    'gpt2'; None (a nanoGPT checkpoint, or a model loaded from GPT-2 weights) means GPT-2 BPE."""
+    if meta is None:
+        return 'gpt2'
+    return meta.get('tokenizer', 'char' if 'stoi' in meta else 'gpt2')
+
+
 def read_meta(data_dir: str) -> dict | None:
     """The character vocabulary, if the dataset has one (meta.pkl); None means GPT-2 BPE."""
     path = os.path.join(data_dir, 'meta.pkl')
