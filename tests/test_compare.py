@@ -59,12 +59,14 @@ def test_wandb_logging_when_asked(char_data, tmp_path, monkeypatch):
 
     calls = []
     fake = types.SimpleNamespace(init=lambda **kw: calls.append(('init', kw)),
-                                 log=lambda d: calls.append(('log', d)), finish=lambda: calls.append(('finish', {})))
+                                 log=lambda d, step: calls.append(('log', d)),
+                                 finish=lambda **kw: calls.append(('finish', kw)))
     monkeypatch.setitem(sys.modules, 'wandb', fake)  # no network here: a stand-in that records the calls
     cfg = compare.run_config(tiny_config(tmp_path, char_data, wandb_log=True, wandb_run_name='cmp', max_iters=4,
                                          eval_interval=2), 'naive', str(tmp_path))
     train(cfg)
-    assert calls[0] == ('init', {'project': cfg.wandb_project, 'name': 'cmp-naive', 'config': calls[0][1]['config']})
+    assert calls[0][0] == 'init' and calls[0][1]['name'] == 'cmp-naive'
+    assert calls[0][1]['project'] == (cfg.wandb_project or cfg.dataset)
     logged = [d for kind, d in calls if kind == 'log']
     assert any('val/loss' in d for d in logged) and any('tokens_per_sec' in d for d in logged)
     assert calls[-1][0] == 'finish'
