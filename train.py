@@ -36,8 +36,9 @@ try:
 except ImportError:  # Windows has no flock: there, nothing stops two runs from sharing an out_dir
     fcntl = None
 
-# GPTConfig's fields, by who decides them. vocab_size comes from the dataset. dropout and attn fix no parameter's
-# shape, so a resumed run may change them. The rest fix the parameters' shapes: on resume the checkpoint's win.
+# GPTConfig's fields, by who decides them. vocab_size comes from the dataset. dropout and attn leave the function
+# the weights compute unchanged, so a resumed run may change them. The rest fix the architecture (the parameters'
+# shapes, or how they are read, as n_head does): on resume the checkpoint's values win.
 RUNTIME_KEYS = ('dropout', 'attn')
 ARCH_KEYS = tuple(f.name for f in dataclasses.fields(GPTConfig) if f.name not in RUNTIME_KEYS + ('vocab_size',))
 # eval batches come from a generator of their own seeded with seed + this: far from every rank's training seed
@@ -506,9 +507,8 @@ def evaluate(model, data: Data, cfg: TrainConfig, procs: Processes, cudagraphs: 
     losses = estimate_loss(model, data, cfg, procs, cudagraphs)
     log.print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
     if not all(map(math.isfinite, losses.values())):
-        raise TrainingError(f"training diverged before iter {iter_num}: the eval losses are {losses}. Nothing was "
-                            f"saved; the last checkpoint in {cfg.out_dir}, if any, is left as it is. Try a lower "
-                            f"--learning_rate (now {cfg.learning_rate:g}) or --grad_clip=1.0 (now {cfg.grad_clip:g})")
+        raise TrainingError(f"training diverged before iter {iter_num}: the eval losses are {losses}. "
+                            f"{diverged_advice(cfg, procs)}")
     return losses
 
 
@@ -537,8 +537,8 @@ def train_step(model, raw_model: GPT, optimizer, scaler, next_batch, cfg: TrainC
     return loss, norm
 
 
-def read_loss(loss: torch.Tensor, norm: torch.Tensor | None, iter_num: int, lr: float, cfg: TrainConfig,
-              procs: Processes, scaler) -> tuple[float, float | None]:
+def read_loss(loss: torch.Tensor, norm: torch.Tensor | None, iter_num: int, cfg: TrainConfig, procs: Processes,
+              scaler) -> tuple[float, float | None]:
     """The step's loss and gradient norm as floats, on a log step: the only host sync of a training step. Stops
     the run when either is NaN or inf; under DDP every rank reads them, and all agree to stop together."""
     values = torch.stack([loss.detach().float()] + ([norm.float()] if norm is not None else [])).tolist()
@@ -551,12 +551,20 @@ def read_loss(loss: torch.Tensor, norm: torch.Tensor | None, iter_num: int, lr: 
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         bad = flag.item() > 0
     if bad:
-        raise TrainingError(
-            f"training diverged at iter {iter_num}: loss {lossf}, gradient norm {normf} (on rank {procs.rank}; "
-            f"every rank stopped). The last checkpoint in {cfg.out_dir}, if any, was saved before this and is "
-            f"left as it is. Try a lower --learning_rate (now {lr:.2e}), gradient clipping (--grad_clip=1.0, now "
-            f"{cfg.grad_clip:g}), a longer --warmup_iters, or --dtype=float32 or bfloat16 (now {procs.dtype})")
+        raise TrainingError(f"training diverged at iter {iter_num}: loss {lossf}, gradient norm {normf} (on rank "
+                            f"{procs.rank}; every rank stopped). {diverged_advice(cfg, procs)}")
     return lossf, normf
+
+
+def diverged_advice(cfg: TrainConfig, procs: Processes) -> str:
+    """What a diverged run kept, and what to try next."""
+    tries = [f"a lower --learning_rate (now {cfg.learning_rate:g})",
+             f"a lower --grad_clip (now {cfg.grad_clip:g})" if cfg.grad_clip else "--grad_clip=1.0 (now off)",
+             f"a longer --warmup_iters (now {cfg.warmup_iters})"]
+    if procs.dtype != 'float32':
+        tries.append(f"--dtype={'bfloat16 or float32' if procs.dtype == 'float16' else 'float32'} (now {procs.dtype})")
+    return (f"The last checkpoint in {cfg.out_dir}, if any, was saved before this and is left as it is. "
+            f"Try {', '.join(tries[:-1])} or {tries[-1]}")
 
 
 class Throughput:
@@ -658,6 +666,7 @@ def train(cfg: TrainConfig) -> dict:
             log.print(f"number of parameters: {num_params / 1e6:.2f}M")
             model, eval_model, cudagraphs = compile_and_wrap(raw_model, cfg, procs, log)
             iter_num, best_val_loss = (ckpt['iter_num'], ckpt['best_val_loss']) if ckpt else (0, float('inf'))
+            first_iter = iter_num
             train_gen = seed_random_state(cfg, ckpt, procs, iter_num, log)
             ckpt = None  # free the loaded tensors
             offsets = torch.arange(cfg.block_size, device=procs.device)  # (T,)
@@ -671,8 +680,9 @@ def train(cfg: TrainConfig) -> dict:
                     g['lr'] = lr
                 row = {}  # this iteration's figures, for metrics.jsonl and W&B
                 if iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters or cfg.eval_only:
-                    # every rank's random state, gathered by all of them, for the master to save
-                    rng = random_state(train_gen, procs) if iter_num > 0 and not cfg.eval_only else None
+                    # every rank's random state, gathered by all of them, for the master to save (once this
+                    # run has trained: a resumed run's first eval has nothing new to save)
+                    rng = random_state(train_gen, procs) if iter_num > first_iter and not cfg.eval_only else None
                     if procs.master:
                         last_eval = evaluate(eval_model, data, cfg, procs, cudagraphs, iter_num, log)
                         history.append((iter_num, last_eval['train'], last_eval['val']))
@@ -691,7 +701,7 @@ def train(cfg: TrainConfig) -> dict:
                 loss, norm = train_step(model, raw_model, optimizer, scaler, next_batch, cfg, procs, cudagraphs)
                 timer.tick()
                 if iter_num % cfg.log_interval == 0:
-                    lossf, normf = read_loss(loss, norm, iter_num, lr, cfg, procs, scaler)
+                    lossf, normf = read_loss(loss, norm, iter_num, cfg, procs, scaler)
                     row |= {'train/step_loss': lossf, 'grad_norm': normf, 'lr': lr, **timer.read(iter_num)}
                     log.print(progress_line(iter_num, cfg.max_iters, row))
                 log.write(iter_num, row)

@@ -226,13 +226,14 @@ def describe_meta(meta: dict | None) -> str:
 def meta_mismatch(a: dict | None, b: dict | None, a_name: str, b_name: str) -> str | None:
     """How two metas (e.g. a checkpoint's and a dataset's) disagree on what token ids mean, naming both sides;
     None when they agree: the same tokenizer, vocab_size and, for characters, the same character for every id."""
-    if describe_meta(a) != describe_meta(b):
-        return f"{a_name}'s tokens are {describe_meta(a)}, {b_name}'s are {describe_meta(b)}"
-    if tokenizer_of(a) == 'char' and a['stoi'] != b['stoi']:
+    both_char = tokenizer_of(a) == tokenizer_of(b) == 'char'
+    if describe_meta(a) == describe_meta(b) and not (both_char and a['stoi'] != b['stoi']):
+        return None
+    text = f"the token ids mean different things: {a_name}: {describe_meta(a)}, {b_name}: {describe_meta(b)}"
+    if both_char:
         only_a, only_b = sorted(set(a['stoi']) - set(b['stoi'])), sorted(set(b['stoi']) - set(a['stoi']))
-        return (f"both have {describe_meta(a)} but not the same characters: only in {a_name}: "
-                f"{''.join(only_a)!r}, only in {b_name}: {''.join(only_b)!r}")
-    return None
+        text += f"; characters only in {a_name}: {''.join(only_a)!r}, only in {b_name}: {''.join(only_b)!r}"
+    return text
 
 
 def prepare_hint(data_dir: str) -> str:
