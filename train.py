@@ -5,7 +5,9 @@ Train a GPT. One GPU, or several through torchrun, or the CPU.
     torchrun --standalone --nproc_per_node=4 train.py config/train_shakespeare_char.py
 
 A config file is plain Python assignments to the names in TrainConfig; --key=value on the command line
-overrides it. Importing this module does nothing: the entry points are train(TrainConfig) and main(argv).
+overrides it. With neither, TrainConfig's defaults train nanoGPT's baby GPT on shakespeare_char (prepare it first:
+python data/shakespeare_char/prepare.py). Importing this module does nothing: the entry points are
+train(TrainConfig) and main(argv).
 """
 
 import dataclasses
@@ -112,7 +114,7 @@ class TrainConfig:
         ranges += [(key, lambda v: v >= 0, '>= 0') for key in ('max_iters', 'warmup_iters', 'lr_decay_iters', 'seed')]
         ranges += [
             ('learning_rate', lambda v: 0 < v < math.inf, '> 0'),
-            ('min_lr', lambda v: 0 <= v <= self.learning_rate, f'in [0, learning_rate={self.learning_rate:g}]'),
+            ('min_lr', lambda v: 0 <= v < math.inf, '>= 0'),
             ('weight_decay', lambda v: 0 <= v < math.inf, '>= 0'),
             ('grad_clip', lambda v: 0 <= v < math.inf, '>= 0 (0 turns clipping off)'),
             ('beta1', lambda v: 0 <= v < 1, 'in [0, 1)'),
@@ -121,9 +123,10 @@ class TrainConfig:
             ('device', lambda v: re.fullmatch(r'cpu|cuda(:\d+)?', v), "'cpu', 'cuda' or 'cuda:N'"),
             ('out_dir', lambda v: v.strip() != '', 'a directory path'),
         ]
-        if self.decay_lr:
-            ranges.append(('warmup_iters', lambda v: v <= self.lr_decay_iters,
-                           f'<= lr_decay_iters={self.lr_decay_iters} (warmup ends before the decay does)'))
+        if self.decay_lr:  # the schedule rises to learning_rate, then decays to min_lr
+            ranges += [('min_lr', lambda v: v <= self.learning_rate, f'<= learning_rate={self.learning_rate:g}'),
+                       ('warmup_iters', lambda v: v <= self.lr_decay_iters,
+                        f'<= lr_decay_iters={self.lr_decay_iters} (warmup ends before the decay does)')]
         for key, valid, allowed in ranges:
             if not valid(getattr(self, key)):
                 raise ConfigError(f"{key} must be {allowed}, got {getattr(self, key)!r}")
@@ -182,6 +185,9 @@ def setup_processes(cfg: TrainConfig) -> Processes:
     device_type = 'cuda' if cfg.device.startswith('cuda') else 'cpu'
     if device_type == 'cuda' and not torch.cuda.is_available():
         raise ConfigError(f"device={cfg.device!r} but CUDA is not available: use --device=cpu")
+    if ':' in cfg.device and int(cfg.device.split(':')[1]) >= torch.cuda.device_count():
+        raise ConfigError(f"device={cfg.device!r} but this machine has {torch.cuda.device_count()} GPU(s), "
+                          f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
     dtype = resolve_dtype(cfg.dtype, device_type)
     try:
         check_attn_device(cfg.attn, device_type)
@@ -291,8 +297,8 @@ def resume_from(cfg: TrainConfig, procs: Processes) -> tuple[TrainConfig, dict |
     """The checkpoint to resume from (None from scratch), and cfg with the architecture the checkpoint fixes."""
     if cfg.init_from != 'resume':
         if procs.master and os.path.exists(os.path.join(cfg.out_dir, 'ckpt.pt')):
-            print(f"note: {cfg.out_dir}/ckpt.pt exists and this run starts from scratch: its first save replaces it "
-                  f"(--init_from=resume continues it instead)")
+            print(f"note: {cfg.out_dir}/ckpt.pt exists and this run starts from scratch: its first save replaces it, "
+                  f"and its metrics.jsonl starts afresh now (--init_from=resume continues both instead)")
         return cfg, None
     ckpt = load_checkpoint(cfg.out_dir, procs.device)
     arch = {k: ckpt['model_args'][k] for k in ARCH_KEYS}
@@ -319,7 +325,8 @@ def open_data(cfg: TrainConfig, device: str, ckpt: dict | None) -> Data:
         raise FileNotFoundError(f"{' and '.join(missing)} not found in {data_dir}: {prepare_hint(data_dir)}")
     meta = read_meta(data_dir)
     if ckpt is not None:
-        mismatch = meta_mismatch(ckpt.get('meta'), meta, f'the checkpoint {cfg.out_dir}/ckpt.pt', f'the data {data_dir}')
+        mismatch = meta_mismatch(ckpt.get('meta'), meta, f'the checkpoint {cfg.out_dir}/ckpt.pt',
+                                 f'the data {data_dir}')
         if mismatch:
             raise ConfigError(f"{mismatch}: resume on the data the checkpoint was trained on (--data_dir, --dataset), "
                               f"or train from scratch into another --out_dir")
@@ -390,7 +397,8 @@ def start_wandb(cfg: TrainConfig):
     try:
         import wandb
     except ImportError:
-        raise ConfigError("wandb_log=True but wandb is not installed: pip install wandb, or --wandb_log=False") from None
+        raise ConfigError("wandb_log=True but wandb is not installed: pip install wandb, "
+                          "or --wandb_log=False") from None
     name = cfg.wandb_run_name or f"{os.path.basename(os.path.normpath(cfg.out_dir))}-{cfg.attn}"
     try:
         wandb.init(project=cfg.wandb_project or cfg.dataset, name=name, group=cfg.wandb_group or None,
@@ -613,9 +621,9 @@ class Throughput:
 def progress_line(iter_num: int, max_iters: int, row: dict) -> str:
     clock = lambda s: str(datetime.timedelta(seconds=round(s)))  # noqa: E731 (h:mm:ss)
     mfu = f", mfu {row['mfu'] * 100:.1f}%" if row['mfu'] is not None else ""
-    return (f"iter {iter_num}/{max_iters}: loss {row['train/step_loss']:.4f}, lr {row['lr']:.2e}, {row['ms_per_iter']:.2f} "
-            f"ms/iter, {row['tokens_per_sec']:,.0f} tok/s{mfu}, elapsed {clock(row['elapsed_s'])}, "
-            f"left {clock(row['eta_s'])}")
+    return (f"iter {iter_num}/{max_iters}: loss {row['train/step_loss']:.4f}, lr {row['lr']:.2e}, "
+            f"{row['ms_per_iter']:.2f} ms/iter, {row['tokens_per_sec']:,.0f} tok/s{mfu}, "
+            f"elapsed {clock(row['elapsed_s'])}, left {clock(row['eta_s'])}")
 
 
 def checkpoint(raw_model: GPT, optimizer, scaler, iter_num: int, best_val_loss: float, cfg: TrainConfig,
@@ -750,6 +758,9 @@ def main(argv: list[str] | None = None) -> None:
         train(cfg)
     except (ConfigError, CheckpointError, FileNotFoundError, TrainingError) as e:
         sys.exit(f"error: {e}")
+    except torch.cuda.OutOfMemoryError as e:
+        sys.exit(f"error: the GPU ran out of memory ({str(e).splitlines()[0][:160]}): lower --batch_size (and raise "
+                 f"--gradient_accumulation_steps to keep the tokens per step), --block_size or the model's size")
     except KeyboardInterrupt:
         sys.exit("interrupted: the last checkpoint saved is complete (saves are atomic); continue it with "
                  "--init_from=resume")
