@@ -192,7 +192,8 @@ def setup_processes(cfg: TrainConfig) -> Processes:
     try:
         check_attn_device(cfg.attn, device_type)
     except RuntimeError as e:
-        raise ConfigError(str(e)) from None
+        cpu_hint = " Without a GPU, config/train_shakespeare_char_cpu.py trains a small model in minutes."
+        raise ConfigError(str(e) + (cpu_hint if device_type == 'cpu' else '')) from None
     if cfg.attn == 'triton' and dtype == 'bfloat16' and os.environ.get('TRITON_INTERPRET', '') not in ('', '0'):
         raise ConfigError("attn='triton' with dtype='bfloat16' under TRITON_INTERPRET=1: Triton's interpreter "
                           "computes bf16 dot products wrongly; use --dtype=float32 there, or a GPU without the "
