@@ -63,7 +63,7 @@ class TrainConfig:
     always_save_checkpoint: bool = False  # save at every eval, not only when val loss improves
     init_from: str = 'scratch'  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
     # wandb logging (imported only when on)
-    wandb_log: bool = False
+    wandb_log: bool = False  # log to Weights & Biases (needs `pip install wandb` and `wandb login`)
     wandb_project: str = ''  # '' = the dataset's name
     wandb_run_name: str = ''  # '' = out_dir's last component and attn, e.g. 'out-shakespeare-char-triton'
     wandb_group: str = ''  # '' = no group; runs that belong together (e.g. one comparison) share one
@@ -74,32 +74,32 @@ class TrainConfig:
     batch_size: int = 64  # micro-batch size, per rank
     block_size: int = 256  # context length
     # model (nanoGPT's baby GPT for characters)
-    n_layer: int = 6
-    n_head: int = 6
-    n_embd: int = 384
-    dropout: float = 0.2
-    bias: bool = False
+    n_layer: int = 6  # transformer blocks
+    n_head: int = 6  # attention heads per block; head dim = n_embd / n_head
+    n_embd: int = 384  # width of the residual stream
+    dropout: float = 0.2  # in [0, 1); 0 turns dropout off
+    bias: bool = False  # biases in Linear and LayerNorm, like GPT-2
     attn: str = 'triton'  # 'triton' | 'sdpa' | 'naive'
     # AdamW
-    learning_rate: float = 1e-3
-    max_iters: int = 5000
-    weight_decay: float = 1e-1
-    beta1: float = 0.9
-    beta2: float = 0.95
+    learning_rate: float = 1e-3  # peak learning rate, after warmup
+    max_iters: int = 5000  # optimizer steps in all (a resumed run counts on from its checkpoint)
+    weight_decay: float = 1e-1  # AdamW's, on the matrices (not biases or LayerNorm gains)
+    beta1: float = 0.9  # AdamW's first-moment decay, in [0, 1)
+    beta2: float = 0.95  # AdamW's second-moment decay, in [0, 1)
     grad_clip: float = 1.0  # clip gradients at this norm; 0.0 turns clipping off
     # learning rate schedule: linear warmup, then cosine decay to min_lr
-    decay_lr: bool = True
-    warmup_iters: int = 100
+    decay_lr: bool = True  # False: learning_rate throughout
+    warmup_iters: int = 100  # linear warmup steps
     lr_decay_iters: int = 5000  # ~= max_iters per Chinchilla
     min_lr: float = 1e-4  # ~= learning_rate / 10 per Chinchilla
     # system
     backend: str = 'nccl'  # DDP backend: 'nccl' on GPUs, 'gloo' on CPU
     ddp_timeout: float = 300.0  # seconds a process waits for the others (a hung rank) before the run ends
-    device: str = field(default_factory=lambda: 'cuda' if torch.cuda.is_available() else 'cpu')
+    device: str = field(default_factory=lambda: 'cuda' if torch.cuda.is_available() else 'cpu')  # or 'cuda:N'
     dtype: str = 'auto'  # 'auto' | 'float32' | 'bfloat16' | 'float16'
     compile: bool = True  # torch.compile the model
     cudagraphs: bool = True  # with compile, on one CUDA GPU: replay each step as CUDA graphs (no launch overhead)
-    seed: int = 1337
+    seed: int = 1337  # initial weights, data order and dropout follow from it
 
     def __post_init__(self):
         """Every setting checked before any work starts: ConfigError names the key, its value and what is valid."""
