@@ -92,15 +92,19 @@ def test_dataset_without_meta_is_refused_with_the_prepare_command(char_data, tmp
     assert not (tmp_path / 'out' / 'ckpt.pt').exists()
 
 
-@pytest.mark.parametrize('corruption', ['random bytes', 'odd size'])
-def test_token_files_are_checked_when_opened(char_data, tmp_path, corruption):
+@pytest.mark.parametrize('corruption', ['random bytes', 'odd size', 'meta.pkl'])
+def test_data_files_are_checked_when_opened(char_data, tmp_path, corruption):
     """Regression: random bytes as train.bin ended in an IndexError traceback in the first forward."""
     data = tmp_path / 'data'
     shutil.copytree(char_data, data)
     raw = np.random.default_rng(0).integers(0, 2**16, 50_000, dtype=np.uint16).tobytes()
-    (data / 'train.bin').write_bytes(raw if corruption == 'random bytes' else raw[:-1])
+    if corruption == 'meta.pkl':
+        (data / 'meta.pkl').write_bytes(raw[:100])
+    else:
+        (data / 'train.bin').write_bytes(raw if corruption == 'random bytes' else raw[:-1])
     expected = {'random bytes': r"train\.bin holds token id \d+, outside the model's vocabulary of 65 ids \(0\.\.64\)",
-                'odd size': r"train\.bin is not a file of uint16 token ids"}[corruption]
+                'odd size': r"train\.bin is not a file of uint16 token ids",
+                'meta.pkl': r"meta\.pkl is unreadable \(\w+\): prepare the dataset first"}[corruption]
     with pytest.raises(ConfigError, match=expected):
         train(tiny_config(tmp_path / 'out', data))
 
