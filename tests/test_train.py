@@ -69,7 +69,7 @@ def test_missing_checkpoint_says_train_first(char_data, tmp_path):
 
 def test_missing_data_says_how_to_prepare(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"train\.bin and val\.bin and meta\.pkl not found in .*no_data: "
-                                                r"prepare the dataset first.*data/<name>/prepare\.py.*shakespeare_char"):
+                                                r"prepare the dataset first.*prepare\.py.*shakespeare_char"):
         train(tiny_config(tmp_path / 'out', tmp_path / 'no_data'))
 
 
