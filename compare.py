@@ -35,11 +35,8 @@ class CompareOptions:
     report_dir: str = 'compare-out'  # for compare.md, .png, .json and each run's checkpoint (out_dir is not used)
 
 
-def _run_one(cfg: TrainConfig, result_path: str, wandb_group: str) -> None:
+def _run_one(cfg: TrainConfig, result_path: str) -> None:
     """Child process: train, and leave the summary (or the reason there is none) in result_path."""
-    if wandb_group:
-        # W&B's documented way to put a run in a group; this process is the run's own, so nothing else sees it
-        os.environ['WANDB_RUN_GROUP'] = wandb_group
     try:
         result = train(cfg)
         result['status'] = 'ok'
@@ -54,22 +51,23 @@ def _run_one(cfg: TrainConfig, result_path: str, wandb_group: str) -> None:
         json.dump(result, f)
 
 
-def run_config(cfg: TrainConfig, impl: str, report_dir: str) -> TrainConfig:
-    """cfg for one implementation's run: only attn, the checkpoint directory and the W&B run name change."""
+def run_config(cfg: TrainConfig, impl: str, report_dir: str, wandb_group: str = '') -> TrainConfig:
+    """cfg for one implementation's run: only attn, the checkpoint directory and the W&B run name and group
+    change."""
     return dataclasses.replace(cfg, attn=impl, out_dir=os.path.join(report_dir, impl),
-                               wandb_run_name=f"{cfg.wandb_run_name}-{impl}")
+                               wandb_run_name=f"{cfg.wandb_run_name or cfg.dataset}-{impl}", wandb_group=wandb_group)
 
 
 def run_one(cfg: TrainConfig, impl: str, report_dir: str, wandb_group: str = '') -> dict:
     """Train cfg with attn=impl in a fresh process; returns its summary, or {'status': 'OOM' | 'failed', ...}.
     With cfg.wandb_log, the run goes into the W&B group wandb_group."""
-    run_cfg = run_config(cfg, impl, report_dir)
+    run_cfg = run_config(cfg, impl, report_dir, wandb_group)
     result_path = os.path.join(report_dir, f'{impl}.json')
     if os.path.exists(result_path):
         os.remove(result_path)
     print(f"\n===== attn={impl} =====", flush=True)
     # spawn: a clean CUDA and compile state per run
-    proc = mp.get_context('spawn').Process(target=_run_one, args=(run_cfg, result_path, wandb_group))
+    proc = mp.get_context('spawn').Process(target=_run_one, args=(run_cfg, result_path))
     proc.start()
     proc.join()
     if not os.path.exists(result_path):  # killed from outside (e.g. the host's OOM killer): nothing was written

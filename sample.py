@@ -130,11 +130,11 @@ def checkpoint_meta(ckpt: dict, ckpt_path: str, data_dir: str = '') -> dict | No
     """
     if 'meta' in ckpt:
         meta, source = ckpt['meta'], f"checkpoint {ckpt_path}"
-        mismatch = meta_mismatch(_dataset_meta(data_dir, asked=True), meta) if data_dir else None
+        mismatch = meta_mismatch(_dataset_meta(data_dir, asked=True), meta,
+                                 f"the dataset {os.path.join(data_dir, 'meta.pkl')}", source) if data_dir else None
         if mismatch:
-            raise ConfigError(f"{os.path.join(data_dir, 'meta.pkl')} and {source} disagree on what the tokens mean: "
-                              f"{mismatch} (dataset vs checkpoint). Point --data_dir at the dataset the model was "
-                              f"trained on, or leave it out: the checkpoint carries its own vocabulary")
+            raise ConfigError(f"{mismatch}. Point --data_dir at the dataset the model was trained on, or leave it "
+                              f"out: the checkpoint carries its own vocabulary")
     else:
         config = ckpt.get('config') or {}
         dataset_dir = data_dir or config.get('data_dir') or (

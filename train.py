@@ -5,14 +5,24 @@ Train a GPT. One GPU, or several through torchrun, or the CPU.
     torchrun --standalone --nproc_per_node=4 train.py config/train_shakespeare_char.py
 
 A config file is plain Python assignments to the names in TrainConfig; --key=value on the command line
-overrides it. Importing this module does nothing: the entry points are train(TrainConfig) and main(argv).
+overrides it. With neither, TrainConfig's defaults train nanoGPT's baby GPT on shakespeare_char (prepare it first:
+python data/shakespeare_char/prepare.py). Importing this module does nothing: the entry points are
+train(TrainConfig) and main(argv).
 """
 
 import dataclasses
+import datetime
+import json
 import math
 import os
+import re
+import signal
+import socket
 import sys
+import tempfile
+import textwrap
 import time
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,68 +31,115 @@ import torch
 import hf_gpt2
 from model import ATTN_IMPLS, GPT, GPTConfig, check_attn_device
 from utils import (REPO_DIR, CheckpointError, ConfigError, autocast_context, gpu_peak_flops, load_checkpoint,
-                   load_tokens, model_from_checkpoint, parse_config, read_meta, resolve_dtype, save_checkpoint)
+                   load_tokens, meta_mismatch, model_from_checkpoint, parse_config, prepare_hint, read_meta,
+                   resolve_dtype, save_checkpoint, tokenizer_of)
 
-ARCH_KEYS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias')  # fixed by a checkpoint; resume takes its values
+try:
+    import fcntl
+except ImportError:  # Windows has no flock: there, nothing stops two runs from sharing an out_dir
+    fcntl = None
+
+# GPTConfig's fields, by who decides them. vocab_size comes from the dataset. dropout and attn leave the function
+# the weights compute unchanged, so a resumed run may change them. The rest fix the architecture (the parameters'
+# shapes, or how they are read, as n_head does): on resume the checkpoint's values win.
+RUNTIME_KEYS = ('dropout', 'attn')
+ARCH_KEYS = tuple(f.name for f in dataclasses.fields(GPTConfig) if f.name not in RUNTIME_KEYS + ('vocab_size',))
+# eval batches come from a generator of their own seeded with seed + this: far from every rank's training seed
+# (seed + rank), so evals never score the batches the first steps train on
+EVAL_SEED_OFFSET = 10_000
+
+
+class TrainingError(RuntimeError):
+    """A run that stopped on a fault (divergence, a hung or failed process); the message says what to try."""
 
 
 @dataclass
 class TrainConfig:
     # I/O
-    out_dir: str = 'out'
-    eval_interval: int = 2000
-    log_interval: int = 1
-    eval_iters: int = 200
+    out_dir: str = 'out'  # checkpoint, metrics.jsonl and config.json go here
+    eval_interval: int = 250  # evaluate (and maybe save) every this many iterations
+    log_interval: int = 10  # print a progress line every this many iterations (each one syncs the GPU once)
+    eval_iters: int = 200  # batches per split per evaluation
     eval_only: bool = False  # evaluate once, then exit
-    always_save_checkpoint: bool = True  # save at every eval, not only when val loss improves
+    always_save_checkpoint: bool = False  # save at every eval, not only when val loss improves
     init_from: str = 'scratch'  # 'scratch' | 'resume' (out_dir/ckpt.pt) | 'gpt2'...'gpt2-xl' | a Hugging Face GPT-2 dir
     # wandb logging (imported only when on)
-    wandb_log: bool = False
-    wandb_project: str = 'owt'
-    wandb_run_name: str = 'gpt2'
+    wandb_log: bool = False  # log to Weights & Biases (needs `pip install wandb` and `wandb login`)
+    wandb_project: str = ''  # '' = the dataset's name
+    wandb_run_name: str = ''  # '' = out_dir's last component and attn, e.g. 'out-shakespeare-char-triton'
+    wandb_group: str = ''  # '' = no group; runs that belong together (e.g. one comparison) share one
     # data
-    dataset: str = 'openwebtext'
+    dataset: str = 'shakespeare_char'  # data/<dataset>, made by its prepare.py
     data_dir: str = ''  # '' = data/<dataset> beside this file
-    gradient_accumulation_steps: int = 5 * 8  # micro-steps per optimizer step, split across DDP ranks
-    batch_size: int = 12  # micro-batch size, per rank
-    block_size: int = 1024
-    # model
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0
-    bias: bool = False
+    gradient_accumulation_steps: int = 1  # micro-steps per optimizer step, split across DDP ranks
+    batch_size: int = 64  # micro-batch size, per rank
+    block_size: int = 256  # context length
+    # model (nanoGPT's baby GPT for characters)
+    n_layer: int = 6  # transformer blocks
+    n_head: int = 6  # attention heads per block; head dim = n_embd / n_head
+    n_embd: int = 384  # width of the residual stream
+    dropout: float = 0.2  # in [0, 1); 0 turns dropout off
+    bias: bool = False  # biases in Linear and LayerNorm, like GPT-2
     attn: str = 'triton'  # 'triton' | 'sdpa' | 'naive'
     # AdamW
-    learning_rate: float = 6e-4
-    max_iters: int = 600000
-    weight_decay: float = 1e-1
-    beta1: float = 0.9
-    beta2: float = 0.95
+    learning_rate: float = 1e-3  # peak learning rate, after warmup
+    max_iters: int = 5000  # optimizer steps in all (a resumed run counts on from its checkpoint)
+    weight_decay: float = 1e-1  # AdamW's, on the matrices (not biases or LayerNorm gains)
+    beta1: float = 0.9  # AdamW's first-moment decay, in [0, 1)
+    beta2: float = 0.95  # AdamW's second-moment decay, in [0, 1)
     grad_clip: float = 1.0  # clip gradients at this norm; 0.0 turns clipping off
     # learning rate schedule: linear warmup, then cosine decay to min_lr
-    decay_lr: bool = True
-    warmup_iters: int = 2000
-    lr_decay_iters: int = 600000  # ~= max_iters per Chinchilla
-    min_lr: float = 6e-5  # ~= learning_rate / 10 per Chinchilla
+    decay_lr: bool = True  # False: learning_rate throughout
+    warmup_iters: int = 100  # linear warmup steps
+    lr_decay_iters: int = 5000  # ~= max_iters per Chinchilla
+    min_lr: float = 1e-4  # ~= learning_rate / 10 per Chinchilla
     # system
     backend: str = 'nccl'  # DDP backend: 'nccl' on GPUs, 'gloo' on CPU
-    device: str = field(default_factory=lambda: 'cuda' if torch.cuda.is_available() else 'cpu')
+    ddp_timeout: float = 300.0  # seconds a process waits for the others (a hung rank) before the run ends
+    device: str = field(default_factory=lambda: 'cuda' if torch.cuda.is_available() else 'cpu')  # or 'cuda:N'
     dtype: str = 'auto'  # 'auto' | 'float32' | 'bfloat16' | 'float16'
     compile: bool = True  # torch.compile the model
     cudagraphs: bool = True  # with compile, on one CUDA GPU: replay each step as CUDA graphs (no launch overhead)
-    seed: int = 1337
+    seed: int = 1337  # initial weights, data order and dropout follow from it
 
     def __post_init__(self):
-        choices = {'attn': ATTN_IMPLS, 'dtype': ('auto', 'float32', 'bfloat16', 'float16')}
+        """Every setting checked before any work starts: ConfigError names the key, its value and what is valid."""
+        choices = {'attn': ATTN_IMPLS, 'backend': ('nccl', 'gloo'),
+                   'dtype': ('auto', 'float32', 'bfloat16', 'float16')}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
         hf_gpt2.check_init_from(self.init_from, own=('scratch', 'resume'))
-        for key in ('eval_interval', 'log_interval', 'eval_iters', 'gradient_accumulation_steps',
-                    'batch_size', 'block_size'):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        # (key, valid?, the valid range in words); written so that NaN is never valid
+        ranges = [(key, lambda v: v >= 1, '>= 1') for key in
+                  ('eval_interval', 'log_interval', 'eval_iters', 'gradient_accumulation_steps', 'batch_size')]
+        ranges += [(key, lambda v: v >= 0, '>= 0') for key in ('max_iters', 'warmup_iters', 'lr_decay_iters', 'seed')]
+        ranges += [
+            ('learning_rate', lambda v: 0 < v < math.inf, '> 0'),
+            ('min_lr', lambda v: 0 <= v < math.inf, '>= 0'),
+            ('weight_decay', lambda v: 0 <= v < math.inf, '>= 0'),
+            ('grad_clip', lambda v: 0 <= v < math.inf, '>= 0 (0 turns clipping off)'),
+            ('beta1', lambda v: 0 <= v < 1, 'in [0, 1)'),
+            ('beta2', lambda v: 0 <= v < 1, 'in [0, 1)'),
+            ('ddp_timeout', lambda v: 0 < v < math.inf, '> 0 seconds'),
+            ('device', lambda v: re.fullmatch(r'cpu|cuda(:\d+)?', v), "'cpu', 'cuda' or 'cuda:N'"),
+            ('out_dir', lambda v: v.strip() != '', 'a directory path'),
+        ]
+        if self.decay_lr:  # the schedule rises to learning_rate, then decays to min_lr
+            ranges += [('min_lr', lambda v: v <= self.learning_rate, f'<= learning_rate={self.learning_rate:g}'),
+                       ('warmup_iters', lambda v: v <= self.lr_decay_iters,
+                        f'<= lr_decay_iters={self.lr_decay_iters} (warmup ends before the decay does)')]
+        for key, valid, allowed in ranges:
+            if not valid(getattr(self, key)):
+                raise ConfigError(f"{key} must be {allowed}, got {getattr(self, key)!r}")
+        try:
+            model_config(self, vocab_size=GPTConfig.vocab_size)  # the model's own checks (n_embd % n_head, ...)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+
+def model_config(cfg: TrainConfig, vocab_size: int) -> GPTConfig:
+    return GPTConfig(**{k: getattr(cfg, k) for k in ARCH_KEYS + RUNTIME_KEYS}, vocab_size=vocab_size)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -102,6 +159,506 @@ def get_lr(it: int, cfg: TrainConfig) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# the parts of a run, in the order train() calls them
+
+@dataclass
+class Processes:
+    """This process's place in the run: its rank among world_size (1 without torchrun), device and precision."""
+    ddp: bool  # started by torchrun
+    rank: int
+    local_rank: int
+    world_size: int
+    device: str  # 'cpu', 'cuda:N'
+    device_type: str  # 'cpu' | 'cuda'
+    dtype: str  # resolved: 'float32' | 'bfloat16' | 'float16'
+    grad_accum: int  # micro-steps per optimizer step on this rank
+    own_group: bool = False  # this run started the process group, so it ends it
+
+    def __post_init__(self):
+        self.autocast = autocast_context(self.device_type, self.dtype)  # one object, entered at every forward
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+
+def setup_processes(cfg: TrainConfig) -> Processes:
+    """The checks that need the machine (device, dtype, attn), then the process group when torchrun started us."""
+    device_type = 'cuda' if cfg.device.startswith('cuda') else 'cpu'
+    if device_type == 'cuda' and not torch.cuda.is_available():
+        raise ConfigError(f"device={cfg.device!r} but CUDA is not available: use --device=cpu")
+    if ':' in cfg.device and int(cfg.device.split(':')[1]) >= torch.cuda.device_count():
+        raise ConfigError(f"device={cfg.device!r} but this machine has {torch.cuda.device_count()} GPU(s), "
+                          f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    dtype = resolve_dtype(cfg.dtype, device_type)
+    try:
+        check_attn_device(cfg.attn, device_type)
+    except RuntimeError as e:
+        cpu_hint = " Without a GPU, config/train_shakespeare_char_cpu.py trains a small model in minutes."
+        raise ConfigError(str(e) + (cpu_hint if device_type == 'cpu' else '')) from None
+    if cfg.attn == 'triton' and dtype == 'bfloat16' and os.environ.get('TRITON_INTERPRET', '') not in ('', '0'):
+        raise ConfigError("attn='triton' with dtype='bfloat16' under TRITON_INTERPRET=1: Triton's interpreter "
+                          "computes bf16 dot products wrongly; use --dtype=float32 there, or a GPU without the "
+                          "interpreter")
+    ddp = int(os.environ.get('RANK', -1)) != -1  # started by torchrun?
+    world_size = int(os.environ['WORLD_SIZE']) if ddp else 1
+    if cfg.gradient_accumulation_steps % world_size != 0:
+        raise ConfigError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be divisible by "
+                          f"the number of processes ({world_size}): each rank does gradient_accumulation_steps / "
+                          f"{world_size}")
+    grad_accum = cfg.gradient_accumulation_steps // world_size
+    if device_type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls (the few outside autocast) on tensor cores
+        torch.backends.cudnn.allow_tf32 = True
+    if not ddp:
+        return Processes(False, 0, 0, 1, cfg.device, device_type, dtype, grad_accum)
+
+    import torch.distributed as dist
+    if cfg.backend == 'nccl' and device_type != 'cuda':
+        raise ConfigError(f"backend='nccl' needs CUDA and device is {cfg.device!r}: use --backend=gloo on the CPU")
+    local_rank = int(os.environ['LOCAL_RANK'])
+    device = f'cuda:{local_rank}' if device_type == 'cuda' else cfg.device
+    if device_type == 'cuda':
+        torch.cuda.set_device(device)
+    own_group = not dist.is_initialized()
+    if own_group:
+        # the timeout bounds every collective: a hung rank ends the run (an error on each waiting rank) within
+        # ddp_timeout instead of blocking the others for torch's default of 10 (nccl) or 30 (gloo) minutes
+        dist.init_process_group(backend=cfg.backend, timeout=datetime.timedelta(seconds=cfg.ddp_timeout))
+    return Processes(True, dist.get_rank(), local_rank, dist.get_world_size(), device, device_type, dtype,
+                     grad_accum, own_group)
+
+
+def end_processes(procs: Processes) -> None:
+    if procs.own_group:
+        import torch.distributed as dist
+        dist.destroy_process_group()
+
+
+@contextmanager
+def explain_ddp_timeout(cfg: TrainConfig, procs: Processes):
+    """A collective that timed out (ddp_timeout) becomes an error line on this rank saying what it means."""
+    try:
+        yield
+    except RuntimeError as e:
+        if not procs.ddp or isinstance(e, TrainingError) or 'timed out' not in str(e).lower():
+            raise
+        raise TrainingError(
+            f"rank {procs.rank} of {procs.world_size} waited ddp_timeout={cfg.ddp_timeout:g} s for the other "
+            f"processes ({str(e).strip().splitlines()[0][:160]}): one of them is hung or died, and its own log "
+            f"says why. If a step, an eval or a save legitimately takes that long, raise --ddp_timeout") from e
+
+
+@contextmanager
+def stop_on_sigterm(procs: Processes):
+    """Under torchrun, SIGTERM is the launcher ending every process because one failed: end with an error line
+    saying so (instead of dying without a word), through the usual clean-up."""
+    if not procs.ddp:
+        yield
+        return
+
+    def stop(signum, frame):
+        raise TrainingError(f"rank {procs.rank} of {procs.world_size} was stopped by the launcher (SIGTERM): another "
+                            f"process failed or hung; the first error in the log says why")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def lock_out_dir(out_dir: str):
+    """Hold out_dir for the run's life: checks that it is writable, and that no other run is writing to it.
+    The lock is an flock on out_dir/train.lock, which the OS drops when its process dies: a killed run leaves
+    nothing behind that blocks the next one. (The file stays: deleting a lock file races with its next user.)"""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):  # what a checkpoint save does first: create a file there
+            pass
+        lock = open(os.path.join(out_dir, 'train.lock'), 'a+')
+    except OSError as e:
+        raise ConfigError(f"out_dir {out_dir!r} is not writable ({e.strerror or e}): fix its permissions or "
+                          f"choose another --out_dir") from None
+    with lock:
+        if fcntl is not None:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.seek(0)
+                holder = lock.read().strip() or 'a process'
+                raise ConfigError(f"another training run ({holder}) is writing to {out_dir}: wait for it to end, "
+                                  f"or use another --out_dir") from None
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        lock.flush()
+        yield
+
+
+def resume_from(cfg: TrainConfig, procs: Processes) -> tuple[TrainConfig, dict | None]:
+    """The checkpoint to resume from (None from scratch), and cfg with the architecture the checkpoint fixes."""
+    if cfg.init_from != 'resume':
+        if procs.master and os.path.exists(os.path.join(cfg.out_dir, 'ckpt.pt')):
+            print(f"note: {cfg.out_dir}/ckpt.pt exists and this run starts from {cfg.init_from}: its first save replaces it, "
+                  f"and its metrics.jsonl starts afresh now (--init_from=resume continues both instead)")
+        return cfg, None
+    ckpt = load_checkpoint(cfg.out_dir, procs.device)
+    arch = {k: ckpt['model_args'][k] for k in ARCH_KEYS}
+    changed = {k: v for k, v in arch.items() if getattr(cfg, k) != v}
+    if changed and procs.master:
+        print(f"resume: the architecture is the checkpoint's, using {changed}")
+    return dataclasses.replace(cfg, **arch), ckpt
+
+
+def pretrained_weights(cfg: TrainConfig, procs: Processes) -> tuple[TrainConfig, dict | None]:
+    """GPT-2's weights when init_from names them (hf_gpt2.load: a checkpoint-shaped dict without optimizer or
+    random state; None otherwise), and cfg with the architecture they fix."""
+    if cfg.init_from in ('scratch', 'resume'):
+        return cfg, None
+    weights = hf_gpt2.load(cfg.init_from, block_size=cfg.block_size)
+    arch = {k: weights['model_args'][k] for k in ARCH_KEYS}
+    changed = {k: v for k, v in arch.items() if getattr(cfg, k) != v}
+    if changed and procs.master:
+        print(f"init_from={cfg.init_from}: the architecture is the pretrained model's, using {changed}")
+    return dataclasses.replace(cfg, **arch), weights
+
+
+@dataclass
+class Data:
+    train: torch.Tensor  # (N,) int64 token ids on the device
+    val: torch.Tensor  # (M,)
+    meta: dict  # what the ids mean (utils.tokenizer_of); the checkpoint carries it
+    vocab_size: int  # the model's
+
+
+def open_data(cfg: TrainConfig, device: str, ckpt: dict | None) -> Data:
+    """Both splits on the device, after checking that they are prepared, that the checkpoint (on resume, or GPT-2's
+    weights) was trained on tokens that mean the same, and that every token id fits the model's vocabulary."""
+    data_dir = cfg.data_dir or os.path.join(REPO_DIR, 'data', cfg.dataset)
+    missing = [f for f in ('train.bin', 'val.bin', 'meta.pkl') if not os.path.isfile(os.path.join(data_dir, f))]
+    if missing:
+        raise FileNotFoundError(f"{' and '.join(missing)} not found in {data_dir}: {prepare_hint(data_dir)}")
+    meta = read_meta(data_dir)
+    if ckpt is not None:
+        source = ckpt.get('source', f'{cfg.out_dir}/ckpt.pt')  # hf_gpt2.load says where GPT-2's weights came from
+        mismatch = meta_mismatch(ckpt.get('meta'), meta, f'the checkpoint {source}', f'the data {data_dir}')
+        if mismatch:
+            raise ConfigError(f"{mismatch}: train on data with the checkpoint's tokens (--data_dir, --dataset), "
+                              f"or train from scratch into another --out_dir")
+        vocab_size = ckpt['model_args']['vocab_size']
+    else:
+        # GPT-2 BPE gets GPTConfig's default, GPT-2's 50257 padded up to a multiple of 64 for faster matmuls
+        vocab_size = meta['vocab_size'] if tokenizer_of(meta) == 'char' else GPTConfig.vocab_size
+    splits = {split: load_tokens(data_dir, split, device, vocab_size) for split in ('train', 'val')}
+    for split, tokens in splits.items():
+        if len(tokens) <= cfg.block_size:
+            raise ConfigError(f"the {split} split has {len(tokens)} tokens, not more than block_size={cfg.block_size}")
+    return Data(splits['train'], splits['val'], meta, vocab_size)
+
+
+def get_batch(tokens: torch.Tensor, batch_size: int, offsets: torch.Tensor,
+              gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """batch_size random windows of len(offsets) tokens, and the same shifted by one (the targets)."""
+    # gathered on the device: a few kernel launches, no host work, no sync
+    ix = torch.randint(len(tokens) - len(offsets), (batch_size, 1), device=tokens.device, generator=gen)  # (B, 1)
+    x = tokens[ix + offsets]  # (B, T)
+    y = tokens[ix + 1 + offsets]  # (B, T)
+    return x, y
+
+
+class RunLog:
+    """Where a run's figures go, on the master only: stdout, out_dir/metrics.jsonl and W&B (when wandb_log is
+    on). metrics.jsonl has one JSON object per iteration that evaluated or logged (a scratch run starts it
+    afresh, resume appends): iter, lr, elapsed_s; at an eval train/loss and val/loss; at a log step
+    train/step_loss, grad_norm, ms_per_iter, tokens_per_sec, mfu and eta_s. W&B gets the same, once per such
+    iteration, with step=iter."""
+
+    def __init__(self, cfg: TrainConfig, master: bool):
+        self.master, self.wandb, self.metrics = master, None, None
+        if not master:
+            return
+        if cfg.wandb_log:
+            self.wandb = start_wandb(cfg)
+        print(textwrap.fill(' '.join(f"{f.name}={getattr(cfg, f.name)!r}" for f in dataclasses.fields(cfg)),
+                            width=118, initial_indent='config: ', subsequent_indent='  ', break_long_words=False,
+                            break_on_hyphens=False))
+        with open(os.path.join(cfg.out_dir, 'config.json'), 'w') as f:
+            json.dump(dataclasses.asdict(cfg), f, indent=1)
+        # a scratch run replaces the file along with the checkpoint; resume (and a look with eval_only) add to it
+        append = cfg.init_from == 'resume' or cfg.eval_only
+        self.metrics = open(os.path.join(cfg.out_dir, 'metrics.jsonl'), 'a' if append else 'w')
+
+    def print(self, *args) -> None:
+        if self.master:
+            print(*args)
+
+    def write(self, iter_num: int, row: dict) -> None:
+        """One iteration's figures, once, to the metrics file and W&B (nothing when the iteration has none)."""
+        if not (self.master and row):
+            return
+        self.metrics.write(json.dumps({'iter': iter_num, **row}) + '\n')
+        self.metrics.flush()
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in row.items() if v is not None}, step=iter_num)
+
+    def close(self, ok: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+        if self.wandb is not None:
+            self.wandb.finish(exit_code=0 if ok else 1)
+
+
+def start_wandb(cfg: TrainConfig):
+    try:
+        import wandb
+    except ImportError:
+        raise ConfigError("wandb_log=True but wandb is not installed: pip install wandb, "
+                          "or --wandb_log=False") from None
+    name = cfg.wandb_run_name or f"{os.path.basename(os.path.normpath(cfg.out_dir))}-{cfg.attn}"
+    try:
+        wandb.init(project=cfg.wandb_project or cfg.dataset, name=name, group=cfg.wandb_group or None,
+                   config=dataclasses.asdict(cfg))
+    except Exception as e:  # not logged in, no network, a bad entity: wandb raises several kinds
+        reason = (str(e).strip().splitlines() or [''])[0][:200]
+        raise ConfigError(f"W&B could not start ({type(e).__name__}: {reason}): log in with `wandb login`, or set "
+                          f"WANDB_MODE=offline to log to local files, or turn it off with --wandb_log=False") from None
+    return wandb
+
+
+def build_model(cfg: TrainConfig, ckpt: dict | None, weights: dict | None, vocab_size: int, procs: Processes):
+    """The model (from the checkpoint to resume, from pretrained weights, or freshly initialized), its optimizer
+    and loss scaler."""
+    if ckpt is not None or weights is not None:
+        model = model_from_checkpoint(ckpt or weights, attn=cfg.attn, dropout=cfg.dropout)
+    else:
+        torch.manual_seed(cfg.seed)  # the same seed on every rank and for every attn: identical initial weights
+        model = GPT(model_config(cfg, vocab_size))
+    model.to(procs.device)
+    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
+                                           procs.device_type)
+    scaler = torch.amp.GradScaler('cuda', enabled=(procs.dtype == 'float16'))  # a no-op unless float16
+    if ckpt is not None:
+        fresh = [{k: g[k] for k in ('fused', 'foreach')} for g in optimizer.param_groups]
+        optimizer.load_state_dict(ckpt['optimizer'])
+        for g, keep in zip(optimizer.param_groups, fresh):
+            g.update(keep)  # a checkpoint from a GPU must not turn on the fused CUDA kernel in a CPU run
+        if 'scaler' in ckpt:
+            scaler.load_state_dict(ckpt['scaler'])
+    return model, optimizer, scaler
+
+
+def compile_and_wrap(model: GPT, cfg: TrainConfig, procs: Processes, log: RunLog):
+    """(the model a training step runs, the model evaluation runs, whether steps replay as CUDA graphs)."""
+    # A small model's step is hundreds of short kernels: launching them from Python costs more than running
+    # them, so on one GPU the compiled step is captured as CUDA graphs ('reduce-overhead') and replayed.
+    # Not under DDP, whose gradient all-reduce runs from autograd hooks outside any graph.
+    cudagraphs = cfg.compile and cfg.cudagraphs and procs.device_type == 'cuda' and not procs.ddp
+    if cfg.compile:
+        log.print(f"compiling the model{' with CUDA graphs' if cudagraphs else ''}... (takes a minute)")
+        model = torch.compile(model, mode='reduce-overhead' if cudagraphs else None)
+    eval_model = model  # evaluated outside DDP: only the master evaluates, and DDP's forward expects every rank
+    if procs.ddp:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        model = DDP(model, device_ids=[procs.local_rank] if procs.device_type == 'cuda' else None,
+                    broadcast_buffers=False)
+    return model, eval_model, cudagraphs
+
+
+def random_state(train_gen: torch.Generator, procs: Processes) -> list[dict]:
+    """Every rank's random state, gathered on each rank (the master saves it): the data order (train_gen) and
+    the default generators dropout draws from (torch's CPU one, and the GPU's)."""
+    state = {'torch': torch.get_rng_state(), 'data': train_gen.get_state()}
+    if procs.device_type == 'cuda':
+        state['cuda'] = torch.cuda.get_rng_state(procs.device)
+    if not procs.ddp:
+        return [state]
+    import torch.distributed as dist
+    states = [None] * procs.world_size
+    dist.all_gather_object(states, state)
+    return states
+
+
+def seed_random_state(cfg: TrainConfig, ckpt: dict | None, procs: Processes, iter_num: int,
+                      log: RunLog) -> torch.Generator:
+    """Seed (from scratch) or restore (on resume) the random state; returns the data-order generator."""
+    train_gen = torch.Generator(device=procs.device)
+    saved = (ckpt or {}).get('rng')
+    if saved is not None and len(saved) == procs.world_size:
+        # exactly where the saved run was: N iterations + resume M are N + M straight
+        state = saved[procs.rank]
+        torch.set_rng_state(state['torch'].cpu())
+        if procs.device_type == 'cuda' and 'cuda' in state:
+            torch.cuda.set_rng_state(state['cuda'].cpu(), procs.device)
+        train_gen.set_state(state['data'].cpu())
+        return train_gen
+    if ckpt is not None:
+        log.print(f"resume: the checkpoint has no random state for {procs.world_size} process(es): data order "
+                  f"and dropout are reseeded from the iteration, so this run is not bit-identical to one that "
+                  f"never stopped")
+    # dropout draws from the global generator: differ per rank so ranks do not drop the same units
+    torch.manual_seed(cfg.seed + procs.rank)
+    # data order: a generator of its own per rank, so the same seed gives the same batches whatever attn is;
+    # seeded from the iteration too, so a resumed run does not replay its first batches
+    train_gen.manual_seed(cfg.seed + procs.rank + procs.world_size * iter_num)
+    return train_gen
+
+
+@torch.no_grad()
+def estimate_loss(model, data: Data, cfg: TrainConfig, procs: Processes, cudagraphs: bool) -> dict[str, float]:
+    """Mean loss over eval_iters batches of each split: the same batches at every eval (a generator reseeded
+    each time), comparable across evals and runs, and evaluating never shifts the training data order."""
+    gen = torch.Generator(device=procs.device).manual_seed(cfg.seed + EVAL_SEED_OFFSET)
+    offsets = torch.arange(cfg.block_size, device=procs.device)  # (T,)
+    model.eval()
+    out = {}
+    for split, tokens in (('train', data.train), ('val', data.val)):
+        losses = torch.zeros(cfg.eval_iters, device=procs.device)
+        for k in range(cfg.eval_iters):
+            X, Y = get_batch(tokens, cfg.batch_size, offsets, gen)
+            if cudagraphs:
+                torch.compiler.cudagraph_mark_step_begin()  # the last replay's outputs are no longer needed
+            with procs.autocast:
+                _, loss = model(X, Y)
+            losses[k] = loss
+        out[split] = losses.mean().item()
+    model.train()
+    return out
+
+
+def evaluate(model, data: Data, cfg: TrainConfig, procs: Processes, cudagraphs: bool, iter_num: int,
+             log: RunLog) -> dict[str, float]:
+    """The master's eval at iter_num: the losses, printed, and checked to be finite before anything is saved."""
+    losses = estimate_loss(model, data, cfg, procs, cudagraphs)
+    log.print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+    if not all(map(math.isfinite, losses.values())):
+        raise TrainingError(f"training diverged before iter {iter_num}: the eval losses are {losses}. "
+                            f"{diverged_advice(cfg, procs)}")
+    return losses
+
+
+def train_step(model, raw_model: GPT, optimizer, scaler, next_batch, cfg: TrainConfig, procs: Processes,
+               cudagraphs: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One optimizer step over grad_accum micro-batches. Returns the last micro-batch's loss (divided by
+    grad_accum) and the gradient norm before clipping (None without clipping), as device tensors: no host sync."""
+    for micro_step in range(procs.grad_accum):
+        X, Y = next_batch()  # (B, T), (B, T)
+        if procs.ddp:
+            # all-reduce the gradients only on the last micro-step
+            model.require_backward_grad_sync = (micro_step == procs.grad_accum - 1)
+        if cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()  # the last replay's outputs are no longer needed
+        with procs.autocast:
+            _, loss = model(X, Y)
+            loss = loss / procs.grad_accum  # the gradients add up over micro-steps: average them
+        scaler.scale(loss).backward()
+    norm = None
+    if cfg.grad_clip != 0.0:
+        scaler.unscale_(optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return loss, norm
+
+
+def read_loss(loss: torch.Tensor, norm: torch.Tensor | None, iter_num: int, cfg: TrainConfig, procs: Processes,
+              scaler) -> tuple[float, float | None]:
+    """The step's loss and gradient norm as floats, on a log step: the only host sync of a training step. Stops
+    the run when either is NaN or inf; under DDP every rank reads them, and all agree to stop together."""
+    values = torch.stack([loss.detach().float()] + ([norm.float()] if norm is not None else [])).tolist()
+    lossf, normf = values[0] * procs.grad_accum, (values[1] if norm is not None else None)
+    # with float16 an inf gradient is the loss scaler's business: it skips that step and lowers the scale
+    bad = not all(map(math.isfinite, [lossf] if scaler.is_enabled() else values))
+    if procs.ddp:
+        import torch.distributed as dist
+        flag = torch.tensor([float(bad)], device=procs.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        bad = flag.item() > 0
+    if bad:
+        raise TrainingError(f"training diverged at iter {iter_num}: loss {lossf}, gradient norm {normf} (on rank "
+                            f"{procs.rank}; every rank stopped). {diverged_advice(cfg, procs)}")
+    return lossf, normf
+
+
+def diverged_advice(cfg: TrainConfig, procs: Processes) -> str:
+    """What a diverged run kept, and what to try next."""
+    tries = [f"a lower --learning_rate (now {cfg.learning_rate:g})",
+             f"a lower --grad_clip (now {cfg.grad_clip:g})" if cfg.grad_clip else "--grad_clip=1.0 (now off)",
+             f"a longer --warmup_iters (now {cfg.warmup_iters})"]
+    if procs.dtype != 'float32':
+        tries.append(f"--dtype={'bfloat16 or float32' if procs.dtype == 'float16' else 'float32'} (now {procs.dtype})")
+    return (f"The last checkpoint in {cfg.out_dir}, if any, was saved before this and is left as it is. "
+            f"Try {', '.join(tries[:-1])} or {tries[-1]}")
+
+
+class Throughput:
+    """The timing window between log lines and every speed figure made from it: ms/iter, tokens/s, MFU,
+    elapsed and time left. Evals and saves are not training time: restart() opens a new window after them.
+    A window that holds this process's first step (compilation, warm-up) is left out of the timings."""
+
+    def __init__(self, tokens_per_iter: int, flops_per_iter: float, peak_flops: float | None, max_iters: int):
+        self.tokens_per_iter, self.flops_per_iter, self.peak_flops = tokens_per_iter, flops_per_iter, peak_flops
+        self.max_iters = max_iters
+        self.start = time.perf_counter()
+        self.steps = 0  # in this process
+        self.timings = []  # (iter, ms/iter) per steady-state window
+        self.restart()
+
+    def restart(self) -> None:
+        self.t0, self.iters, self.cold = time.perf_counter(), 0, self.steps == 0
+
+    def tick(self) -> None:
+        self.iters += 1
+        self.steps += 1
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def rates(self, ms: float | None) -> dict:
+        return {'ms_per_iter': ms,
+                'tokens_per_sec': self.tokens_per_iter / (ms / 1000) if ms else None,
+                'mfu': self.flops_per_iter / (ms / 1000) / self.peak_flops if (ms and self.peak_flops) else None}
+
+    def read(self, iter_num: int) -> dict:
+        """At a log step (after iteration iter_num): the window's figures; starts the next window."""
+        now = time.perf_counter()
+        ms = (now - self.t0) * 1000 / self.iters
+        if not self.cold:
+            self.timings.append((iter_num, ms))
+        self.t0, self.iters, self.cold = now, 0, False
+        return {**self.rates(ms), 'elapsed_s': now - self.start,
+                'eta_s': (self.max_iters - iter_num - 1) * ms / 1000}  # at this window's rate
+
+    def summary(self) -> dict:
+        """The median over steady-state windows (None when there were none)."""
+        return self.rates(float(np.median([ms for _, ms in self.timings])) if self.timings else None)
+
+
+def progress_line(iter_num: int, max_iters: int, row: dict) -> str:
+    clock = lambda s: str(datetime.timedelta(seconds=round(s)))  # noqa: E731 (h:mm:ss)
+    mfu = f", mfu {row['mfu'] * 100:.1f}%" if row['mfu'] is not None else ""
+    return (f"iter {iter_num}/{max_iters}: loss {row['train/step_loss']:.4f}, lr {row['lr']:.2e}, "
+            f"{row['ms_per_iter']:.2f} ms/iter, {row['tokens_per_sec']:,.0f} tok/s{mfu}, "
+            f"elapsed {clock(row['elapsed_s'])}, left {clock(row['eta_s'])}")
+
+
+def checkpoint(raw_model: GPT, optimizer, scaler, iter_num: int, best_val_loss: float, cfg: TrainConfig,
+               data: Data, rng: list[dict]) -> dict:
+    return {
+        'model': raw_model.state_dict(),
+        'optimizer': optimizer.state_dict(),
+        'scaler': scaler.state_dict(),
+        'model_args': dataclasses.asdict(raw_model.config),
+        'iter_num': iter_num,
+        'best_val_loss': best_val_loss,
+        'config': dataclasses.asdict(cfg),
+        'meta': data.meta,  # what the token ids mean: sample.py decodes with it, resume checks the data against it
+        'rng': rng,  # every rank's random state: resume continues exactly
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
 # training
 
 def train(cfg: TrainConfig) -> dict:
@@ -109,270 +666,107 @@ def train(cfg: TrainConfig) -> dict:
 
       iter_num, best_val_loss, val_loss, train_loss (last eval), losses [(iter, train, val), ...],
       timings [(iter, ms/iter), ...] (one entry per log window: wall time of the window / iterations in it,
-      synchronized by the loss.item() of the log line; evals and the first window, with compilation, are
+      synchronized by the loss read of the log line; evals and the first window, with compilation, are
       left out), ms_per_iter (median of timings), tokens_per_sec, mfu (None when the GPU's peak is unknown),
       tokens_per_iter, num_params, peak_mem_bytes (CUDA only), device, dtype, attn.
     Other DDP ranks return {}.
     """
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    # -------- processes and devices
-    ddp = int(os.environ.get('RANK', -1)) != -1  # started by torchrun?
-    device = cfg.device
-    own_process_group = False
-    if ddp:
-        if cfg.backend == 'nccl' and not device.startswith('cuda'):
-            raise ConfigError(f"backend='nccl' needs CUDA and device is {device!r}: use --backend=gloo on the CPU")
-        if not dist.is_initialized():
-            dist.init_process_group(backend=cfg.backend)
-            own_process_group = True
-        rank, local_rank, world_size = dist.get_rank(), int(os.environ['LOCAL_RANK']), dist.get_world_size()
-        if device.startswith('cuda'):
-            device = f'cuda:{local_rank}'
-            torch.cuda.set_device(device)
-    else:
-        rank, world_size = 0, 1
-    master = rank == 0
-    grad_accum = cfg.gradient_accumulation_steps
-    if grad_accum % world_size != 0:
-        raise ConfigError(f"gradient_accumulation_steps ({grad_accum}) must be divisible by the number of "
-                          f"processes ({world_size}): each rank does gradient_accumulation_steps / {world_size}")
-    grad_accum //= world_size
-    device_type = 'cuda' if device.startswith('cuda') else 'cpu'
-    if device_type == 'cuda' and not torch.cuda.is_available():
-        raise ConfigError(f"device={cfg.device!r} but CUDA is not available: use --device=cpu")
-    dtype = resolve_dtype(cfg.dtype, device_type)
+    procs = setup_processes(cfg)
+    ok = False
     try:
-        check_attn_device(cfg.attn, device_type)
-    except RuntimeError as e:
-        raise ConfigError(str(e)) from None
-    ctx = autocast_context(device_type, dtype)
-    wandb = None
-    if cfg.wandb_log and master:
-        try:
-            import wandb
-        except ImportError:
-            raise ConfigError("wandb_log=True but wandb is not installed: pip install wandb, or --wandb_log=False")
-    if device_type == 'cuda':
-        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls (the few outside autocast) on tensor cores
-        torch.backends.cudnn.allow_tf32 = True
-
-    # -------- checkpoint to resume from: it fixes the architecture, so it comes before the data
-    ckpt = None
-    iter_num = 0
-    best_val_loss = float('inf')
-    if cfg.init_from == 'resume':
-        ckpt = load_checkpoint(cfg.out_dir, device)
-        arch = {k: ckpt['model_args'][k] for k in ARCH_KEYS}
-        changed = {k: v for k, v in arch.items() if getattr(cfg, k) != v}
-        if changed and master:
-            print(f"resume: the architecture is the checkpoint's, using {changed}")
-        cfg = dataclasses.replace(cfg, **arch)  # dropout and attn may change between runs; the shapes may not
-        iter_num = ckpt['iter_num']
-        best_val_loss = ckpt['best_val_loss']
-    elif master and os.path.exists(os.path.join(cfg.out_dir, 'ckpt.pt')):
-        print(f"note: {cfg.out_dir}/ckpt.pt exists and this run starts from {cfg.init_from}: its first save replaces "
-              f"it (--init_from=resume continues it instead)")
-    tokens_per_iter = grad_accum * world_size * cfg.batch_size * cfg.block_size
-    if master:
-        print(f"device {device} ({torch.cuda.get_device_name(device) if device_type == 'cuda' else 'cpu'}), "
-              f"dtype {dtype}, attn {cfg.attn}, {world_size} process(es), tokens per iteration {tokens_per_iter:,}")
-
-    # -------- data
-    data_dir = cfg.data_dir or os.path.join(REPO_DIR, 'data', cfg.dataset)
-    train_data = load_tokens(data_dir, 'train', device)
-    val_data = load_tokens(data_dir, 'val', device)
-    meta = read_meta(data_dir)
-    for name, data in (('train', train_data), ('val', val_data)):
-        if len(data) <= cfg.block_size:
-            raise ConfigError(f"the {name} split has {len(data)} tokens, not more than block_size={cfg.block_size}")
-    offsets = torch.arange(cfg.block_size, device=device)  # (T,)
-
-    def get_batch(data: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        # random windows, gathered on the device: a few kernel launches, no host work, no sync
-        ix = torch.randint(len(data) - cfg.block_size, (cfg.batch_size, 1), device=device, generator=gen)  # (B, 1)
-        x = data[ix + offsets]  # (B, T)
-        y = data[ix + 1 + offsets]  # (B, T)
-        return x, y
-
-    # -------- model and optimizer
-    if ckpt is not None:
-        model = model_from_checkpoint(ckpt, attn=cfg.attn, dropout=cfg.dropout)
-    elif cfg.init_from != 'scratch':  # GPT-2's weights (by name or directory): its shape, cropped to block_size
-        model = model_from_checkpoint(hf_gpt2.load(cfg.init_from, block_size=cfg.block_size), attn=cfg.attn,
-                                      dropout=cfg.dropout)
-        cfg = dataclasses.replace(cfg, **{k: getattr(model.config, k) for k in ARCH_KEYS})  # saved as it is
-    else:
-        # the same seed on every rank and for every attn: identical initial weights
-        torch.manual_seed(cfg.seed)
-        model = GPT(GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
-                              bias=cfg.bias, vocab_size=meta['vocab_size'] if meta else 50304,
-                              dropout=cfg.dropout, attn=cfg.attn))
-    model_args = dataclasses.asdict(model.config)
-    model.to(device)
-    # dropout draws from the global generator: differ per rank so ranks do not drop the same units
-    torch.manual_seed(cfg.seed + rank)
-    raw_model = model  # the un-compiled, un-wrapped module: what is saved and what counts FLOPs
-    num_params = raw_model.get_num_params()
-    if master:
-        print(f"number of parameters: {num_params / 1e6:.2f}M")
-
-    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
-    if ckpt is not None:
-        fresh = [{k: g[k] for k in ('fused', 'foreach')} for g in optimizer.param_groups]
-        optimizer.load_state_dict(ckpt['optimizer'])
-        for g, keep in zip(optimizer.param_groups, fresh):
-            g.update(keep)  # a checkpoint from a GPU must not turn on the fused CUDA kernel in a CPU run
-    ckpt = None  # free the loaded tensors
-    scaler = torch.amp.GradScaler('cuda', enabled=(dtype == 'float16'))  # a no-op unless float16
-
-    # A small model's step is hundreds of short kernels: launching them from Python costs more than running
-    # them, so on one GPU the compiled step is captured as CUDA graphs ('reduce-overhead') and replayed.
-    # Not under DDP, whose gradient all-reduce runs from autograd hooks outside any graph.
-    cudagraphs = cfg.compile and cfg.cudagraphs and device_type == 'cuda' and not ddp
-    if cfg.compile:
-        if master:
-            print(f"compiling the model{' with CUDA graphs' if cudagraphs else ''}... (takes a minute)")
-        model = torch.compile(model, mode='reduce-overhead' if cudagraphs else None)
-    eval_model = model  # evaluated outside DDP: only the master evaluates, and DDP's forward expects every rank
-    if ddp:
-        model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None, broadcast_buffers=False)
-
-    # data order: a generator of its own per rank, so the same seed gives the same batches whatever attn is.
-    # On resume it is seeded from the iteration too, so a resumed run does not replay its first batches.
-    train_gen = torch.Generator(device=device).manual_seed(cfg.seed + rank + world_size * iter_num)
-    # eval batches: a separate generator, reseeded at each eval, so every eval scores the same batches
-    # (comparable across evals and across runs) and evaluating never shifts the training data order
-    eval_gen = torch.Generator(device=device)
-
-    @torch.no_grad()
-    def estimate_loss() -> dict:
-        out = {}
-        eval_model.eval()
-        eval_gen.manual_seed(cfg.seed + 10_000)
-        for split, data in (('train', train_data), ('val', val_data)):
-            losses = torch.zeros(cfg.eval_iters, device=device)
-            for k in range(cfg.eval_iters):
-                X, Y = get_batch(data, eval_gen)
-                if cudagraphs:
-                    torch.compiler.cudagraph_mark_step_begin()  # the last replay's outputs are no longer needed
-                with ctx:
-                    _, loss = eval_model(X, Y)
-                losses[k] = loss
-            out[split] = losses.mean().item()
-        eval_model.train()
-        return out
-
-    if wandb is not None:
-        wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=dataclasses.asdict(cfg))
-
-    peak_flops = gpu_peak_flops(torch.cuda.get_device_name(device)) if device_type == 'cuda' else None
-    if peak_flops is not None and dtype == 'float32':
-        peak_flops = None  # MFU is against the bf16 tensor-core peak; an fp32 run would read as tiny
-    flops_per_iter = raw_model.flops_per_token() * tokens_per_iter
-    if master and device_type == 'cuda' and peak_flops is None:
-        print(f"MFU not reported: no bf16 peak known for {torch.cuda.get_device_name(device)} with dtype {dtype}")
-
-    # -------- the loop
-    losses_history = []  # (iter, train loss, val loss) at each eval
-    timings = []  # (iter, ms/iter) per steady-state log window
-    last_eval = {}
-    X, Y = get_batch(train_data, train_gen)
-    local_iter_num = 0
-    window_t0, window_iters, window_first_local = time.perf_counter(), 0, 0
-    while True:
-        lr = get_lr(iter_num, cfg)
-        for g in optimizer.param_groups:
-            g['lr'] = lr
-
-        if iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters or cfg.eval_only:
-            if master:
-                last_eval = estimate_loss()
-                losses_history.append((iter_num, last_eval['train'], last_eval['val']))
-                print(f"step {iter_num}: train loss {last_eval['train']:.4f}, val loss {last_eval['val']:.4f}")
-                if wandb is not None:
-                    wandb.log({'iter': iter_num, 'train/loss': last_eval['train'], 'val/loss': last_eval['val'],
-                               'lr': lr})
-                if last_eval['val'] < best_val_loss or cfg.always_save_checkpoint:
-                    best_val_loss = min(best_val_loss, last_eval['val'])
-                    if iter_num > 0 and not cfg.eval_only:
-                        save_checkpoint({
-                            'model': raw_model.state_dict(),
-                            'optimizer': optimizer.state_dict(),
-                            'model_args': model_args,
-                            'iter_num': iter_num,
-                            'best_val_loss': best_val_loss,
-                            'config': dataclasses.asdict(cfg),
-                            'meta': meta,  # the char vocabulary travels with the weights, for sample.py
-                        }, cfg.out_dir)
-                        print(f"saved checkpoint to {cfg.out_dir}")
-            # the eval and save are not training time: start a new timing window after them
-            window_t0, window_iters, window_first_local = time.perf_counter(), 0, local_iter_num
-        if iter_num >= cfg.max_iters or cfg.eval_only:
-            break
-
-        # one optimizer step over grad_accum micro-batches
-        for micro_step in range(grad_accum):
-            if ddp:
-                # all-reduce the gradients only on the last micro-step
-                model.require_backward_grad_sync = (micro_step == grad_accum - 1)
-            if cudagraphs:
-                torch.compiler.cudagraph_mark_step_begin()  # the last replay's outputs are no longer needed
-            with ctx:
-                _, loss = model(X, Y)
-                loss = loss / grad_accum  # the gradients add up over micro-steps: average them
-            X, Y = get_batch(train_data, train_gen)  # queued while the backward runs
-            scaler.scale(loss).backward()
-        if cfg.grad_clip != 0.0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        window_iters += 1
-
-        if iter_num % cfg.log_interval == 0 and master:
-            lossf = loss.item() * grad_accum  # the only host sync of a training step, on log steps only
-            now = time.perf_counter()
-            ms = (now - window_t0) * 1000 / window_iters
-            if window_first_local > 0:  # the first window holds compilation and warm-up
-                timings.append((iter_num, ms))
-            mfu = flops_per_iter / (ms / 1000) / peak_flops if peak_flops else None
-            mfu_str = f", mfu {mfu * 100:.1f}%" if mfu is not None else ""
-            print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {ms:.2f} ms/iter, "
-                  f"{tokens_per_iter / (ms / 1000):,.0f} tok/s{mfu_str}")
-            if wandb is not None:
-                wandb.log({'iter': iter_num, 'train/step_loss': lossf, 'ms_per_iter': ms,
-                           'tokens_per_sec': tokens_per_iter / (ms / 1000), **({'mfu': mfu} if mfu else {})})
-            window_t0, window_iters, window_first_local = now, 0, local_iter_num + 1
-        iter_num += 1
-        local_iter_num += 1
-
-    if wandb is not None:
-        wandb.finish()
-    if own_process_group:
-        dist.destroy_process_group()
-    if not master:
+        with ExitStack() as stack:
+            stack.enter_context(explain_ddp_timeout(cfg, procs))
+            stack.enter_context(stop_on_sigterm(procs))
+            if procs.master:
+                stack.enter_context(lock_out_dir(cfg.out_dir))
+            cfg, ckpt = resume_from(cfg, procs)
+            cfg, weights = pretrained_weights(cfg, procs)
+            data = open_data(cfg, procs.device, ckpt or weights)
+            log = RunLog(cfg, procs.master)
+            stack.callback(lambda: log.close(ok))
+            tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
+            log.print(f"device {procs.device} ({device_name(procs)}), dtype {procs.dtype}, attn {cfg.attn}, "
+                      f"{procs.world_size} process(es), tokens per iteration {tokens_per_iter:,}")
+            raw_model, optimizer, scaler = build_model(cfg, ckpt, weights, data.vocab_size, procs)
+            num_params = raw_model.get_num_params()
+            log.print(f"number of parameters: {num_params / 1e6:.2f}M")
+            model, eval_model, cudagraphs = compile_and_wrap(raw_model, cfg, procs, log)
+            iter_num, best_val_loss = (ckpt['iter_num'], ckpt['best_val_loss']) if ckpt else (0, float('inf'))
+            first_iter = iter_num
+            train_gen = seed_random_state(cfg, ckpt, procs, iter_num, log)
+            ckpt = weights = None  # free the loaded tensors
+            offsets = torch.arange(cfg.block_size, device=procs.device)  # (T,)
+            next_batch = lambda: get_batch(data.train, cfg.batch_size, offsets, train_gen)  # noqa: E731
+            timer = Throughput(tokens_per_iter, raw_model.flops_per_token() * tokens_per_iter,
+                               peak_flops(procs, log), cfg.max_iters)
+            history, last_eval = [], {}  # (iter, train loss, val loss) at each eval; the last eval's losses
+            while True:
+                lr = get_lr(iter_num, cfg)
+                for g in optimizer.param_groups:
+                    g['lr'] = lr
+                row = {}  # this iteration's figures, for metrics.jsonl and W&B
+                if iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters or cfg.eval_only:
+                    # every rank's random state, gathered by all of them, for the master to save (once this
+                    # run has trained: a resumed run's first eval has nothing new to save)
+                    rng = random_state(train_gen, procs) if iter_num > first_iter and not cfg.eval_only else None
+                    if procs.master:
+                        last_eval = evaluate(eval_model, data, cfg, procs, cudagraphs, iter_num, log)
+                        history.append((iter_num, last_eval['train'], last_eval['val']))
+                        row |= {'train/loss': last_eval['train'], 'val/loss': last_eval['val'], 'lr': lr,
+                                'elapsed_s': timer.elapsed()}
+                        if last_eval['val'] < best_val_loss or cfg.always_save_checkpoint:
+                            best_val_loss = min(best_val_loss, last_eval['val'])
+                            if rng is not None:
+                                save_checkpoint(checkpoint(raw_model, optimizer, scaler, iter_num, best_val_loss,
+                                                           cfg, data, rng), cfg.out_dir)
+                                log.print(f"saved checkpoint to {cfg.out_dir}")
+                    timer.restart()  # the eval and the save are not training time
+                if iter_num >= cfg.max_iters or cfg.eval_only:
+                    log.write(iter_num, row)
+                    break
+                loss, norm = train_step(model, raw_model, optimizer, scaler, next_batch, cfg, procs, cudagraphs)
+                timer.tick()
+                if iter_num % cfg.log_interval == 0:
+                    lossf, normf = read_loss(loss, norm, iter_num, cfg, procs, scaler)
+                    row |= {'train/step_loss': lossf, 'grad_norm': normf, 'lr': lr, **timer.read(iter_num)}
+                    log.print(progress_line(iter_num, cfg.max_iters, row))
+                log.write(iter_num, row)
+                iter_num += 1
+            ok = True
+    finally:
+        end_processes(procs)
+    if not procs.master:
         return {}
-    ms_per_iter = float(np.median([ms for _, ms in timings])) if timings else None
     return {
         'iter_num': iter_num,
         'best_val_loss': best_val_loss,
         'train_loss': last_eval.get('train'),
         'val_loss': last_eval.get('val'),
-        'losses': losses_history,
-        'timings': timings,
-        'ms_per_iter': ms_per_iter,
-        'tokens_per_sec': tokens_per_iter / (ms_per_iter / 1000) if ms_per_iter else None,
-        'mfu': flops_per_iter / (ms_per_iter / 1000) / peak_flops if (ms_per_iter and peak_flops) else None,
+        'losses': history,
+        'timings': timer.timings,
+        **timer.summary(),  # ms_per_iter, tokens_per_sec, mfu
         'tokens_per_iter': tokens_per_iter,
         'num_params': num_params,
-        'peak_mem_bytes': torch.cuda.max_memory_allocated(device) if device_type == 'cuda' else None,
-        'device': device,
-        'dtype': dtype,
+        'peak_mem_bytes': torch.cuda.max_memory_allocated(procs.device) if procs.device_type == 'cuda' else None,
+        'device': procs.device,
+        'dtype': procs.dtype,
         'attn': cfg.attn,
     }
+
+
+def device_name(procs: Processes) -> str:
+    return torch.cuda.get_device_name(procs.device) if procs.device_type == 'cuda' else 'cpu'
+
+
+def peak_flops(procs: Processes, log: RunLog) -> float | None:
+    """The GPU's dense bf16 peak, for MFU; None (no MFU) on the CPU, for an unknown GPU, or with float32."""
+    if procs.device_type != 'cuda':
+        return None
+    name = torch.cuda.get_device_name(procs.device)
+    peak = gpu_peak_flops(name) if procs.dtype != 'float32' else None  # an fp32 run would read as tiny
+    if peak is None:
+        log.print(f"MFU not reported: no bf16 peak known for {name} with dtype {procs.dtype}")
+    return peak
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -380,8 +774,14 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cfg = parse_config(argv, TrainConfig)
         train(cfg)
-    except (ConfigError, CheckpointError, FileNotFoundError) as e:
+    except (ConfigError, CheckpointError, FileNotFoundError, TrainingError) as e:
         sys.exit(f"error: {e}")
+    except torch.cuda.OutOfMemoryError as e:
+        sys.exit(f"error: the GPU ran out of memory ({str(e).splitlines()[0][:160]}): lower --batch_size (and raise "
+                 f"--gradient_accumulation_steps to keep the tokens per step), --block_size or the model's size")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: the last checkpoint saved is complete (saves are atomic); continue it with "
+                 "--init_from=resume")
 
 
 if __name__ == '__main__':

@@ -223,27 +223,6 @@ def get_codec(meta: dict | None) -> tuple[Callable[[str], list[int]], Callable[[
     return (lambda s: enc.encode(s, allowed_special={'<|endoftext|>'})), decode_bpe
 
 
-def meta_mismatch(a: dict | None, b: dict | None) -> str | None:
-    """How the tokens of two metas (a dataset's meta.pkl, a checkpoint's 'meta') differ in meaning, e.g.
-    "tokenizer 'char' vs 'gpt2'", in the order a, b; None when they mean the same."""
-    kind_a, kind_b = tokenizer_of(a), tokenizer_of(b)
-    if kind_a != kind_b:
-        return f"tokenizer {kind_a!r} vs {kind_b!r}"
-    if kind_a == 'char' and a['stoi'] != b['stoi']:
-        only_a, only_b = sorted(set(a['stoi']) - set(b['stoi'])), sorted(set(b['stoi']) - set(a['stoi']))
-        if not only_a and not only_b:
-            return f"the same {len(a['stoi'])} characters, numbered differently"
-
-        def some(chars: list[str]) -> str:
-            return ''.join(chars[:20]) + (' ...' if len(chars) > 20 else '')  # shown with !r: '\n' stays visible
-        return (f"{len(a['stoi'])} vs {len(b['stoi'])} characters ({len(only_a)} only in the first: {some(only_a)!r}; "
-                f"{len(only_b)} only in the second: {some(only_b)!r})")
-    size_a, size_b = (m.get('vocab_size') if m else None for m in (a, b))
-    if None not in (size_a, size_b) and size_a != size_b:
-        return f"vocab_size {size_a} vs {size_b}"
-    return None
-
-
 def table_cell(x: float | None, spec: str) -> str:
     """x formatted for a results table; a dash when it was not measured (None or NaN)."""
     return '–' if x is None or x != x else format(x, spec)
@@ -342,9 +321,15 @@ def model_from_checkpoint(ckpt: dict, **overrides) -> GPT:
 
 
 def save_checkpoint(ckpt: dict, out_dir: str) -> None:
-    """Write to a temporary file, then rename over ckpt.pt: a crash mid-write never leaves a half checkpoint."""
-    os.makedirs(out_dir, exist_ok=True)
+    """Write to a temporary file, then rename over ckpt.pt: a crash mid-write never leaves a half checkpoint.
+    Refuses (CheckpointError, ckpt.pt untouched) weights that hold NaN or inf: a diverged model never replaces
+    a good checkpoint."""
     path = os.path.join(out_dir, 'ckpt.pt')
+    bad = [name for name, t in ckpt['model'].items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise CheckpointError(f"refusing to save {path}: the model's weights hold NaN or inf ({', '.join(bad[:3])}"
+                              f"{', ...' if len(bad) > 3 else ''}); the checkpoint there was left as it is")
+    os.makedirs(out_dir, exist_ok=True)
     tmp = path + '.tmp'
     with open(tmp, 'wb') as f:
         torch.save(ckpt, f)
@@ -362,21 +347,65 @@ def tokenizer_of(meta: dict | None) -> str:
     return meta.get('tokenizer', 'char' if 'stoi' in meta else 'gpt2')
 
 
+def describe_meta(meta: dict | None) -> str:
+    """A meta in a few words: 'characters (65 ids)' or 'GPT-2 BPE (50257 ids)'."""
+    vocab_size = (meta or {}).get('vocab_size', 50257)  # no meta: GPT-2's own vocabulary
+    return f"{'characters' if tokenizer_of(meta) == 'char' else 'GPT-2 BPE'} ({vocab_size} ids)"
+
+
+def meta_mismatch(a: dict | None, b: dict | None, a_name: str, b_name: str) -> str | None:
+    """How two metas (e.g. a checkpoint's and a dataset's) disagree on what token ids mean, naming both sides;
+    None when they agree: the same tokenizer, vocab_size and, for characters, the same character for every id."""
+    both_char = tokenizer_of(a) == tokenizer_of(b) == 'char'
+    if describe_meta(a) == describe_meta(b) and not (both_char and a['stoi'] != b['stoi']):
+        return None
+    text = f"the token ids mean different things: {a_name}: {describe_meta(a)}, {b_name}: {describe_meta(b)}"
+    if both_char:
+        only_a, only_b = sorted(set(a['stoi']) - set(b['stoi'])), sorted(set(b['stoi']) - set(a['stoi']))
+        text += f"; characters only in {a_name}: {''.join(only_a)!r}, only in {b_name}: {''.join(only_b)!r}"
+    return text
+
+
+def prepare_hint(data_dir: str) -> str:
+    """What to run to (re)create a dataset: its prepare.py when it has one, else the repo's datasets."""
+    script = os.path.join(data_dir, 'prepare.py')
+    if os.path.isfile(script):
+        return (f"prepare the dataset first: python {os.path.relpath(script)} "
+                f"(offline: add --input PATH, a local copy of input.txt)")
+    data_root = os.path.join(REPO_DIR, 'data')
+    known = sorted(d for d in os.listdir(data_root) if os.path.isfile(os.path.join(data_root, d, 'prepare.py')))
+    return (f"prepare the dataset first (train.bin, val.bin and meta.pkl, as data/<name>/prepare.py writes "
+            f"them), or pick one of the repo's datasets with --dataset={' | '.join(known)} after running "
+            f"its prepare.py")
+
+
 def read_meta(data_dir: str) -> dict | None:
-    """The character vocabulary, if the dataset has one (meta.pkl); None means GPT-2 BPE."""
+    """The dataset's meta.pkl: what its token ids mean (see tokenizer_of); None when there is none."""
     path = os.path.join(data_dir, 'meta.pkl')
     if not os.path.isfile(path):
         return None
-    with open(path, 'rb') as f:
-        return pickle.load(f)
+    try:
+        with open(path, 'rb') as f:
+            meta = pickle.load(f)
+    except Exception as e:  # truncated, or not a pickle: all mean the same to the user
+        raise ConfigError(f"{path} is unreadable ({type(e).__name__}): {prepare_hint(data_dir)}") from e
+    if not isinstance(meta, dict) or 'vocab_size' not in meta:
+        raise ConfigError(f"{path} is not a dataset's meta (no vocab_size): {prepare_hint(data_dir)}")
+    return meta
 
 
-def load_tokens(data_dir: str, split: str, device: str) -> torch.Tensor:
+def load_tokens(data_dir: str, split: str, device: str, vocab_size: int | None = None) -> torch.Tensor:
     """The whole split as one int64 tensor on the device: the Shakespeare splits are a few MB, and
-    gathering batches on the device avoids a host->device copy and its Python overhead every step."""
+    gathering batches on the device avoids a host->device copy and its Python overhead every step.
+    With vocab_size, every token id is checked to be below it, once, here."""
     path = os.path.join(data_dir, f'{split}.bin')
     if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{path} not found: prepare the dataset first, e.g. python {os.path.relpath(data_dir)}/prepare.py "
-            f"(offline: add --input ../shared/data/tinyshakespeare/input.txt)")
-    return torch.from_numpy(np.fromfile(path, dtype=np.uint16).astype(np.int64)).to(device)
+        raise FileNotFoundError(f"{path} not found: {prepare_hint(data_dir)}")
+    if os.path.getsize(path) % 2:
+        raise ConfigError(f"{path} is not a file of uint16 token ids (an odd number of bytes): "
+                          f"{prepare_hint(data_dir)}")
+    ids = np.fromfile(path, dtype=np.uint16)
+    if vocab_size is not None and len(ids) and int(ids.max()) >= vocab_size:
+        raise ConfigError(f"{path} holds token id {int(ids.max())}, outside the model's vocabulary of {vocab_size} "
+                          f"ids (0..{vocab_size - 1}): it is not this dataset's tokens; {prepare_hint(data_dir)}")
+    return torch.from_numpy(ids.astype(np.int64)).to(device)

@@ -9,6 +9,10 @@ eval_iters = 20             # batches per split per evaluation: enough for a rou
 log_interval = 25           # print a training line this often
 always_save_checkpoint = False  # keep the checkpoint with the best val loss
 
+wandb_log = False           # override on the command line if you like
+wandb_project = 'shakespeare-char'  # the GPU config's project: CPU and GPU runs side by side
+wandb_run_name = 'mini-gpt-cpu'
+
 dataset = 'shakespeare_char'
 gradient_accumulation_steps = 1  # one micro-batch per optimizer step (use 2 under torchrun with 2 processes)
 batch_size = 12             # sequences per step

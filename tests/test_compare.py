@@ -67,7 +67,7 @@ def test_help_lists_its_own_options_and_the_training_settings(capsys):
     out = ' '.join(capsys.readouterr().out.split())  # the column widths follow the longest setting name
     assert f"--impls=str default '{','.join(compare.IMPLS)}' the attention implementations to train" in out
     assert "--report_dir=str default 'compare-out'" in out
-    assert "training settings, as in train.py" in out and '--max_iters=int default 600000' in out
+    assert "training settings, as in train.py" in out and f'--max_iters=int default {TrainConfig.max_iters}' in out
 
 
 def test_wandb_runs_are_grouped_and_the_table_is_logged(char_data, tmp_path, monkeypatch):

@@ -144,10 +144,10 @@ def test_a_dataset_that_disagrees_with_the_checkpoint_is_refused_naming_both(cha
     other = dict(meta, stoi={**meta['stoi'], '§': 65}, itos={**meta['itos'], 65: '§'}, vocab_size=66)
     other_dir = _write_meta(tmp_path / 'other', other)
     message = _error([f'--out_dir={char_ckpt}', f'--data_dir={other_dir}', '--device=cpu'])
-    assert f"{other_dir}/meta.pkl and checkpoint {char_ckpt}/ckpt.pt disagree" in message
-    assert "66 vs 65 characters (1 only in the first: '§'" in message
+    assert (f"the dataset {other_dir}/meta.pkl: characters (66 ids), checkpoint {char_ckpt}/ckpt.pt: characters "
+            f"(65 ids); characters only in the dataset {other_dir}/meta.pkl: '§'") in message
     bpe_dir = _write_meta(tmp_path / 'bpe', {'tokenizer': 'gpt2', 'vocab_size': 50257})
-    assert "tokenizer 'gpt2' vs 'char' (dataset vs checkpoint)" in _error(
+    assert f"the dataset {bpe_dir}/meta.pkl: GPT-2 BPE (50257 ids), checkpoint {char_ckpt}/ckpt.pt: characters" in _error(
         [f'--out_dir={char_ckpt}', f'--data_dir={bpe_dir}', '--device=cpu'])
     assert "has no meta.pkl" in _error([f'--out_dir={char_ckpt}', f'--data_dir={tmp_path}', '--device=cpu'])
     (tmp_path / 'junk').mkdir()

@@ -68,7 +68,8 @@ def test_missing_checkpoint_says_train_first(char_data, tmp_path):
 
 
 def test_missing_data_says_how_to_prepare(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"train\.bin not found: prepare the dataset first.*prepare\.py"):
+    with pytest.raises(FileNotFoundError, match=r"train\.bin and val\.bin and meta\.pkl not found in .*no_data: "
+                                                r"prepare the dataset first.*prepare\.py.*shakespeare_char"):
         train(tiny_config(tmp_path / 'out', tmp_path / 'no_data'))
 
 
@@ -84,4 +85,10 @@ def test_two_processes_on_cpu_with_gloo(char_data, tmp_path):
     assert '2 process(es)' in r.stdout and 'step 4:' in r.stdout
     assert r.stdout.count('number of parameters') == 1  # only the master logs
     ckpt = load_checkpoint(str(tmp_path), 'cpu')
-    assert ckpt['iter_num'] == 4
+    assert ckpt['iter_num'] == 4 and len(ckpt['rng']) == 2  # every rank's random state, for an exact resume
+
+    r = subprocess.run([*cmd, '--init_from=resume', '--max_iters=6'], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert 'no random state' not in r.stdout and 'step 6:' in r.stdout
+    assert load_checkpoint(str(tmp_path), 'cpu')['iter_num'] == 6

@@ -1,0 +1,170 @@
+"""train.py under bad settings and faults: each is refused or stopped with one `error:` line that says what to do,
+and nothing already saved is lost (divergence, unwritable or shared out_dir, a hung DDP rank)."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from helpers import ROOT, char_data, tiny_config  # noqa: F401 (fixture)
+from train import TrainConfig, TrainingError, lock_out_dir, main, train
+from utils import CheckpointError, ConfigError, parse_config, save_checkpoint
+
+# (command-line override, what the error must say): the key, the value given and the valid range
+BAD_SETTINGS = [
+    ('--grad_clip=-1.0', r"grad_clip must be >= 0 \(0 turns clipping off\), got -1\.0"),
+    ('--learning_rate=-0.001', r"learning_rate must be > 0, got -0\.001"),
+    ('--min_lr=-1e-4', r"min_lr must be >= 0, got -0\.0001"),
+    ('--min_lr=0.1', r"min_lr must be <= learning_rate=0\.001, got 0\.1"),
+    ('--weight_decay=-0.1', r"weight_decay must be >= 0, got -0\.1"),
+    ('--beta1=1.0', r"beta1 must be in \[0, 1\), got 1\.0"),
+    ('--beta2=1.5', r"beta2 must be in \[0, 1\), got 1\.5"),
+    ('--dropout=2', r"dropout must be in \[0, 1\), got 2\.0"),
+    ('--n_layer=0', r"n_layer must be a positive integer, got 0"),
+    ('--n_embd=32', r"n_embd \(32\) must be divisible by n_head \(6\)"),
+    ('--device=foo', r"device must be 'cpu', 'cuda' or 'cuda:N', got 'foo'"),
+    ('--eval_iters=0', r"eval_iters must be >= 1, got 0"),
+    ('--max_iters=-5', r"max_iters must be >= 0, got -5"),
+    ('--warmup_iters=6000', r"warmup_iters must be <= lr_decay_iters=5000 .*, got 6000"),
+    ('--ddp_timeout=0', r"ddp_timeout must be > 0 seconds, got 0\.0"),
+    ('--backend=mpi', r"backend must be one of \('nccl', 'gloo'\), got 'mpi'"),
+]
+
+
+@pytest.mark.parametrize('arg,message', BAD_SETTINGS, ids=[a for a, _ in BAD_SETTINGS])
+def test_bad_setting_names_key_value_and_range(arg, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config([arg], TrainConfig)
+
+
+def test_nan_in_a_config_file_is_refused(tmp_path):
+    (tmp_path / 'c.py').write_text("learning_rate = float('nan')\n")
+    with pytest.raises(ConfigError, match=r"learning_rate must be > 0, got nan"):
+        parse_config([str(tmp_path / 'c.py')], TrainConfig)
+
+
+def run_train(*args, timeout=120):
+    return subprocess.run([sys.executable, 'train.py', *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_bad_setting_on_the_command_line_is_one_error_line(tmp_path):
+    """Regression: GPTConfig's own checks (n_embd % n_head, dropout, n_layer) ended in a traceback."""
+    r = run_train('--n_embd=30', '--n_head=4', f'--out_dir={tmp_path}')
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        "error: n_embd (30) must be divisible by n_head (4): each head gets n_embd // n_head channels"]
+    assert list(tmp_path.iterdir()) == []  # checked before any work
+
+
+def test_divergence_stops_the_run_and_keeps_the_good_checkpoint(char_data, tmp_path):
+    """Regression: a resume with --learning_rate=1e3 went on to max_iters with a NaN loss, exited 0, and replaced
+    ckpt.pt with an all-NaN model."""
+    train(tiny_config(tmp_path, char_data, max_iters=4, eval_interval=4))
+    good = (tmp_path / 'ckpt.pt').read_bytes()
+    with pytest.raises(SystemExit) as stop:  # sys.exit(message): the message on stderr, exit status 1
+        main([str(ROOT / 'config' / 'train_shakespeare_char_cpu.py'), f'--data_dir={char_data}',
+              f'--out_dir={tmp_path}', '--init_from=resume', '--learning_rate=1e3', '--min_lr=1.0', '--max_iters=40',
+              '--eval_interval=4', '--log_interval=1', '--eval_iters=2', '--batch_size=8'])
+    assert re.fullmatch(r"error: training diverged at iter \d+: loss \S+, gradient norm (nan|inf) .*last checkpoint "
+                        r".* left as it is\. Try a lower --learning_rate \(now 1000\).*", stop.value.code)
+    assert (tmp_path / 'ckpt.pt').read_bytes() == good
+
+
+def test_a_checkpoint_with_non_finite_weights_is_never_written(char_data, tmp_path):
+    train(tiny_config(tmp_path, char_data, max_iters=2, eval_interval=2))
+    good = (tmp_path / 'ckpt.pt').read_bytes()
+    weights = {'w': torch.ones(3), 'b': torch.tensor([1.0, float('nan')])}
+    with pytest.raises(CheckpointError, match=r"refusing to save .*ckpt\.pt: the model's weights hold NaN or inf "
+                                              r"\(b\); the checkpoint there was left as it is"):
+        save_checkpoint({'model': weights}, str(tmp_path))
+    assert (tmp_path / 'ckpt.pt').read_bytes() == good
+
+
+def test_unwritable_out_dir_is_refused_before_training(char_data, tmp_path):
+    """Regression: an unwritable out_dir failed only at the first save, after the training time was spent."""
+    (tmp_path / 'a_file').write_text('')
+    with pytest.raises(ConfigError, match=r"out_dir .*a_file/out.* is not writable .*choose another --out_dir"):
+        train(tiny_config(tmp_path / 'a_file' / 'out', char_data))
+
+
+def test_two_runs_cannot_share_an_out_dir_and_a_killed_run_leaves_no_lock(char_data, tmp_path):
+    """Regression: two runs into one out_dir raced on ckpt.pt.tmp. The lock is an flock, which the OS drops
+    when its holder dies, so a run killed with SIGKILL does not block the next."""
+    holder = subprocess.Popen(
+        [sys.executable, '-c', textwrap.dedent(f"""
+            import sys, time
+            sys.path.insert(0, {str(ROOT)!r})
+            from train import lock_out_dir
+            with lock_out_dir({str(tmp_path)!r}):
+                print('locked', flush=True)
+                time.sleep(600)
+            """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == 'locked'
+        with pytest.raises(ConfigError, match=rf"another training run \(pid {holder.pid} on .*\) is writing to "
+                                              rf".*: wait for it to end, or use another --out_dir"):
+            train(tiny_config(tmp_path, char_data, max_iters=2, eval_interval=2))
+        assert not (tmp_path / 'ckpt.pt').exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert (tmp_path / 'train.lock').exists()  # what the killed run left behind does not block:
+    assert train(tiny_config(tmp_path, char_data, max_iters=2, eval_interval=2))['iter_num'] == 2
+
+
+def test_the_lock_is_held_within_one_process_too(char_data, tmp_path):
+    with lock_out_dir(str(tmp_path)):
+        with pytest.raises(ConfigError, match=r"another training run \(pid \d+"):
+            train(tiny_config(tmp_path, char_data, max_iters=2, eval_interval=2))
+    train(tiny_config(tmp_path, char_data, max_iters=2, eval_interval=2))  # released with the with block
+
+
+def test_triton_bf16_under_the_interpreter_is_refused(tmp_path, monkeypatch):
+    """Triton's interpreter computes bf16 dot products wrongly: such a run trained silently on garbage attention."""
+    monkeypatch.setenv('TRITON_INTERPRET', '1')
+    with pytest.raises(ConfigError, match=r"attn='triton' with dtype='bfloat16' under TRITON_INTERPRET=1.*"
+                                          r"--dtype=float32"):
+        train(TrainConfig(out_dir=str(tmp_path), device='cpu', attn='triton', dtype='bfloat16'))
+    assert list(tmp_path.iterdir()) == []
+
+
+# rank 1 stops answering at its third optimizer step, as a hung process would (a deadlock, a stuck file system)
+HANG_ONE_RANK = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+import train
+
+real_step, calls = train.train_step, []
+
+def train_step(*args, **kwargs):
+    calls.append(1)
+    if os.environ['RANK'] == '1' and len(calls) == 3:
+        time.sleep(600)
+    return real_step(*args, **kwargs)
+
+train.train_step = train_step
+train.main(sys.argv[1:])
+"""
+
+
+def test_a_hung_ddp_rank_ends_the_run_with_a_message_on_every_rank(char_data, tmp_path):
+    """Regression: a hung rank blocked the others for gloo's default 30 minutes, with nothing logged."""
+    script = tmp_path / 'hang_one_rank.py'
+    script.write_text(HANG_ONE_RANK.format(root=str(ROOT)))
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', str(script),
+           'config/train_shakespeare_char_cpu.py', '--device=cpu', '--backend=gloo', f'--data_dir={char_data}',
+           f'--out_dir={tmp_path / "out"}', '--gradient_accumulation_steps=2', '--n_layer=1', '--n_embd=16',
+           '--n_head=2', '--block_size=8', '--batch_size=2', '--max_iters=20', '--eval_interval=10',
+           '--eval_iters=1', '--log_interval=1', '--ddp_timeout=3']
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    assert "error: rank 0 of 2 waited ddp_timeout=3 s for the other processes" in out, out[-3000:]
+    assert "error: rank 1 of 2 was stopped by the launcher (SIGTERM)" in out, out[-3000:]
