@@ -80,6 +80,7 @@ class TrainConfig:
     n_embd: int = 384  # width of the residual stream
     dropout: float = 0.2  # in [0, 1); 0 turns dropout off
     bias: bool = False  # biases in Linear and LayerNorm, like GPT-2
+    gelu_approximate: str = 'none'  # the MLP's GELU: 'none' (exact) | 'tanh' (GPT-2's; init_from=gpt2 sets it)
     attn: str = 'triton'  # 'triton' | 'sdpa' | 'naive'
     # AdamW
     learning_rate: float = 1e-3  # peak learning rate, after warmup

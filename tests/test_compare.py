@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import compare
+from train import TrainConfig
 from helpers import char_data, requires_flash_kernel, tiny_config  # noqa: F401 (fixture)
 
 # a comparison small enough for the CPU: one optimizer step is one micro-batch of 4 x 16 tokens
@@ -44,7 +45,7 @@ def test_out_of_memory_is_reported_not_raised(tmp_path, monkeypatch, char_data):
 
     monkeypatch.setattr(compare, 'train', oom)
     path = tmp_path / 'naive.json'
-    compare._run_one(tiny_config(tmp_path, char_data), str(path), wandb_group='')
+    compare._run_one(tiny_config(tmp_path, char_data), str(path))
     result = json.loads(path.read_text())
     assert result['status'] == 'OOM'
     table = compare.markdown_table({'triton': {'status': 'ok', 'tokens_per_sec': 10.0, 'ms_per_iter': 1.0},

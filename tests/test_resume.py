@@ -67,7 +67,7 @@ def test_resume_refuses_bpe_data_for_a_character_checkpoint(char_data, tmp_path)
     (bpe / 'meta.pkl').write_bytes(pickle.dumps({'tokenizer': 'gpt2', 'vocab_size': 50257}))
 
     with pytest.raises(ConfigError, match=r"mean different things: the checkpoint .*: characters \(65 ids\), "
-                                          r"the data .*bpe: GPT-2 BPE \(50257 ids\): resume on the data"):
+                                          r"the data .*bpe: GPT-2 BPE \(50257 ids\): train on data with the checkpoint.s tokens"):
         train(tiny_config(out, bpe, init_from='resume', max_iters=4))
 
 
@@ -121,7 +121,8 @@ def test_arch_keys_are_the_fields_a_checkpoint_fixes():
     idx = torch.randint(0, 11, (2, 4))
     want, _ = saved(idx)
 
-    other = {'n_layer': 2, 'n_head': 4, 'n_embd': 16, 'block_size': 5, 'bias': False, 'dropout': 0.1, 'attn': 'naive'}
+    other = {'n_layer': 2, 'n_head': 4, 'n_embd': 16, 'block_size': 5, 'bias': False, 'gelu_approximate': 'tanh',
+             'dropout': 0.1, 'attn': 'naive'}
     assert set(ARCH_KEYS) | set(RUNTIME_KEYS) == set(other)
     for key, value in other.items():
         model = GPT(GPTConfig(**{**base, key: value})).eval()
