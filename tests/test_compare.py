@@ -5,10 +5,9 @@ import json
 import torch
 
 import compare
-from helpers import char_data, requires_flash_kernel, tiny_config  # noqa: F401 (fixture)
+from helpers import char_data, tiny_config  # noqa: F401 (fixture)
 
 
-@requires_flash_kernel
 def test_compare_writes_table_plot_and_json(char_data, tmp_path):
     report = tmp_path / 'report'
     compare.main([f'--report_dir={report}', f'--data_dir={char_data}', '--dataset=shakespeare_char',
