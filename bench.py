@@ -7,12 +7,12 @@ cuDNN and memory-efficient backends and a naive implementation, forward and forw
     python bench.py --layout bhtd        # contiguous (B, H, T, D) inputs instead of the model's layout
     python bench.py --out bench.md       # also write the tables to a Markdown file
 
-FlashAttention-4 is the CuTe-DSL package `flash_attn.cute` (`pip install flash-attn-4`; sm_90 and newer); without
-it the run says so in its header and goes on without that column.
+FlashAttention-4 is the CuTe-DSL package `flash_attn.cute` (`pip install flash-attn-4`); where it does not import,
+the run says so under its header and goes on without that column.
 
 Protocol: bf16; q, k, v (and dout) from torch.randn in the model's layout, (B, T, H, D) tensors viewed as
-(B, H, T, D) with .transpose(1, 2), as the model's qkv projection makes them and as FlashAttention takes them
-(--layout bhtd: contiguous (B, H, T, D) tensors instead); triton.testing.do_bench(warmup=25, rep=100,
+(B, H, T, D) with .transpose(1, 2): the memory order of the model's attention and FlashAttention's own (--layout
+bhtd: contiguous (B, H, T, D) tensors instead); triton.testing.do_bench(warmup=25, rep=100,
 return_mode="median"); fwd+bwd = forward then out.backward(dout) with a fixed random dout; FLOPs forward =
 2*B*H*T*T*D (the causal half of 4*B*H*T*T*D), fwd+bwd = 3.5x forward. Sweep: B*T = 16384 tokens, hidden 2048
 (H = 2048 / D). Before timing a shape every provider's output and gradients are checked against the fp32
