@@ -1,12 +1,13 @@
 """
 A/B of the kernels: this tree's flash_kernel.py and flash_hopper.py against the same two files at another git
-revision, in one process on one GPU, so that a change's effect is measured against its own baseline in the same
-run. A developer's tool; the numbers in BENCHMARKS.md's notes come from it.
+revision (or in another folder), in one process on one GPU, so that a change's effect is measured against its own
+baseline in the same run. A developer's tool; the numbers in BENCHMARKS.md's notes come from it.
 
-    python tools/ab_kernel.py REV [--sweep]
+    python tools/ab_kernel.py REV [--sweep]        # e.g. HEAD~1
+    python tools/ab_kernel.py FOLDER [--sweep]     # a folder with the old flash_kernel.py (and flash_hopper.py)
 
 Times the launchers (_attn_fwd, _attn_bwd) with do_bench, median ms, bf16 causal, dropout off and at 0.2; with
---sweep, dropout off over bench.py's sweep (B*T = 16384, hidden 2048, T = 512 ... 16384) instead. load_rev()
+--sweep, dropout off over bench.py's sweep (B*T = 16384, hidden 2048, T = 512 ... 16384) instead. load_old()
 imports the old files, compare() returns the times; main prints them.
 """
 import argparse
@@ -17,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from typing import Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -30,23 +32,26 @@ SHAPES = [(64, 6, 256, 64), (12, 12, 1024, 64), (4, 32, 4096, 64), (1, 32, 16384
 SWEEP = [(16384 // T, 2048 // D, T, D) for D in (64, 128) for T in (512, 1024, 2048, 4096, 8192, 16384)]
 
 
-def _git_show(rev: str, name: str) -> str:
-    return subprocess.run(["git", "-C", ROOT, "show", f"{rev}:{name}"], capture_output=True, text=True,
-                          check=True).stdout
+def _old_file(source: str, name: str) -> Optional[str]:
+    # The text of `name` in folder `source`, or at git revision `source`; None where it has no such file
+    if os.path.isdir(source):
+        path = os.path.join(source, name)
+        return open(path).read() if os.path.isfile(path) else None
+    run = subprocess.run(["git", "-C", ROOT, "show", f"{source}:{name}"], capture_output=True, text=True)
+    return run.stdout if run.returncode == 0 else None
 
 
-def load_rev(rev: str):
-    """flash_kernel.py (with the flash_hopper.py it imports) as of git revision `rev`, imported as a module of its
-    own: its torch ops under another namespace, its Hopper kernels from its own flash_hopper. The files go to a
-    temporary folder (triton.jit reads a kernel's source from its module's file), removed at exit."""
+def load_old(source: str):
+    """flash_kernel.py (with the flash_hopper.py it imports) from a folder or as of a git revision, imported as a
+    module of its own: its torch ops under another namespace, its Hopper kernels from its own flash_hopper. The
+    files go to a temporary folder (triton.jit reads a kernel's source from its module's file), removed at exit."""
+    kernel = _old_file(source, "flash_kernel.py")
+    if kernel is None:
+        raise SystemExit(f"error: no flash_kernel.py in {source!r} (a folder or a git revision of this repo)")
     folder = tempfile.mkdtemp(prefix="ab_kernel_")
     atexit.register(shutil.rmtree, folder, True)
-    kernel = _git_show(rev, "flash_kernel.py")
     kernel = kernel.replace('"flashgpt"', '"flashgpt_ab_old"').replace("flashgpt::", "flashgpt_ab_old::")
-    try:
-        hopper = _git_show(rev, "flash_hopper.py")
-    except subprocess.CalledProcessError:  # a revision from before the Hopper kernels
-        hopper = None
+    hopper = _old_file(source, "flash_hopper.py")  # None before the Hopper kernels
     if hopper is not None:
         kernel = kernel.replace("import flash_hopper\n", "import flash_hopper_ab_old as flash_hopper\n")
         with open(os.path.join(folder, "flash_hopper_ab_old.py"), "w") as f:
@@ -86,11 +91,11 @@ def compare(old, shapes: list, dropouts: tuple) -> list:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("rev", help="the git revision to compare with, e.g. HEAD~1")
+    parser.add_argument("old", help="a git revision (e.g. HEAD~1) or a folder with the old flash_kernel.py")
     parser.add_argument("--sweep", action="store_true", help="bench.py's sweep, dropout off")
     args = parser.parse_args()
-    old = load_rev(args.rev)
-    print(f"{torch.cuda.get_device_name()} | triton {triton.__version__} | bf16 causal | median ms, {args.rev} -> "
+    old = load_old(args.old)
+    print(f"{torch.cuda.get_device_name()} | triton {triton.__version__} | bf16 causal | median ms, {args.old} -> "
           "this tree (new/old speed)")
     print("| B,H,T,D | dropout | fwd old | fwd new | fwd speedup | bwd old | bwd new | bwd speedup |")
     print("|---|---|---|---|---|---|---|---|")
