@@ -473,38 +473,38 @@ def _attn_bwd_kernel(
 # On an H100 the tiles need up to 128 KB of shared memory (of 227 KB per block); a GPU with less, such as an RTX 3090
 # or 4090 (99 KB), runs the next smaller tiles that fit (_smaller).
 
-HALF = (torch.float16, torch.bfloat16)
-FP32 = (torch.float32,)
-ALL = SUPPORTED_HEAD_DIMS
+_HALF = (torch.float16, torch.bfloat16)
+_FP32 = (torch.float32,)
+_ALL_D = SUPPORTED_HEAD_DIMS
 TUNED = (
-    # pass  dtypes head dims     from T  backend   Triton tiles
+    # pass  dtypes  head dims     from T  backend   Triton tiles
     #
     # tune_blocks.py: up to 4096 keys, 64-row query blocks give more programs to fill the H100's 132 SMs
-    ("fwd", HALF, (16, 32, 64), 1,      "triton", (64, 64, 4, 3)),
+    ("fwd", _HALF, (16, 32, 64), 1,      "triton", (64, 64, 4, 3)),
     # tune_blocks.py: past 4096 keys, 128-row query blocks
-    ("fwd", HALF, (16, 32, 64), 4097,   "triton", (128, 64, 8, 3)),
+    ("fwd", _HALF, (16, 32, 64), 4097,   "triton", (128, 64, 8, 3)),
     # tune_blocks.py: as at head dim 64, with the switch at 2048 keys
-    ("fwd", HALF, (128,),       1,      "triton", (64, 64, 4, 3)),
+    ("fwd", _HALF, (128,),       1,      "triton", (64, 64, 4, 3)),
     # tune_blocks.py: past 2048 keys, 128-row query blocks
-    ("fwd", HALF, (128,),       2049,   "triton", (128, 64, 8, 3)),
+    ("fwd", _HALF, (128,),       2049,   "triton", (128, 64, 8, 3)),
     # hopper_ab.py: the shortest T at which the Hopper forward beats the Triton one (BENCHMARKS.md, notes 22, 27 and
     # 30). Below it a program has few key tiles, and what it pays once (setting up three partitions, loading Q, the
     # epilogue) is not won back. The Hopper paths also cost more host time per call (tensor-map descriptors, the
     # zeroed buffers): in GPU time this forward already wins from T=512 at head dim 128 and T=1024 at 64, and the
     # backward from T=1024 at 128, but an eager fwd+bwd there is host-bound and the Triton kernels' shorter launches
     # win it.
-    ("fwd", HALF, (64,),        2048,   "hopper", None),
+    ("fwd", _HALF, (64,),        2048,   "hopper", None),
     # hopper_ab.py, as the row above
-    ("fwd", HALF, (128,),       1024,   "hopper", None),
+    ("fwd", _HALF, (128,),       1024,   "hopper", None),
     # tune_blocks.py: best or within 2% of the best at every swept shape, D=64 and 128, T=256 to 16384
-    ("bwd", HALF, ALL,          1,      "triton", (64, 32, 64, 4, 2)),
+    ("bwd", _HALF, _ALL_D,       1,      "triton", (64, 32, 64, 4, 2)),
     # hopper_ab.py (notes 23, 25, 28, 30): below this the Hopper backward's dQ reductions and launch cost more than
     # the Triton backward's second pass over the keys
-    ("bwd", HALF, (64, 128),    2048,   "hopper", None),
+    ("bwd", _HALF, (64, 128),    2048,   "hopper", None),
     # not swept: fp32's 4-byte elements and FMA (not tensor-core) dots take small tiles
-    ("fwd", FP32, ALL,          1,      "triton", (64, 32, 4, 2)),
+    ("fwd", _FP32, _ALL_D,       1,      "triton", (64, 32, 4, 2)),
     # not swept, as the row above
-    ("bwd", FP32, ALL,          1,      "triton", (64, 32, 32, 4, 2)),
+    ("bwd", _FP32, _ALL_D,       1,      "triton", (64, 32, 32, 4, 2)),
 )
 FWD_CONFIG = ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")  # what a forward config's numbers are
 BWD_CONFIG = ("BLOCK", "BLOCK_M1", "BLOCK_N2", "num_warps", "num_stages")
