@@ -1,19 +1,27 @@
 """
-Causal attention on one GPU: our Triton kernel against PyTorch SDPA's flash, cuDNN and memory-efficient backends
-and a naive implementation, forward and forward+backward, in one run.
+Causal attention on one GPU: our kernels against FlashAttention-4 (when it is installed), PyTorch SDPA's flash,
+cuDNN and memory-efficient backends and a naive implementation, forward and forward+backward, in one run.
 
     python bench.py                      # the full table (FlashAttention-2 sweep at D=64 and 128, model shapes)
     python bench.py --quick              # model shapes and T=1024, 4096 only
+    python bench.py --layout bhtd        # contiguous (B, H, T, D) inputs instead of the model's layout
     python bench.py --out bench.md       # also write the tables to a Markdown file
 
-Protocol (../shared/anchors/h100-attention.md): bf16, inputs torch.randn shaped (B, H, T, D) and contiguous,
-triton.testing.do_bench(warmup=25, rep=100, return_mode="median"); fwd+bwd = forward then out.backward(dout)
-with a fixed random dout; FLOPs forward = 2*B*H*T*T*D (the causal half of 4*B*H*T*T*D), fwd+bwd = 3.5x forward.
-Sweep: B*T = 16384 tokens, hidden 2048 (H = 2048 / D). Before timing a shape every provider's output and
-gradients are checked against the fp32 reference on one (batch, head), so nothing wrong gets timed.
+FlashAttention-4 is the CuTe-DSL package `flash_attn.cute` (`pip install flash-attn-4`); where it does not import,
+the run says so under its header and goes on without that column.
+
+Protocol: bf16; q, k, v (and dout) from torch.randn in the model's layout, (B, T, H, D) tensors viewed as
+(B, H, T, D) with .transpose(1, 2): the memory order of the model's attention and FlashAttention's own (--layout
+bhtd: contiguous (B, H, T, D) tensors instead); triton.testing.do_bench(warmup=25, rep=100,
+return_mode="median"); fwd+bwd = forward then out.backward(dout) with a fixed random dout; FLOPs forward =
+2*B*H*T*T*D (the causal half of 4*B*H*T*T*D), fwd+bwd = 3.5x forward. Sweep: B*T = 16384 tokens, hidden 2048
+(H = 2048 / D). Before timing a shape every provider's output and gradients are checked against the fp32
+reference on one (batch, head), so nothing wrong gets timed. providers() and measure() return the data; main prints.
 """
 import argparse
+import importlib.metadata
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +59,40 @@ PROVIDERS = {
     "mem-eff": _sdpa(SDPBackend.EFFICIENT_ATTENTION),
     "naive": naive,
 }
+LAYOUTS = {"bthd": "(B, T, H, D) tensors viewed as (B, H, T, D) with .transpose(1, 2), the model's layout",
+           "bhtd": "contiguous (B, H, T, D) tensors"}
+
+
+def fa4_provider() -> tuple[Optional[Callable], str]:
+    """FlashAttention-4's causal attention on (B, H, T, D) tensors, as the other providers take them, and a line
+    for the header; (None, why) where flash_attn.cute does not import."""
+    try:
+        from flash_attn.cute import flash_attn_func
+    except Exception as e:  # not installed, or installed without what its kernels need
+        return None, (f"FA4: skipped, flash_attn.cute does not import ({type(e).__name__}: {str(e)[:100]}); "
+                      "pip install flash-attn-4 to compare with it")
+
+    def fa4(q, k, v):
+        # FlashAttention takes (B, T, H, D): the transposes are views, free for the model's layout
+        out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
+        o = out[0] if isinstance(out, tuple) else out  # (out, lse) in the versions that return both
+        return o.transpose(1, 2)
+
+    try:
+        version = importlib.metadata.version("flash-attn-4")
+    except importlib.metadata.PackageNotFoundError:
+        version = "version unknown"
+    return fa4, f"FA4: flash_attn.cute.flash_attn_func (flash-attn-4 {version})"
+
+
+def providers() -> tuple[dict, list]:
+    """The providers this machine has, ours first, FA4 next where it imports, and notes on what was left out."""
+    fa4, note = fa4_provider()
+    found = {"ours": PROVIDERS["ours"]}
+    if fa4 is not None:
+        found["FA4"] = fa4
+    found.update((name, fn) for name, fn in PROVIDERS.items() if name != "ours")
+    return found, [note]
 
 
 @dataclass
@@ -92,9 +134,17 @@ def graph_ms(fn, q, k, v, do) -> float:
     return triton.testing.do_bench(g.replay, warmup=25, rep=100, return_mode="median")
 
 
-def measure(fn, B, H, T, D, graph=False) -> Result:
-    q, k, v = [torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3)]
-    do = torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16)
+def inputs(B, H, T, D, layout="bthd", device="cuda") -> list:
+    """q, k, v (requiring grad) and dout, (B, H, T, D) in the given LAYOUTS entry, bf16."""
+    if layout == "bthd":
+        made = [torch.randn(B, T, H, D, device=device, dtype=torch.bfloat16).transpose(1, 2) for _ in range(4)]
+    else:
+        made = [torch.randn(B, H, T, D, device=device, dtype=torch.bfloat16) for _ in range(4)]
+    return [t.requires_grad_() for t in made[:3]] + made[3:]
+
+
+def measure(fn, B, H, T, D, graph=False, layout="bthd") -> Result:
+    q, k, v, do = inputs(B, H, T, D, layout)
     res = Result()
     try:
         err = check(fn, q, k, v, do)
@@ -122,6 +172,8 @@ def measure(fn, B, H, T, D, graph=False) -> Result:
         if "No available kernel" not in str(e) and "not supported" not in str(e).lower():
             raise
         res = Result(status="unsupported")
+    except (AssertionError, NotImplementedError):  # how FA4 refuses a GPU or shape it has no kernel for
+        res = Result(status="unsupported")
     except Exception as e:  # a provider whose fwd+bwd cannot be captured in a CUDA graph keeps its other numbers
         if not graph:
             raise
@@ -129,6 +181,21 @@ def measure(fn, B, H, T, D, graph=False) -> Result:
     del q, k, v, do
     torch.cuda.empty_cache()
     return res
+
+
+def shapes(quick: bool = False) -> list:
+    """(label, B, H, T, D, whether to replay it from a CUDA graph too): the model shapes, then the sweep."""
+    sweep_t = [1024, 4096] if quick else SWEEP_T
+    found = [(f"{name} B={B} H={H} T={T} D={D}", B, H, T, D, True) for name, B, H, T, D in MODEL_SHAPES]
+    for D in (64, 128):
+        found += [(f"D={D} T={T} (B={16384 // T} H={2048 // D})", 16384 // T, 2048 // D, T, D, False)
+                  for T in sweep_t]
+    return found
+
+
+def measure_all(fns: dict, B, H, T, D, graph=False, layout="bthd") -> dict:
+    """{provider: Result} at one shape, for every provider in fns."""
+    return {p: measure(fn, B, H, T, D, graph=graph, layout=layout) for p, fn in fns.items()}
 
 
 def tflops(ms, B, H, T, D, mult):
@@ -140,17 +207,19 @@ def fmt(x, spec=".0f"):
 
 
 def table(title, rows, mode):
-    """rows: list of (label, B, H, T, D, {provider: Result}); mode 'fwd' or 'fwdbwd'."""
+    """rows: list of (label, B, H, T, D, {provider: Result}), every row with the same providers, "ours" among them;
+    mode 'fwd' or 'fwdbwd'."""
     mult = 1.0 if mode == "fwd" else 3.5
-    others = [p for p in PROVIDERS if p != "ours"]
+    names = list(rows[0][-1])
+    others = [p for p in names if p != "ours"]
     lines = [f"### {title}", ""]
-    lines.append("| shape | ours ms | " + " | ".join(f"{p} TFLOP/s" for p in PROVIDERS) + " | "
+    lines.append("| shape | ours ms | " + " | ".join(f"{p} TFLOP/s" for p in names) + " | "
                  + " | ".join(f"ours/{p}" for p in others) + " |")
-    lines.append("|---" * (2 + len(PROVIDERS) + len(others)) + "|")
+    lines.append("|---" * (2 + len(names) + len(others)) + "|")
     for label, B, H, T, D, results in rows:
         ours = getattr(results["ours"], f"{mode}_ms")
         cells = [label, fmt(ours, ".3f")]
-        for p in PROVIDERS:
+        for p in names:
             r = results[p]
             ms = getattr(r, f"{mode}_ms")
             cells.append(fmt(tflops(ms, B, H, T, D, mult)) if r.status == "ok" else r.status)
@@ -162,9 +231,10 @@ def table(title, rows, mode):
 
 
 def memory_table(rows):
+    names = list(rows[0][-1])
     lines = ["### Peak memory of one fwd+bwd above the inputs, MiB", ""]
-    lines.append("| shape | " + " | ".join(PROVIDERS) + " |")
-    lines.append("|---" * (1 + len(PROVIDERS)) + "|")
+    lines.append("| shape | " + " | ".join(names) + " |")
+    lines.append("|---" * (1 + len(names)) + "|")
     for label, B, H, T, D, results in rows:
         cells = [fmt(r.peak_mib) if r.status == "ok" else r.status for r in results.values()]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -172,9 +242,10 @@ def memory_table(rows):
 
 
 def graph_table(rows):
+    names = list(rows[0][-1])
     lines = ["### Model shapes, fwd+bwd replayed from a CUDA graph (no host launch cost), ms", ""]
-    lines.append("| shape | " + " | ".join(PROVIDERS) + " | " + " | ".join(f"ours/{p}" for p in PROVIDERS if p != "ours") + " |")
-    lines.append("|---" * (2 * len(PROVIDERS)) + "|")
+    lines.append("| shape | " + " | ".join(names) + " | " + " | ".join(f"ours/{p}" for p in names if p != "ours") + " |")
+    lines.append("|---" * (2 * len(names)) + "|")
     for label, B, H, T, D, results in rows:
         if not label.startswith(tuple(name for name, *_ in MODEL_SHAPES)):
             continue
@@ -191,28 +262,33 @@ def header() -> str:
             f"bf16 causal | commit {git_commit()}")
 
 
+def protocol(layout: str, notes: list) -> str:
+    """What the inputs were and which providers ran, as a Markdown list for under the header."""
+    return "\n".join(f"- {line}" for line in [f"q, k, v, dout: {LAYOUTS[layout]}"] + notes)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="model shapes and T=1024, 4096 only")
+    parser.add_argument("--layout", choices=list(LAYOUTS), default="bthd",
+                        help="bthd: the model's (B, T, H, D) views (default); bhtd: contiguous (B, H, T, D)")
     parser.add_argument("--out", help="also write the Markdown tables to this file")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench.py needs a CUDA GPU: it times GPU kernels. The CPU tests are `python -m pytest tests`.")
 
-    sweep_t = [1024, 4096] if args.quick else SWEEP_T
-    shapes = [(f"{name} B={B} H={H} T={T} D={D}", B, H, T, D) for name, B, H, T, D in MODEL_SHAPES]
-    model_labels = {s[0] for s in shapes}
-    for D in (64, 128):
-        shapes += [(f"D={D} T={T} (B={16384 // T} H={2048 // D})", 16384 // T, 2048 // D, T, D) for T in sweep_t]
+    found, notes = providers()
+    print(protocol(args.layout, notes), flush=True)
     rows = []
-    for label, B, H, T, D in shapes:
-        results = {p: measure(fn, B, H, T, D, graph=label in model_labels) for p, fn in PROVIDERS.items()}
+    for label, B, H, T, D, graph in shapes(args.quick):
+        results = measure_all(found, B, H, T, D, graph=graph, layout=args.layout)
         rows.append((label, B, H, T, D, results))
         print(f"{label}: " + ", ".join(f"{p} {r.fwdbwd_ms:.3f} ms" if r.status == "ok" else f"{p} {r.status}"
                                        for p, r in results.items()), flush=True)
 
     report = "\n\n".join([
         header(),
+        protocol(args.layout, notes),
         table("Forward, TFLOP/s (ratios: their ms / our ms, >1 means we are faster)", rows, "fwd"),
         table("Forward + backward, TFLOP/s (ratios: their ms / our ms)", rows, "fwdbwd"),
         graph_table(rows),

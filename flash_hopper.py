@@ -18,9 +18,10 @@ blocks that see them with five products per tile; dQ is added into an fp32 buffe
 At head dim 64 a third warpgroup makes dQ, off the other two's critical path (note 25); at 128 the two groups make
 its halves and one more warp sends the reductions (note 26).
 
-Only flash_kernel.py calls this, where supported() says so; everything else runs the Triton kernels, which are
-also the reference these are tested against. Gluon has no interpreter, so this file runs on a Hopper GPU only;
-its tests skip elsewhere.
+Only flash_kernel.py calls this: its launchers call _attn_fwd and _attn_bwd for the calls that supported() says
+these kernels can run and that flash_kernel.TUNED says they are worth it for. Everything else runs the Triton
+kernels, which are also the reference these are tested against. Gluon has no interpreter, so this file runs on a
+Hopper GPU only; its tests skip elsewhere.
 """
 import functools
 from typing import Optional
@@ -47,6 +48,11 @@ def _tma_add(desc, coord, src, _semantic=None):
 ROWS = gl.constexpr(64)  # query rows per softmax warpgroup: one wgmma is 64 rows tall
 BLOCK_M = gl.constexpr(128)  # query rows per program: two warpgroups
 BLOCK_N = gl.constexpr(128)  # keys per K/V tile; BLOCK_N == BLOCK_M, so each program has one diagonal tile
+# The forward's partitions after softmax group 0, which runs in the kernel's own 4 warps: softmax group 1 and the
+# load warp, their warps and registers per thread (setmaxnreg). 12 warps: 240 registers for each softmax group,
+# which holds S, P and O for its 64 rows; the loader only issues TMA copies
+FWD_WORKER_WARPS = gl.constexpr((4, 1))
+FWD_WORKER_REGS = gl.constexpr((240, 24))
 
 
 @gluon.jit
@@ -139,6 +145,13 @@ def _get_item(item_smem, q_ready, n):
 
 
 @gluon.jit
+def _causal(x, q_idx, k_idx, FILL: gl.constexpr):
+    # x with FILL where the key comes after the query (and so, for the stored rows, where it is past T); the query
+    # and key indices broadcast to x's shape, so a tile with keys on rows passes them transposed
+    return gl.where(q_idx >= k_idx, x, FILL)
+
+
+@gluon.jit
 def _softmax_tile(scores, m_i, l_i, rows, start_n, qk_scale, MASKED: gl.constexpr):
     # The Triton forward's online softmax: base 2, the row max taken on the raw scores, one FMA per score. The
     # statistics come back in m_i's layout: a 64-key tile's rows sit on the same threads as a 128-key tile's.
@@ -147,7 +160,7 @@ def _softmax_tile(scores, m_i, l_i, rows, start_n, qk_scale, MASKED: gl.constexp
     m_i = gl.convert_layout(m_i, row)
     if MASKED:  # the diagonal tile: keys after the query (and past T) get no weight
         cols = start_n + gl.arange(0, scores.shape[1], layout=gl.SliceLayout(0, scores.type.layout))
-        scores = gl.where(gl.convert_layout(rows, row)[:, None] >= cols[None, :], scores, float("-inf"))
+        scores = _causal(scores, gl.convert_layout(rows, row)[:, None], cols[None, :], float("-inf"))
     m_new = gl.maximum(m_i, gl.max(scores, 1) * qk_scale)
     p = gl.exp2(scores * qk_scale - m_new[:, None])
     alpha = gl.convert_layout(gl.exp2(m_i - m_new), row_layout)
@@ -285,7 +298,7 @@ def _softmax_partition_1(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_r
 @gluon.jit
 def _attn_fwd_hopper_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, BH, H, SECTION, T, qk_scale,
                             HEAD_DIM: gl.constexpr, STAGES: gl.constexpr):
-    # A persistent grid, one program per SM up to T=8192 (attn_fwd): each program takes (row tile, head) items
+    # A persistent grid, one program per SM up to T=8192 (_attn_fwd): each program takes (row tile, head) items
     # one after another, as _load_partition claims them, so setting up the partitions is paid once per SM, and
     # one item's loads overlap the end of the one before it
     n_m = gl.cdiv(T, BLOCK_M)
@@ -319,7 +332,7 @@ def _attn_fwd_hopper_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, BH, H,
         (_softmax_partition_1, softmax_args),
         (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_ready,
                            v_ready, k_free, v_free, COUNTER, BH, n_m, H, SECTION)),
-    ], [4, 1], [240, 24])
+    ], FWD_WORKER_WARPS, FWD_WORKER_REGS)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -330,6 +343,15 @@ def _attn_fwd_hopper_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, BH, H,
 # wgmma shape.
 
 TILE = gl.constexpr(64)
+# The backward's partitions after MMA group 0 (the kernel's own 4 warps), their warps and registers per thread.
+# Head dim 64, 16 warps: MMA group 1, the dQ group and the loader; 200 registers for each MMA group and 88 for the
+# dQ group do not spill (168 for every group spilled)
+BWD_WORKER_WARPS_D64 = gl.constexpr((4, 4, 1))
+BWD_WORKER_REGS_D64 = gl.constexpr((200, 88, 24))
+# Head dim 128, 12 warps: MMA group 1, the loader and the reduce warp, which share the third warpgroup; 240
+# registers for each MMA group
+BWD_WORKER_WARPS_D128 = gl.constexpr((4, 1, 1))
+BWD_WORKER_REGS_D128 = gl.constexpr((240, 24, 24))
 
 
 @gluon.jit
@@ -410,7 +432,7 @@ def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar
         st, dpt = warpgroup_mma_wait(0, deps=(st, dpt))
         pt = gl.exp2(st * qk_scale - lse[None, :])
         if i < 2:  # the two query blocks that overlap this program's 128 keys
-            pt = gl.where(rows[None, :] >= keys[:, None], pt, 0.0)
+            pt = _causal(pt, rows[None, :], keys[:, None], 0.0)
         dst = (pt * (dpt - delta[None, :]) * sm_scale).to(dtype)  # dS = scale * dP' (S = scale * Q K^T)
         pt = gl.convert_layout(pt.to(dtype), op_a)
         # dV += P^T dO and dK += dS^T Q, per column half
@@ -562,46 +584,36 @@ def _attn_bwd_hopper_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, d
                 dk_desc, dv_desc, lse_smem, delta_smem, b, h, start_n, start_m, n_steps, qk_scale, sm_scale)
     load_args = (q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, lse_smem, delta_smem, kv_bar,
                  q_ready, q_free, LSE, DELTA, b, h, bh, T, start_n, start_m, n_steps)
-    if NCOL == 1:  # 16 warps: 200 registers for each softmax group, 88 for the dQ group (no spills)
+    if NCOL == 1:
         gl.warp_specialize([
             (_bwd_mma_partition, mma_args + (0, )),
             (_bwd_mma_partition_1, mma_args),
             (_bwd_dq_partition, (k_smem, ds_smem, dq_smem, kv_bar, ds_ready, ds_free, dq_desc, b, h, start_m,
                                  n_steps)),
             (_bwd_load_partition, load_args),
-        ], [4, 4, 1], [200, 88, 24])
-    else:  # 12 warps: 240 registers for each group; the loader and the reduce warp share the third warpgroup
+        ], BWD_WORKER_WARPS_D64, BWD_WORKER_REGS_D64)
+    else:
         gl.warp_specialize([
             (_bwd_mma_partition, mma_args + (0, )),
             (_bwd_mma_partition_1, mma_args),
             (_bwd_load_partition, load_args),
             (_bwd_reduce_partition, (dq_smem, dq_bar, dq_desc, b, h, start_m, n_steps)),
-        ], [4, 1, 1], [240, 24, 24])
+        ], BWD_WORKER_WARPS_D128, BWD_WORKER_REGS_D128)
 
 
 _GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}
-# Shortest T per head dim at which this forward beats the Triton one on an H100 (BENCHMARKS.md, notes 22, 27 and
-# 30). Below it a program has few key tiles, and what it pays once (setting up three partitions, loading Q, the
-# epilogue) is not won back. The Hopper paths also cost more host time per call (tensor-map descriptors, the zeroed
-# buffers): in GPU time this forward already wins from T=512 at head dim 128 and T=1024 at 64, and the backward
-# from T=1024 at 128, but an eager fwd+bwd there is host-bound and the Triton kernels' shorter launches win it.
-MIN_T = {64: 2048, 128: 1024}
-# The same for the backward (notes 23, 25, 28, 30): below these its dQ reductions and launch cost more than the
-# Triton backward's second pass over the keys
-MIN_T_BWD = {64: 2048, 128: 2048}
-PERSISTENT_MAX_TILES = 64  # the forward's grid is persistent up to T = 64 * 128 (attn_fwd)
+HEAD_DIMS = (64, 128)
+PERSISTENT_MAX_TILES = 64  # the forward's grid is persistent up to T = 64 * 128 (_attn_fwd)
 NUM_STAGES = 2  # K/V tiles (forward) and Q/dO tiles (backward) in flight; 3 was no faster (note 22)
 
 
 def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, dropout_p: float,
-              min_t: Optional[dict] = None, do: Optional[torch.Tensor] = None) -> bool:
-    """Whether flash_kernel hands this call to the Hopper kernels: a Hopper GPU, fp16 or bf16, head dim 64 or 128
-    at T >= min_t (the forward's MIN_T by default), causal, no dropout, and addresses and strides that TMA can
-    read (16-byte aligned); do, the backward's upstream gradient, too."""
-    D, T = q.shape[-1], q.shape[-2]
-    min_t = MIN_T if min_t is None else min_t
+              do: Optional[torch.Tensor] = None) -> bool:
+    """Whether these kernels can run a call: a Hopper GPU, fp16 or bf16, head dim 64 or 128, causal, no dropout,
+    and addresses and strides that TMA can read (16-byte aligned); do, the backward's upstream gradient, too.
+    Whether they are worth it at the call's length is flash_kernel.TUNED's to say."""
     if not (causal and dropout_p == 0 and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16)
-            and T >= min_t.get(D, 1 << 62)):
+            and q.shape[-1] in HEAD_DIMS):
         return False
     if _properties(q.device).major != 9:
         return False
@@ -610,9 +622,9 @@ def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, d
     return all(t.data_ptr() % 16 == 0 and all(st * size % 16 == 0 for st in t.stride()[:-1]) for t in tensors)
 
 
-def maxnreg(kind: str, D: int) -> int:
+def _maxnreg(kind: str, D: int) -> int:
     """The kernel's register cap: the whole register file (64K) over its warps, 12, or 16 for the backward at head
-    dim 64. warp_specialize then hands out each partition's share with setmaxnreg."""
+    dim 64 (BWD_WORKER_WARPS_D64). warp_specialize then hands out each partition's share with setmaxnreg."""
     return 128 if (kind, D) == ("bwd", 64) else 168
 
 
@@ -644,26 +656,32 @@ def _heads_per_section(q: torch.Tensor) -> int:
     return max(1, _properties(q.device).L2_cache_size // 2 // (2 * T * D * q.element_size()))
 
 
-def attn_fwd(q, k, v, o, lse, qk_scale: float) -> None:
+def _attn_fwd(q, k, v, o, lse, qk_scale: float, programs: Optional[int] = None,
+              heads_per_section: Optional[int] = None) -> None:
     """Fill o (B, H, T, D) and lse (B, H, T) as flash_kernel's Triton forward does; qk_scale = softmax scale *
-    log2(e). o is written by TMA, so like q, k, v it needs 16-byte aligned strides (flash_kernel's always has)."""
+    log2(e). o is written by TMA, so like q, k, v it needs 16-byte aligned strides (flash_kernel's always has).
+    programs (the persistent grid's size) and heads_per_section (_tile_coords' SECTION) default to what this GPU's
+    SMs and L2 call for; a test passes others."""
     B, H, T, D = q.shape
     n_m = triton.cdiv(T, BLOCK_M.value)
     items = n_m * B * H
-    # One program per SM while items are short; from T = 16384 (items of up to 128 key tiles) what a program
-    # pays once is small, and a program per item measured 3-4% faster (BENCHMARKS.md, note 27)
-    programs = min(items, _num_sms(q.device)) if n_m <= PERSISTENT_MAX_TILES else items
+    if programs is None:
+        # One program per SM while items are short; from T = 16384 (items of up to 128 key tiles) what a program
+        # pays once is small, and a program per item measured 3-4% faster (BENCHMARKS.md, note 27)
+        programs = min(items, _num_sms(q.device)) if n_m <= PERSISTENT_MAX_TILES else items
+    if heads_per_section is None:
+        heads_per_section = _heads_per_section(q)
     _attn_fwd_hopper_kernel[(programs, )](
         _descriptor(q, ROWS.value), _descriptor(k, BLOCK_N.value), _descriptor(v, BLOCK_N.value),
         _descriptor(o, ROWS.value), lse, torch.zeros(1, dtype=torch.int32, device=q.device), B * H, H,
-        _heads_per_section(q), T, qk_scale,
-        HEAD_DIM=D, STAGES=NUM_STAGES, num_warps=4, maxnreg=maxnreg("fwd", D),
+        heads_per_section, T, qk_scale,
+        HEAD_DIM=D, STAGES=NUM_STAGES, num_warps=4, maxnreg=_maxnreg("fwd", D),
     )
 
 
-def attn_bwd(do, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, qk_scale: float) -> None:
+def _attn_bwd(do, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, qk_scale: float) -> None:
     """Fill dq, dk, dv as flash_kernel's Triton backward does, from delta = rowsum(dO * O); qk_scale as in
-    attn_fwd. dk and dv are written by TMA, like o in attn_fwd."""
+    _attn_fwd. dk and dv are written by TMA, like o in _attn_fwd."""
     B, H, T, D = q.shape
     dq_acc = torch.zeros((B, H, T, D), dtype=torch.float32, device=q.device)
     tile = TILE.value
@@ -671,6 +689,6 @@ def attn_bwd(do, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, qk_scale
         _descriptor(q, tile, tile), _descriptor(k, tile, tile), _descriptor(v, tile, tile), _descriptor(do, tile, tile),
         _descriptor(dq_acc, tile, tile), _descriptor(dk, tile, tile), _descriptor(dv, tile, tile), lse, delta,
         H, T, qk_scale, softmax_scale, HEAD_DIM=D, STAGES=NUM_STAGES, num_warps=4,
-        maxnreg=maxnreg("bwd", D),
+        maxnreg=_maxnreg("bwd", D),
     )
     dq.copy_(dq_acc)

@@ -7,6 +7,7 @@ Public surface:
                                                                            the same on one (B, T, 3, H, D) tensor
     attention_ref(q, k, v, causal=True, softmax_scale=None, ...)          the plain fp32 reference the tests use
     dropout_mask(seed, B, H, T, dropout_p)                                 the keep-mask a call with `seed` applies
+    interpreting()                                     whether Triton runs kernels through its interpreter (on CPU)
 
 q, k, v are (B, H, T, D) CUDA tensors read through their strides (the last dim must have unit stride), so views
 of a fused qkv projection (`qkv.split(...)` + `.view(B, T, H, D).transpose(1, 2)`) go in without a copy. The output is
@@ -23,9 +24,14 @@ Dropout draws its mask from Philox keyed on (seed, row, column, batch*head): the
 same mask, and the seed comes from torch's generator, so torch.manual_seed makes a run reproducible.
 
 On Hopper GPUs the launchers hand long causal fp16/bf16 calls without dropout to flash_hopper.py's warp-specialized
-Gluon kernels (flash_hopper.supported says which); they fill the same o, lse and gradients, so either forward pairs
-with either backward.
+Gluon kernels (flash_hopper.supported says which calls they can take, the table TUNED from which length on they
+are worth it); they fill the same o, lse and gradients, so either forward pairs with either backward.
+
+Tests and tools choose what runs through arguments, never by changing this module's state: flash_attn and
+flash_attn_qkvpacked take `_backend` ("hopper", "triton", or None for TUNED's choice), `_fwd_config` and
+`_bwd_config` (the Triton kernels' tiles, as in TUNED; None for TUNED's), and the launchers take the same.
 """
+import functools
 import math
 import os
 from typing import Optional
@@ -45,6 +51,9 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 LOG2E = 1.4426950408889634  # the kernels work in base 2: exp(x) = exp2(x * log2(e))
 DROPOUT_BITS = 16  # a probability is kept when 16 random bits >= dropout_p * 2**16 (p resolves to 1.5e-5);
                   # _keep_bits cuts each 32-bit Philox word into two such draws
+MASK_BLOCK = 32  # dropout_mask's tiles are MASK_BLOCK x MASK_BLOCK: the narrowest _dropout_keep draws (32 columns)
+DELTA_BLOCK = 64  # rows per program of the backward's first pass, rowsum(dO * O): it only streams O and dO once
+BACKENDS = ("hopper", "triton")  # what `_backend` may force; None leaves the choice to TUNED
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -155,6 +164,16 @@ def _dropout_mask_kernel(Mask, SEED, T, DROP_THRESHOLD, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _mask(x, q_idx, k_idx, T, CAUSAL: tl.constexpr, FILL: tl.constexpr):
+    # x with FILL where a query may not see a key: a later key under the causal mask, a key past T without it. The
+    # query and key indices broadcast to x's shape, so a tile with keys on rows passes them transposed. Causal needs
+    # no bounds test: a key past T comes after every query row that is stored.
+    if CAUSAL:
+        return tl.where(q_idx >= k_idx, x, FILL)
+    return tl.where(k_idx < T, x, FILL)
+
+
+@triton.jit
 def _key_blocks(start_m, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, T, CAUSAL: tl.constexpr):
     # (full_end, masked_end) for query rows [start_m, start_m + BLOCK_M): key blocks in [0, full_end) need no
     # mask, those in [full_end, masked_end) do. Causal: the keys before the row block are all visible and < T,
@@ -183,10 +202,7 @@ def _attn_fwd_inner(
             k = tl.load(k_ptrs + start_n * stride_kt)  # [HEAD_DIM, BLOCK_N]
         s = tl.dot(q, k, input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N], unscaled
         if MASKED:
-            if CAUSAL:
-                s = tl.where(offs_m[:, None] >= cols[None, :], s, float("-inf"))
-            else:
-                s = tl.where(cols[None, :] < T, s, float("-inf"))
+            s = _mask(s, offs_m[:, None], cols[None, :], T, CAUSAL, float("-inf"))
         # qk_scale > 0, so the row max can be taken before scaling, and the scale and the shift fold into one FMA
         # per score: the softmax's CUDA-core work, not the tensor cores, bounds this loop at head dim 64
         m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)  # [BLOCK_M], log2 units
@@ -302,7 +318,7 @@ def _attn_bwd_dkdv_inner(
         sT = tl.dot(k, qT, input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_N, BLOCK_M]
         pT = tl.math.exp2(sT - lse[None, :])  # [BLOCK_N, BLOCK_M]
         if CAUSAL_MASK:
-            pT = tl.where(rows[None, :] >= offs_n[:, None], pT, 0.0)
+            pT = _mask(pT, rows[None, :], offs_n[:, None], T, True, 0.0)  # [BLOCK_N, BLOCK_M]: keys on rows
         if BOUNDS:
             do = tl.load(do_ptrs + start_m * stride_dot, mask=rows[:, None] < T, other=0.0)  # [BLOCK_M, HEAD_DIM]
             delta = tl.load(delta_ptrs + start_m, mask=rows < T, other=0.0)  # [BLOCK_M]
@@ -342,10 +358,7 @@ def _attn_bwd_dq_inner(
         s = tl.dot(q, kT, input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
         p = tl.math.exp2(s - lse[:, None])  # [BLOCK_M, BLOCK_N]
         if MASKED:
-            if CAUSAL:
-                p = tl.where(offs_m[:, None] >= cols[None, :], p, 0.0)
-            else:
-                p = tl.where(cols[None, :] < T, p, 0.0)
+            p = _mask(p, offs_m[:, None], cols[None, :], T, CAUSAL, 0.0)
         dp = tl.dot(do, vT, input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
         if DROPOUT:
             keep = _dropout_keep(seed, bh, offs_m, start_n, DROP_THRESHOLD, BLOCK_N)
@@ -449,30 +462,81 @@ def _attn_bwd_kernel(
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Launchers
+# Tuned choices: which kernels run a call, and with which tiles
+#
+# One table says it all. A "triton" row gives the Triton kernels' tiles from its T on, until the next row of its
+# pass, dtype and head dim: (BLOCK_M, BLOCK_N, num_warps, num_stages) for the forward, (BLOCK, BLOCK_M1, BLOCK_N2,
+# num_warps, num_stages) for the backward. A "hopper" row sends the calls from its T on that flash_hopper.supported
+# accepts (a Hopper GPU, causal, no dropout, TMA-aligned strides) to the Hopper kernels, whose tiles are their own;
+# the calls it does not accept run the Triton row's tiles. The numbers come from an H100 in bf16 (BENCHMARKS.md has
+# the runs): tools/tune_blocks.py times every tile candidate, tools/hopper_ab.py the two kernels against each other.
+# On an H100 the tiles need up to 128 KB of shared memory (of 227 KB per block); a GPU with less, such as an RTX 3090
+# or 4090 (99 KB), runs the next smaller tiles that fit (_smaller).
+
+_HALF = (torch.float16, torch.bfloat16)
+_FP32 = (torch.float32,)
+_ALL_D = SUPPORTED_HEAD_DIMS
+TUNED = (
+    # pass  dtypes  head dims     from T  backend   Triton tiles
+    #
+    # tune_blocks.py: up to 4096 keys, 64-row query blocks give more programs to fill the H100's 132 SMs
+    ("fwd", _HALF, (16, 32, 64), 1,      "triton", (64, 64, 4, 3)),
+    # tune_blocks.py: past 4096 keys, 128-row query blocks
+    ("fwd", _HALF, (16, 32, 64), 4097,   "triton", (128, 64, 8, 3)),
+    # tune_blocks.py: as at head dim 64, with the switch at 2048 keys
+    ("fwd", _HALF, (128,),       1,      "triton", (64, 64, 4, 3)),
+    # tune_blocks.py: past 2048 keys, 128-row query blocks
+    ("fwd", _HALF, (128,),       2049,   "triton", (128, 64, 8, 3)),
+    # hopper_ab.py: the shortest T at which the Hopper forward beats the Triton one (BENCHMARKS.md, notes 22, 27 and
+    # 30). Below it a program has few key tiles, and what it pays once (setting up three partitions, loading Q, the
+    # epilogue) is not won back. The Hopper paths also cost more host time per call (tensor-map descriptors, the
+    # zeroed buffers): in GPU time this forward already wins from T=512 at head dim 128 and T=1024 at 64, and the
+    # backward from T=1024 at 128, but an eager fwd+bwd there is host-bound and the Triton kernels' shorter launches
+    # win it.
+    ("fwd", _HALF, (64,),        2048,   "hopper", None),
+    # hopper_ab.py, as the row above
+    ("fwd", _HALF, (128,),       1024,   "hopper", None),
+    # tune_blocks.py: best or within 2% of the best at every swept shape, D=64 and 128, T=256 to 16384
+    ("bwd", _HALF, _ALL_D,       1,      "triton", (64, 32, 64, 4, 2)),
+    # hopper_ab.py (notes 23, 25, 28, 30): below this the Hopper backward's dQ reductions and launch cost more than
+    # the Triton backward's second pass over the keys
+    ("bwd", _HALF, (64, 128),    2048,   "hopper", None),
+    # not swept: fp32's 4-byte elements and FMA (not tensor-core) dots take small tiles
+    ("fwd", _FP32, _ALL_D,       1,      "triton", (64, 32, 4, 2)),
+    # not swept, as the row above
+    ("bwd", _FP32, _ALL_D,       1,      "triton", (64, 32, 32, 4, 2)),
+)
+FWD_CONFIG = ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")  # what a forward config's numbers are
+BWD_CONFIG = ("BLOCK", "BLOCK_M1", "BLOCK_N2", "num_warps", "num_stages")
 
 
-# Block shapes, warps and pipeline stages, picked per head dim and length from tools/tune_blocks.py sweeps on an
-# H100 (bf16; BENCHMARKS.md has the runs). fp32 takes small tiles: 4-byte elements and FMA (not tensor core) dots.
-# On an H100 the tiles need up to 128 KB of shared memory (its limit is 227 KB per block); a GPU with less, such as
-# an RTX 3090 or 4090 (99 KB), gets smaller ones from _launch_fitting.
+def _index(table: tuple) -> dict:
+    # TUNED as {(pass, dtype, head dim): (the first T of the Hopper kernels, ((from T, tiles), ...) longest first)}
+    # so that a call looks its choice up in one dict access
+    index = {}
+    for kind, dtypes, head_dims, from_t, backend, tiles in table:
+        for dtype in dtypes:
+            for D in head_dims:
+                hopper_from, rows = index.get((kind, dtype, D), (math.inf, ()))
+                if backend == "hopper":
+                    hopper_from = from_t
+                else:
+                    rows = tuple(sorted(rows + ((from_t, tiles),), reverse=True))
+                index[kind, dtype, D] = (hopper_from, rows)
+    return index
 
 
-def _fwd_config(D: int, T: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for the forward."""
-    if dtype == torch.float32:
-        return 64, 32, 4, 2
-    if T <= (4096 if D <= 64 else 2048):  # short rows: smaller query blocks give more programs to fill 132 SMs
-        return 64, 64, 4, 3
-    return 128, 64, 8, 3
+_CHOICES = _index(TUNED)
 
 
-def _bwd_config(D: int, T: int, dtype: torch.dtype) -> tuple[int, int, int, int, int]:
-    """(BLOCK, BLOCK_M1, BLOCK_N2, num_warps, num_stages) for the backward kernel."""
-    if dtype == torch.float32:
-        return 64, 32, 32, 4, 2
-    # best or within 2% of the best at every swept shape, D=64 and 128, T=256 to 16384
-    return 64, 32, 64, 4, 2
+def _choice(kind: str, dtype: torch.dtype, D: int, T: int) -> tuple[bool, tuple]:
+    """TUNED's choice for one pass ("fwd" or "bwd") of a call: (whether the Hopper kernels take it where they can,
+    the Triton kernels' tiles)."""
+    hopper_from, rows = _CHOICES[kind, dtype, D]
+    for from_t, tiles in rows:
+        if T >= from_t:
+            return T >= hopper_from, tiles
+    raise AssertionError(f"TUNED has no {kind} row for {dtype}, head dim {D}, T={T}")
 
 
 def _smaller(config: tuple) -> Optional[tuple]:
@@ -493,11 +557,11 @@ def _smaller(config: tuple) -> Optional[tuple]:
 _FITTING: dict = {}
 
 
-def _launch_fitting(launch, config: tuple, key: tuple) -> None:
+def _launch_fitting(launch, config: tuple, key: tuple, cache: dict = _FITTING) -> None:
     # Triton raises OutOfResources before launching a kernel that needs more shared memory (or threads) than the
-    # GPU has, so stepping down is safe; the step is remembered, and later calls go straight to what fits.
+    # GPU has, so stepping down is safe; the step is remembered in `cache`, and later calls go straight to what fits.
     key = (*key, config)
-    config = _FITTING.get(key, config)
+    config = cache.get(key, config)
     while True:
         try:
             launch(*config)
@@ -507,7 +571,11 @@ def _launch_fitting(launch, config: tuple, key: tuple) -> None:
             if smaller is None:
                 raise RuntimeError(f"flash_attn: this GPU cannot run even the kernel's smallest tiles ({err}); "
                                    "use attn='sdpa' or attn='naive'") from err
-            config = _FITTING[key] = smaller
+            config = cache[key] = smaller
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Launchers
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -533,39 +601,84 @@ def _drop_threshold(dropout_p: float) -> int:
     return int(round(dropout_p * (1 << DROPOUT_BITS)))
 
 
-def _attn_fwd(q, k, v, seed, causal, softmax_scale, dropout_p):
+def _hopper_takes(backend: Optional[str], tuned: bool, q, k, v, causal, dropout_p, do=None) -> bool:
+    # Whether a pass runs on the Hopper kernels: TUNED's choice where they can run the call (backend None), never
+    # ("triton"), or always ("hopper", refusing a call they cannot run rather than quietly running another kernel)
+    if backend is None:
+        return tuned and flash_hopper is not None and flash_hopper.supported(q, k, v, causal, dropout_p, do)
+    if backend == "triton":
+        return False
+    if backend != "hopper":
+        raise ValueError(f"flash_attn: _backend must be one of {BACKENDS} or None, got {backend!r}")
+    if flash_hopper is None or not flash_hopper.supported(q, k, v, causal, dropout_p, do):
+        raise ValueError("flash_attn: _backend='hopper' cannot run this call: the Hopper kernels need a Hopper GPU, "
+                         "a Triton with Gluon, fp16 or bf16, head dim 64 or 128, causal, no dropout and 16-byte "
+                         "aligned strides")
+    return True
+
+
+def _run_fwd_kernel(q, k, v, o, lse, seed, causal, softmax_scale, dropout_p,
+                    BLOCK_M, BLOCK_N, num_warps, num_stages) -> None:
+    # One launch of the Triton forward with these tiles; Triton raises OutOfResources where they do not fit
+    B, H, T, D = q.shape
+    _attn_fwd_kernel[(triton.cdiv(T, BLOCK_M), B * H)](
+        q, k, v, o, lse, seed if seed is not None else lse,  # without dropout the seed is never read
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        o.stride(0), o.stride(1), o.stride(2),
+        H, T, softmax_scale * LOG2E, _drop_threshold(dropout_p), 1.0 / (1.0 - dropout_p),
+        HEAD_DIM=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, CAUSAL=causal, DROPOUT=dropout_p > 0,
+        DOT_PRECISION=_dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages,
+    )
+
+
+def _run_bwd_kernel(dq, dk, dv, do, q, k, v, lse, delta, seed, causal, softmax_scale, dropout_p,
+                    BLOCK, BLOCK_M1, BLOCK_N2, num_warps, num_stages) -> None:
+    # One launch of the Triton backward with these tiles, as _run_fwd_kernel
+    B, H, T, D = q.shape
+    _attn_bwd_kernel[(triton.cdiv(T, BLOCK), B * H)](
+        q, k, v, do, dq, dk, dv, lse, delta, seed if seed is not None else lse,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        do.stride(0), do.stride(1), do.stride(2),
+        dq.stride(0), dq.stride(1), dq.stride(2),
+        dk.stride(0), dk.stride(1), dk.stride(2),
+        dv.stride(0), dv.stride(1), dv.stride(2),
+        H, T, softmax_scale * LOG2E, softmax_scale, _drop_threshold(dropout_p), 1.0 / (1.0 - dropout_p),
+        HEAD_DIM=D, BLOCK=BLOCK, BLOCK_M1=BLOCK_M1, BLOCK_N2=BLOCK_N2, CAUSAL=causal, DROPOUT=dropout_p > 0,
+        DOT_PRECISION=_dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages,
+    )
+
+
+def _attn_fwd(q, k, v, seed, causal, softmax_scale, dropout_p, backend=None, config=None):
+    """o (B, H, T, D) and lse (B, H, T). backend: None (TUNED's choice), "hopper" or "triton"; config: the Triton
+    forward's tiles (FWD_CONFIG), run as given (None: TUNED's, stepped down where they do not fit)."""
     B, H, T, D = q.shape
     o = _empty_bhtd(B, H, T, D, q)
     lse = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
-    if flash_hopper is not None and flash_hopper.supported(q, k, v, causal, dropout_p):
-        flash_hopper.attn_fwd(q, k, v, o, lse, softmax_scale * LOG2E)  # same o and lse, warp-specialized
+    hopper, tiles = _choice("fwd", q.dtype, D, T)
+    if config is None and _hopper_takes(backend, hopper, q, k, v, causal, dropout_p):
+        flash_hopper._attn_fwd(q, k, v, o, lse, softmax_scale * LOG2E)  # same o and lse, warp-specialized
         return o, lse
-
-    def launch(BLOCK_M, BLOCK_N, num_warps, num_stages):
-        _attn_fwd_kernel[(triton.cdiv(T, BLOCK_M), B * H)](
-            q, k, v, o, lse, seed if seed is not None else lse,  # without dropout the seed is never read
-            q.stride(0), q.stride(1), q.stride(2),
-            k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2),
-            o.stride(0), o.stride(1), o.stride(2),
-            H, T, softmax_scale * LOG2E, _drop_threshold(dropout_p), 1.0 / (1.0 - dropout_p),
-            HEAD_DIM=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, CAUSAL=causal, DROPOUT=dropout_p > 0,
-            DOT_PRECISION=_dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages,
-        )
-
-    _launch_fitting(launch, _fwd_config(D, T, q.dtype), ("fwd", q.device, q.dtype, D, dropout_p > 0))
+    launch = functools.partial(_run_fwd_kernel, q, k, v, o, lse, seed, causal, softmax_scale, dropout_p)
+    if config is None:
+        _launch_fitting(launch, tiles, ("fwd", q.device, q.dtype, D, dropout_p > 0))
+    else:
+        launch(*config)
     return o, lse
 
 
-def _attn_bwd(do, q, k, v, o, lse, seed, causal, softmax_scale, dropout_p):
+def _attn_bwd(do, q, k, v, o, lse, seed, causal, softmax_scale, dropout_p, backend=None, config=None):
     dq, dk, dv = _empty_grad(q), _empty_grad(k), _empty_grad(v)
-    _attn_bwd_into(dq, dk, dv, do, q, k, v, o, lse, seed, causal, softmax_scale, dropout_p)
+    _attn_bwd_into(dq, dk, dv, do, q, k, v, o, lse, seed, causal, softmax_scale, dropout_p, backend, config)
     return dq, dk, dv
 
 
-def _attn_bwd_packed(do, qkv, o, lse, seed, causal, softmax_scale, dropout_p):
+def _attn_bwd_packed(do, qkv, o, lse, seed, causal, softmax_scale, dropout_p, backend=None, config=None):
     dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)  # (B, T, 3, H, D)
-    _attn_bwd_into(*_unpack(dqkv), do, *_unpack(qkv), o, lse, seed, causal, softmax_scale, dropout_p)
+    _attn_bwd_into(*_unpack(dqkv), do, *_unpack(qkv), o, lse, seed, causal, softmax_scale, dropout_p, backend, config)
     return dqkv
 
 
@@ -574,37 +687,28 @@ def _unpack(qkv: torch.Tensor) -> list:
     return [t.transpose(1, 2) for t in qkv.unbind(2)]
 
 
-def _attn_bwd_into(dq, dk, dv, do, q, k, v, o, lse, seed, causal, softmax_scale, dropout_p):
+def _attn_bwd_into(dq, dk, dv, do, q, k, v, o, lse, seed, causal, softmax_scale, dropout_p, backend, config):
+    # backend and config as in _attn_fwd, config being the Triton backward's tiles (BWD_CONFIG)
     B, H, T, D = q.shape
     if do.stride(-1) != 1:  # autograd can hand us an expanded or transposed gradient; rare, so a copy is fine
         do = do.contiguous()
     delta = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
-    _attn_bwd_delta_kernel[(triton.cdiv(T, 64), B * H)](
+    _attn_bwd_delta_kernel[(triton.cdiv(T, DELTA_BLOCK), B * H)](
         o, do, delta,
         o.stride(0), o.stride(1), o.stride(2),
         do.stride(0), do.stride(1), do.stride(2),
-        H, T, HEAD_DIM=D, BLOCK_M=64,
+        H, T, HEAD_DIM=D, BLOCK_M=DELTA_BLOCK,
     )
-    if flash_hopper is not None and flash_hopper.supported(q, k, v, causal, dropout_p, flash_hopper.MIN_T_BWD, do):
-        flash_hopper.attn_bwd(do, q, k, v, lse, delta, dq, dk, dv, softmax_scale, softmax_scale * LOG2E)
+    hopper, tiles = _choice("bwd", q.dtype, D, T)
+    if config is None and _hopper_takes(backend, hopper, q, k, v, causal, dropout_p, do):
+        flash_hopper._attn_bwd(do, q, k, v, lse, delta, dq, dk, dv, softmax_scale, softmax_scale * LOG2E)
         return
-
-    def launch(BLOCK, BLOCK_M1, BLOCK_N2, num_warps, num_stages):
-        _attn_bwd_kernel[(triton.cdiv(T, BLOCK), B * H)](
-            q, k, v, do, dq, dk, dv, lse, delta, seed if seed is not None else lse,
-            q.stride(0), q.stride(1), q.stride(2),
-            k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2),
-            do.stride(0), do.stride(1), do.stride(2),
-            dq.stride(0), dq.stride(1), dq.stride(2),
-            dk.stride(0), dk.stride(1), dk.stride(2),
-            dv.stride(0), dv.stride(1), dv.stride(2),
-            H, T, softmax_scale * LOG2E, softmax_scale, _drop_threshold(dropout_p), 1.0 / (1.0 - dropout_p),
-            HEAD_DIM=D, BLOCK=BLOCK, BLOCK_M1=BLOCK_M1, BLOCK_N2=BLOCK_N2, CAUSAL=causal, DROPOUT=dropout_p > 0,
-            DOT_PRECISION=_dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages,
-        )
-
-    _launch_fitting(launch, _bwd_config(D, T, q.dtype), ("bwd", q.device, q.dtype, D, dropout_p > 0))
+    launch = functools.partial(_run_bwd_kernel, dq, dk, dv, do, q, k, v, lse, delta, seed, causal, softmax_scale,
+                               dropout_p)
+    if config is None:
+        _launch_fitting(launch, tiles, ("bwd", q.device, q.dtype, D, dropout_p > 0))
+    else:
+        launch(*config)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -614,76 +718,87 @@ def _attn_bwd_into(dq, dk, dv, do, q, k, v, o, lse, seed, causal, softmax_scale,
 # to the launcher. torch.library.custom_op with register_autograd does the same job but runs several Python
 # layers per call, which measured 0.2 ms per forward+backward on the H100 host (tools/overhead.py) - more than
 # the kernels themselves take at the char model's shape. Autograd lives in _FlashAttention, which torch.compile
-# traces like any autograd.Function.
+# traces like any autograd.Function. `backend` and `config` are the launchers' own (None: TUNED's choice); the
+# dispatcher parses them in C++, like the other arguments.
 
 _lib = torch.library.Library("flashgpt", "DEF")
-_lib.define("attn_fwd(Tensor q, Tensor k, Tensor v, Tensor? seed, bool causal, float softmax_scale, float dropout_p) -> (Tensor, Tensor)")
+_lib.define(
+    "attn_fwd(Tensor q, Tensor k, Tensor v, Tensor? seed, bool causal, float softmax_scale, float dropout_p, "
+    "str? backend=None, int[]? config=None) -> (Tensor, Tensor)"
+)
 _lib.define(
     "attn_bwd(Tensor do, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor? seed, bool causal, "
-    "float softmax_scale, float dropout_p) -> (Tensor, Tensor, Tensor)"
+    "float softmax_scale, float dropout_p, str? backend=None, int[]? config=None) -> (Tensor, Tensor, Tensor)"
 )
 _lib.define(
     "attn_bwd_packed(Tensor do, Tensor qkv, Tensor o, Tensor lse, Tensor? seed, bool causal, float softmax_scale, "
-    "float dropout_p) -> Tensor"
+    "float dropout_p, str? backend=None, int[]? config=None) -> Tensor"
 )
-for _backend in ("CUDA", "CPU"):  # CPU: only reachable with TRITON_INTERPRET=1 (flash_attn checks)
-    _lib.impl("attn_fwd", _attn_fwd, _backend)
-    _lib.impl("attn_bwd", _attn_bwd, _backend)
-    _lib.impl("attn_bwd_packed", _attn_bwd_packed, _backend)
+for _device in ("CUDA", "CPU"):  # CPU: only reachable with TRITON_INTERPRET=1 (flash_attn checks)
+    _lib.impl("attn_fwd", _attn_fwd, _device)
+    _lib.impl("attn_bwd", _attn_bwd, _device)
+    _lib.impl("attn_bwd_packed", _attn_bwd_packed, _device)
 
 
 @torch.library.register_fake("flashgpt::attn_fwd")
-def _(q, k, v, seed, causal, softmax_scale, dropout_p):
+def _(q, k, v, seed, causal, softmax_scale, dropout_p, backend=None, config=None):
     B, H, T, D = q.shape
     return _empty_bhtd(B, H, T, D, q), q.new_empty((B, H, T), dtype=torch.float32)
 
 
 @torch.library.register_fake("flashgpt::attn_bwd")
-def _(do, q, k, v, o, lse, seed, causal, softmax_scale, dropout_p):
+def _(do, q, k, v, o, lse, seed, causal, softmax_scale, dropout_p, backend=None, config=None):
     return _empty_grad(q), _empty_grad(k), _empty_grad(v)
 
 
 @torch.library.register_fake("flashgpt::attn_bwd_packed")
-def _(do, qkv, o, lse, seed, causal, softmax_scale, dropout_p):
+def _(do, qkv, o, lse, seed, causal, softmax_scale, dropout_p, backend=None, config=None):
     return torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
 
 
 class _FlashAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, seed, causal, softmax_scale, dropout_p):
-        o, lse = torch.ops.flashgpt.attn_fwd(q, k, v, seed, causal, softmax_scale, dropout_p)
+    def forward(ctx, q, k, v, seed, causal, softmax_scale, dropout_p, backend, fwd_config, bwd_config):
+        o, lse = torch.ops.flashgpt.attn_fwd(q, k, v, seed, causal, softmax_scale, dropout_p, backend, fwd_config)
         ctx.save_for_backward(q, k, v, o, lse, seed)
         ctx.causal, ctx.softmax_scale, ctx.dropout_p = causal, softmax_scale, dropout_p
+        ctx.backend, ctx.bwd_config = backend, bwd_config
         return o
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse, seed = ctx.saved_tensors
-        dq, dk, dv = torch.ops.flashgpt.attn_bwd(do, q, k, v, o, lse, seed, ctx.causal, ctx.softmax_scale, ctx.dropout_p)
-        return dq, dk, dv, None, None, None, None
+        dq, dk, dv = torch.ops.flashgpt.attn_bwd(do, q, k, v, o, lse, seed, ctx.causal, ctx.softmax_scale,
+                                                 ctx.dropout_p, ctx.backend, ctx.bwd_config)
+        return dq, dk, dv, None, None, None, None, None, None, None
 
 
 class _FlashAttentionQKVPacked(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, qkv, seed, causal, softmax_scale, dropout_p):
-        o, lse = torch.ops.flashgpt.attn_fwd(*_unpack(qkv), seed, causal, softmax_scale, dropout_p)
+    def forward(ctx, qkv, seed, causal, softmax_scale, dropout_p, backend, fwd_config, bwd_config):
+        o, lse = torch.ops.flashgpt.attn_fwd(*_unpack(qkv), seed, causal, softmax_scale, dropout_p, backend,
+                                             fwd_config)
         ctx.save_for_backward(qkv, o, lse, seed)
         ctx.causal, ctx.softmax_scale, ctx.dropout_p = causal, softmax_scale, dropout_p
+        ctx.backend, ctx.bwd_config = backend, bwd_config
         return o.transpose(1, 2)  # (B, T, H, D), contiguous
 
     @staticmethod
     def backward(ctx, do):
         qkv, o, lse, seed = ctx.saved_tensors
         dqkv = torch.ops.flashgpt.attn_bwd_packed(do.transpose(1, 2), qkv, o, lse, seed, ctx.causal,
-                                                  ctx.softmax_scale, ctx.dropout_p)
-        return dqkv, None, None, None, None
+                                                  ctx.softmax_scale, ctx.dropout_p, ctx.backend, ctx.bwd_config)
+        return dqkv, None, None, None, None, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Public API
 
 
-def _interpreting() -> bool:
+def interpreting() -> bool:
+    """Whether Triton runs kernels through its interpreter (TRITON_INTERPRET set to anything but "" or "0"), which
+    is what lets flash_attn take CPU tensors. Triton reads the variable when a kernel is defined, so set it before
+    importing this module."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
@@ -715,7 +830,7 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: 
         raise ValueError(f"flash_attn: dtype {q.dtype} is not supported; use one of {SUPPORTED_DTYPES}")
     if not (q.device == k.device == v.device):
         raise ValueError(f"flash_attn: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
-    if q.device.type != "cuda" and not _interpreting():
+    if q.device.type != "cuda" and not interpreting():
         raise RuntimeError(
             f"flash_attn: tensors are on '{q.device.type}', but the Triton kernel runs on CUDA GPUs only. "
             "Move them to a GPU, use attn='sdpa' or attn='naive', or set TRITON_INTERPRET=1 before importing "
@@ -737,6 +852,22 @@ def _draw_seed(device: torch.device) -> torch.Tensor:
     return torch.randint(0, 2**62, (1,), dtype=torch.int64, device=device)
 
 
+def _check_choices(backend: Optional[str], fwd_config, bwd_config, q: torch.Tensor, k: torch.Tensor,
+                   v: torch.Tensor, causal: bool, dropout_p: float) -> None:
+    # The private overrides, checked once up front (and only when one is given, so a plain call pays nothing)
+    if backend not in (None, *BACKENDS):
+        raise ValueError(f"flash_attn: _backend must be one of {BACKENDS} or None, got {backend!r}")
+    for name, config, fields in (("_fwd_config", fwd_config, FWD_CONFIG), ("_bwd_config", bwd_config, BWD_CONFIG)):
+        if config is None:
+            continue
+        if backend == "hopper":
+            raise ValueError(f"flash_attn: {name} sets the Triton kernels' tiles; the Hopper kernels' are fixed")
+        if len(config) != len(fields) or not all(isinstance(n, int) and n > 0 for n in config):
+            raise ValueError(f"flash_attn: {name} must be {len(fields)} positive ints {fields}, got {config!r}")
+    if backend == "hopper":  # the forward's conditions; the backward checks dO's strides when it has it
+        _hopper_takes(backend, True, q, k, v, causal, dropout_p)
+
+
 def flash_attn(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -744,17 +875,27 @@ def flash_attn(
     causal: bool = True,
     softmax_scale: Optional[float] = None,
     dropout_p: float = 0.0,
+    *,
+    _backend: Optional[str] = None,
+    _fwd_config: Optional[tuple] = None,
+    _bwd_config: Optional[tuple] = None,
 ) -> torch.Tensor:
     """Fused (causal) attention softmax(q k^T * scale) v over (B, H, T, D) tensors; differentiable.
 
     softmax_scale defaults to 1/sqrt(D). dropout_p drops attention probabilities (after the softmax, kept ones
     scaled by 1/(1-p)) with a mask drawn from torch's RNG. Head dims 16, 32, 64, 128; fp16, bf16, fp32
     (accumulation is fp32 in every case). Returns (B, H, T, D) in q's dtype.
+
+    For tests and tuning: _backend forces "hopper" or "triton" kernels (None: TUNED's choice); _fwd_config and
+    _bwd_config run that pass on the Triton kernels with these tiles (FWD_CONFIG, BWD_CONFIG), as given.
     """
     _check_inputs(q, k, v, dropout_p)
+    if _backend is not None or _fwd_config is not None or _bwd_config is not None:
+        _check_choices(_backend, _fwd_config, _bwd_config, q, k, v, causal, dropout_p)
     scale = _scale(softmax_scale, q)
     seed = _draw_seed(q.device) if dropout_p > 0 else None
-    return _FlashAttention.apply(q, k, v, seed, bool(causal), scale, float(dropout_p))
+    return _FlashAttention.apply(q, k, v, seed, bool(causal), scale, float(dropout_p), _backend, _fwd_config,
+                                 _bwd_config)
 
 
 def flash_attn_qkvpacked(
@@ -762,19 +903,27 @@ def flash_attn_qkvpacked(
     causal: bool = True,
     softmax_scale: Optional[float] = None,
     dropout_p: float = 0.0,
+    *,
+    _backend: Optional[str] = None,
+    _fwd_config: Optional[tuple] = None,
+    _bwd_config: Optional[tuple] = None,
 ) -> torch.Tensor:
     """flash_attn on q, k, v packed in one (B, T, 3, H, D) tensor, such as the qkv projection's output viewed
     that way; returns (B, T, H, D). The gradient comes back as one (B, T, 3, H, D) tensor written by the kernel,
-    where separate q, k, v would leave autograd three gradients to concatenate.
+    where separate q, k, v would leave autograd three gradients to concatenate. The private arguments are
+    flash_attn's.
     """
     if not isinstance(qkv, torch.Tensor) or qkv.dim() != 5 or qkv.shape[2] != 3:
         got = tuple(qkv.shape) if isinstance(qkv, torch.Tensor) else type(qkv).__name__
         raise ValueError(f"flash_attn_qkvpacked: qkv must be a 5-d tensor shaped (B, T, 3, H, D), got {got}")
     q, k, v = _unpack(qkv)
     _check_inputs(q, k, v, dropout_p)
+    if _backend is not None or _fwd_config is not None or _bwd_config is not None:
+        _check_choices(_backend, _fwd_config, _bwd_config, q, k, v, causal, dropout_p)
     scale = _scale(softmax_scale, q)
     seed = _draw_seed(qkv.device) if dropout_p > 0 else None
-    return _FlashAttentionQKVPacked.apply(qkv, seed, bool(causal), scale, float(dropout_p))
+    return _FlashAttentionQKVPacked.apply(qkv, seed, bool(causal), scale, float(dropout_p), _backend, _fwd_config,
+                                          _bwd_config)
 
 
 def _scale(softmax_scale: Optional[float], q: torch.Tensor) -> float:
@@ -787,7 +936,6 @@ def _scale(softmax_scale: Optional[float], q: torch.Tensor) -> float:
 def dropout_mask(seed: torch.Tensor, B: int, H: int, T: int, dropout_p: float) -> torch.Tensor:
     """The (B, H, T, T) bool keep-mask that a flash_attn call whose seed tensor is `seed` applies."""
     mask = torch.empty((B, H, T, T), dtype=torch.int8, device=seed.device)
-    BLOCK = 32
-    grid = (triton.cdiv(T, BLOCK), triton.cdiv(T, BLOCK), B * H)
-    _dropout_mask_kernel[grid](mask, seed, T, _drop_threshold(dropout_p), BLOCK=BLOCK)
+    grid = (triton.cdiv(T, MASK_BLOCK), triton.cdiv(T, MASK_BLOCK), B * H)
+    _dropout_mask_kernel[grid](mask, seed, T, _drop_threshold(dropout_p), BLOCK=MASK_BLOCK)
     return mask.bool()

@@ -54,9 +54,17 @@ class GPTConfig:
             raise ValueError(f"gelu_approximate must be 'none' or 'tanh', got {self.gelu_approximate!r}")
 
 
+def _triton_interpreting() -> bool:
+    try:
+        from flash_kernel import interpreting  # lazy: the repo must work where triton is missing
+    except ImportError:
+        return False
+    return interpreting()
+
+
 def check_attn_device(attn: str, device_type: str) -> None:
     """Fail early, with what to do instead, when attn='triton' cannot run on this device."""
-    if attn == 'triton' and device_type != 'cuda' and os.environ.get('TRITON_INTERPRET') != '1':
+    if attn == 'triton' and device_type != 'cuda' and not _triton_interpreting():
         raise RuntimeError(
             f"attn='triton' needs a CUDA GPU, and this run is on {device_type!r}. "
             "Use attn='sdpa' or attn='naive' (e.g. --attn=sdpa), or set TRITON_INTERPRET=1 in the "

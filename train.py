@@ -197,7 +197,7 @@ def setup_processes(cfg: TrainConfig) -> Processes:
     except RuntimeError as e:
         cpu_hint = " Without a GPU, config/train_shakespeare_char_cpu.py trains a small model in minutes."
         raise ConfigError(str(e) + (cpu_hint if device_type == 'cpu' else '')) from None
-    if cfg.attn == 'triton' and dtype == 'bfloat16' and os.environ.get('TRITON_INTERPRET', '') not in ('', '0'):
+    if cfg.attn == 'triton' and dtype == 'bfloat16' and device_type != 'cuda':  # off a GPU: the interpreter
         raise ConfigError("attn='triton' with dtype='bfloat16' under TRITON_INTERPRET=1: Triton's interpreter "
                           "computes bf16 dot products wrongly; use --dtype=float32 there, or a GPU without the "
                           "interpreter")

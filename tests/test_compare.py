@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import compare
+from helpers import char_data, tiny_config  # noqa: F401 (fixture)
 from train import TrainConfig
-from helpers import char_data, requires_flash_kernel, tiny_config  # noqa: F401 (fixture)
 
 # a comparison small enough for the CPU: one optimizer step is one micro-batch of 4 x 16 tokens
 TINY = ['--dataset=shakespeare_char', '--device=cpu', '--dtype=float32', '--compile=False', '--n_layer=1',
@@ -16,7 +16,6 @@ TINY = ['--dataset=shakespeare_char', '--device=cpu', '--dtype=float32', '--comp
         '--eval_iters=2', '--log_interval=1', '--warmup_iters=0', '--dropout=0.0']
 
 
-@requires_flash_kernel
 def test_compare_writes_table_plot_and_json(char_data, tmp_path, monkeypatch):
     # The comparison runs on the CPU on every machine, so the Triton kernel runs in its interpreter there. The
     # runs are fresh processes that inherit the environment; on a machine with a GPU, conftest.py leaves the

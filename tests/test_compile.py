@@ -5,7 +5,7 @@ GPU the same test runs the real kernels under inductor's CUDA backend.
 """
 import torch
 
-from helpers import TRITON_DEVICE, requires_flash_kernel
+from helpers import TRITON_DEVICE
 from model import GPT, GPTConfig
 
 SMALL = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=65, dropout=0.0, bias=True, attn='triton')
@@ -29,7 +29,6 @@ def three_steps(model: GPT, batches) -> list[float]:
     return losses
 
 
-@requires_flash_kernel
 def test_compiled_model_trains_and_matches_eager():
     torch.manual_seed(0)
     eager = GPT(GPTConfig(**SMALL)).to(TRITON_DEVICE)

@@ -3,38 +3,21 @@ What the kernels compile to on NVIDIA GPUs, checked without a GPU through tools/
 tools/shared_memory.py: properties that speed depends on and that a timing test could not pin down, and the
 shared memory that decides whether a kernel launches at all.
 """
-import os
-import subprocess
-import sys
-
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import call_without_interpreter
 
 
-def _tool(name, *args):
+def _needs_nvidia_backend():
     pytest.importorskip("triton.backends.nvidia.compiler", reason="this triton has no NVIDIA backend to compile with")
-    # A subprocess without TRITON_INTERPRET: under the interpreter the kernels are not compilable objects.
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, os.path.join(ROOT, "tools", name), *args], env=env,
-                         capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return run
 
 
 def _compile_sm90(head_dim):
-    run = _tool("compile_sm90.py", "--head-dim", str(head_dim))
-    rows, hopper = {}, {}
-    for line in run.stdout.splitlines():
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        if len(cells) == 8 and cells[0] in ("forward", "backward"):
-            rows[(cells[0], cells[1] == "True")] = dict(zip(
-                ("convert_layout", "st.shared", "ld.shared", "mul.hi", "wgmma.wait_group", "shared"),
-                map(int, cells[2:])))
-        if len(cells) == 10 and cells[0].startswith("hopper "):
-            hopper[cells[0].split()[1]] = dict(zip(("warps", "wgmma", "setmaxnreg", "registers", "stack", "shared",
-                                                    "hgmma", "waits", "sass"), map(int, cells[1:])))
-    assert len(rows) == 4 and len(hopper) == 2, run.stdout
+    _needs_nvidia_backend()
+    counts = call_without_interpreter("compile_sm90", "counts", head_dim)
+    rows = {(row["kernel"], row["dropout"]): row for row in counts["triton"]}
+    hopper = {row["kernel"]: row for row in counts["hopper"]}
+    assert len(rows) == 4 and len(hopper) == 2, counts
     return rows, hopper
 
 
@@ -72,15 +55,9 @@ def test_forward_dropout_needs_no_shuffle(counts):
 def shared_rows():
     # Head dim 128 at T=16384 takes the largest tiles of each dtype. sm_90 is the H100, sm_86 an RTX 30xx (the
     # RTX 40xx, sm_89, has the same 99 KB). ~2 minutes of compiling on a CI machine's CPU.
-    run = _tool("shared_memory.py", "--archs", "90,86", "--dtypes", "bf16,fp32", "--head-dims", "128",
-                "--lengths", "16384")
-    rows = []
-    for line in run.stdout.splitlines():
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        if len(cells) == 9 and cells[0].startswith("sm_"):
-            rows.append(dict(arch=cells[0], limit=int(cells[1]), dtype=cells[2], kind=cells[5], tuned=cells[6],
-                             runs=cells[7], shared=int(cells[8])))
-    assert len(rows) == 8, run.stdout
+    _needs_nvidia_backend()
+    rows = call_without_interpreter("shared_memory", "fitted_tiles", [90, 86], ["bf16", "fp32"], [128], [16384])
+    assert len(rows) == 8, rows
     return rows
 
 

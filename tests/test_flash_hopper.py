@@ -10,32 +10,36 @@ import torch
 
 import flash_kernel
 from flash_kernel import attention_ref, flash_attn
-from test_flash_kernel import ABS, TOL, assert_close, ours_fwd_bwd, qkv_like_the_model, ref_fwd_bwd
+from helpers import ABS, TOL, assert_close, launched_kernels, ours_fwd_bwd, qkv_like_the_model, ref_fwd_bwd
 
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
 needs_hopper = pytest.mark.skipif(not HOPPER or flash_kernel.flash_hopper is None,
                                   reason="needs a Hopper GPU (H100, H200) and a Triton with Gluon")
 
 
-def hopper_fwd(q, k, v, scale):
-    B, H, T, D = q.shape
-    o = flash_kernel._empty_bhtd(B, H, T, D, q)
-    lse = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
-    flash_kernel.flash_hopper.attn_fwd(q, k, v, o, lse, scale * flash_kernel.LOG2E)
-    return o, lse
+def hopper_from(kind: str, D: int) -> int:
+    """The shortest T at which flash_kernel.TUNED sends a bf16 pass ("fwd" or "bwd") to the Hopper kernels."""
+    (T,) = [from_t for k, dtypes, dims, from_t, backend, _ in flash_kernel.TUNED
+            if (k, backend) == (kind, "hopper") and torch.bfloat16 in dtypes and D in dims]
+    return T
 
 
-def triton_fwd(q, k, v, scale, monkeypatch):
-    with monkeypatch.context() as m:
-        m.setattr(flash_kernel, "flash_hopper", None)
-        return flash_kernel._attn_fwd(q, k, v, None, True, scale, 0.0)
+def kernels_of(fn) -> set:
+    """Which attention kernels fn() launches: "hopper fwd", "triton fwd", "hopper bwd", "triton bwd"."""
+    names = launched_kernels(fn)
+    found = {"hopper fwd": "_attn_fwd_hopper_kernel", "triton fwd": "_attn_fwd_kernel",
+             "hopper bwd": "_attn_bwd_hopper_kernel", "triton bwd": "_attn_bwd_kernel"}
+    return {which for which, kernel in found.items() if any(kernel in name for name in names)}
 
 
-def check_hopper_forward(q, k, v, monkeypatch):
-    # o against the fp32 reference with test_flash_kernel's tolerances, lse against the Triton forward's
+def check_hopper_forward(q, k, v, **launch):
+    # o against the fp32 reference with the Triton kernels' tolerances, lse against the Triton forward's.
+    # launch: flash_hopper._attn_fwd's own arguments (programs, heads_per_section)
     B, H, T, D = q.shape
     scale = 1 / math.sqrt(D)
-    o, lse = hopper_fwd(q, k, v, scale)
+    o = flash_kernel._empty_bhtd(B, H, T, D, q)
+    lse = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
+    flash_kernel.flash_hopper._attn_fwd(q, k, v, o, lse, scale * flash_kernel.LOG2E, **launch)
     want = torch.stack([attention_ref(q[b], k[b], v[b]) for b in range(B)])
     err = (o.float() - want).norm().item()
     bound = TOL[q.dtype] * want.norm().item() + ABS[q.dtype] * math.sqrt(want.numel())
@@ -43,7 +47,7 @@ def check_hopper_forward(q, k, v, monkeypatch):
     # lse is fp32 in both kernels, and the same arithmetic in another order: the row sum l adds up to T terms,
     # each add off by at most 2^-24 relative, so log2(l) can differ by T * 2^-24 * log2(e) (5e-7 at T=1, 1.8e-4
     # at T=2048); measured <= 2e-6
-    _, lse_triton = triton_fwd(q, k, v, scale, monkeypatch)
+    _, lse_triton = flash_kernel._attn_fwd(q, k, v, None, True, scale, 0.0, "triton")
     assert (lse - lse_triton).abs().max().item() <= T * 2.0**-24 * math.log2(math.e) + 1e-6
 
 
@@ -53,103 +57,93 @@ def check_hopper_forward(q, k, v, monkeypatch):
 @pytest.mark.parametrize("B,H,T", [(1, 1, 1), (2, 3, 77), (1, 2, 128), (2, 2, 129), (1, 2, 1000), (1, 1, 2048)],
                          ids=str)
 @pytest.mark.parametrize("strided", [True, False], ids=["model_views", "dense"])
-def test_forward_matches_reference_and_triton(B, H, T, D, dtype, strided, monkeypatch):
+def test_forward_matches_reference_and_triton(B, H, T, D, dtype, strided):
     # Every T, not only those the dispatch sends here: ragged tails (TMA zero-fills rows past T), one tile, a
     # diagonal tile that is also the first.
     q, k, v = qkv_like_the_model(B, H, T, D, dtype, device="cuda")
     if not strided:
         q, k, v = (t.detach().contiguous() for t in (q, k, v))
-    check_hopper_forward(q, k, v, monkeypatch)
+    check_hopper_forward(q, k, v)
 
 
 @needs_hopper
 @pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("programs", [1, 5])
-def test_forward_with_few_programs(D, programs, monkeypatch):
+def test_forward_with_few_programs(D, programs):
     # The forward's grid is persistent: each program takes items (row tile, head) one after another, carrying
     # its K/V ring, Q buffers and turn barriers across them. A GPU has enough SMs that the shapes above give most
     # programs one item; here 1 or 5 programs take 2 * 3 * 8 items of 1 to 8 key tiles each, with the 6 heads in
     # two sections, of 4 heads and of 2
-    monkeypatch.setattr(flash_kernel.flash_hopper, "_num_sms", lambda device: programs)
-    monkeypatch.setattr(flash_kernel.flash_hopper, "_heads_per_section", lambda q: 4)
-    check_hopper_forward(*qkv_like_the_model(2, 3, 1000, D, torch.bfloat16, device="cuda"), monkeypatch)
+    q, k, v = qkv_like_the_model(2, 3, 1000, D, torch.bfloat16, device="cuda")
+    check_hopper_forward(q, k, v, programs=programs, heads_per_section=4)
 
 
 @needs_hopper
-def test_flash_attn_dispatch(monkeypatch):
-    # Long causal calls without dropout go to the Hopper forward; short ones, dropout and non-causal do not
-    calls = []
-    real = flash_kernel.flash_hopper.attn_fwd
-    monkeypatch.setattr(flash_kernel.flash_hopper, "attn_fwd", lambda *a: calls.append(1) or real(*a))
-    T = flash_kernel.flash_hopper.MIN_T[128]
-    q, k, v = qkv_like_the_model(1, 2, T, 128, torch.bfloat16, device="cuda")
-    flash_attn(q, k, v)
-    assert len(calls) == 1
-    flash_attn(q, k, v, dropout_p=0.1)
-    flash_attn(q, k, v, causal=False)
-    flash_attn(q[:, :, : T // 2], k[:, :, : T // 2], v[:, :, : T // 2])
-    flash_attn(q.float(), k.float(), v.float())
-    assert len(calls) == 1
+def test_flash_attn_dispatch():
+    # Long causal calls without dropout go to the Hopper forward; short ones, dropout, non-causal and fp32 do not,
+    # unless a caller forces a backend. Tiles of the caller's run the Triton kernels.
+    T = hopper_from("fwd", 128)
+    q, k, v = (t.detach() for t in qkv_like_the_model(1, 2, T, 128, torch.bfloat16, device="cuda"))
+    short = [t[:, :, : T // 2] for t in (q, k, v)]
+    assert kernels_of(lambda: flash_attn(q, k, v)) == {"hopper fwd"}
+    assert kernels_of(lambda: flash_attn(q, k, v, dropout_p=0.1)) == {"triton fwd"}
+    assert kernels_of(lambda: flash_attn(q, k, v, causal=False)) == {"triton fwd"}
+    assert kernels_of(lambda: flash_attn(*short)) == {"triton fwd"}
+    assert kernels_of(lambda: flash_attn(q.float(), k.float(), v.float())) == {"triton fwd"}
+    assert kernels_of(lambda: flash_attn(*short, _backend="hopper")) == {"hopper fwd"}
+    assert kernels_of(lambda: flash_attn(q, k, v, _backend="triton")) == {"triton fwd"}
+    assert kernels_of(lambda: flash_attn(q, k, v, _fwd_config=(64, 64, 4, 3))) == {"triton fwd"}
+    with pytest.raises(ValueError, match="_backend='hopper' cannot run this call"):
+        flash_attn(q, k, v, dropout_p=0.1, _backend="hopper")
     # the backward has its own threshold
-    bwd_calls = []
-    real_bwd = flash_kernel.flash_hopper.attn_bwd
-    monkeypatch.setattr(flash_kernel.flash_hopper, "attn_bwd", lambda *a: bwd_calls.append(1) or real_bwd(*a))
-    T = flash_kernel.flash_hopper.MIN_T_BWD[128]
+    T = hopper_from("bwd", 128)
     q, k, v = qkv_like_the_model(1, 2, T, 128, torch.bfloat16, device="cuda")
-    flash_attn(q, k, v).sum().backward()
-    assert len(bwd_calls) == 1
+    assert "hopper bwd" in kernels_of(lambda: flash_attn(q, k, v).sum().backward())
     q, k, v = qkv_like_the_model(1, 2, T // 2, 128, torch.bfloat16, device="cuda")
-    flash_attn(q, k, v).sum().backward()
-    assert len(bwd_calls) == 1
+    assert "triton bwd" in kernels_of(lambda: flash_attn(q, k, v).sum().backward())
+    assert "hopper bwd" in kernels_of(lambda: flash_attn(q, k, v, _backend="hopper").sum().backward())
 
 
 @needs_hopper
+@pytest.mark.parametrize("forward", ["triton", "hopper"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("B,H,T", [(1, 1, 1), (2, 3, 77), (1, 2, 128), (2, 2, 129), (1, 2, 1000)], ids=str)
-def test_backward_matches_reference(B, H, T, D, dtype, monkeypatch):
-    # The Hopper backward at every T (the dispatch uses it from MIN_T_BWD on), through flash_attn, on the model's
-    # strided views; the tolerances are test_flash_kernel's
-    monkeypatch.setattr(flash_kernel.flash_hopper, "MIN_T_BWD", {64: 1, 128: 1})
-    calls = []
-    real = flash_kernel.flash_hopper.attn_bwd
-    monkeypatch.setattr(flash_kernel.flash_hopper, "attn_bwd", lambda *a: calls.append(1) or real(*a))
-    q, k, v = qkv_like_the_model(B, H, T, D, dtype, device="cuda")
+def test_backward_matches_reference(B, H, T, D, dtype, forward):
+    # The Hopper backward at every T (the dispatch uses it from TUNED's length on), after either forward, through
+    # the launchers, on the model's strided views; the tolerances are the Triton kernels'
+    q, k, v = (t.detach() for t in qkv_like_the_model(B, H, T, D, dtype, device="cuda"))
     do = torch.randn(q.shape, device="cuda", dtype=dtype)
-    assert_close(ours_fwd_bwd(q, k, v, do, causal=True), ref_fwd_bwd(q, k, v, do, causal=True), dtype,
-                 f"Hopper backward B={B} H={H} T={T} D={D} {dtype}")
-    assert calls == [1]
+    scale = 1 / math.sqrt(D)
+    o, lse = flash_kernel._attn_fwd(q, k, v, None, True, scale, 0.0, forward)
+    dq, dk, dv = flash_kernel._attn_bwd(do, q, k, v, o, lse, None, True, scale, 0.0, "hopper")
+    assert_close([o, dq, dk, dv], ref_fwd_bwd(q, k, v, do, causal=True), dtype,
+                 f"Hopper backward after the {forward} forward, B={B} H={H} T={T} D={D} {dtype}")
 
 
 @needs_hopper
 @pytest.mark.parametrize("D", [64, 128])
 def test_gradients_through_the_hopper_kernels(D):
     # At a length where flash_attn sends both passes to the Hopper kernels, with a ragged last tile
-    hopper = flash_kernel.flash_hopper
-    T = max(hopper.MIN_T[D], hopper.MIN_T_BWD[D]) + 100
+    T = max(hopper_from("fwd", D), hopper_from("bwd", D)) + 100
     q, k, v = qkv_like_the_model(1, 2, T, D, torch.bfloat16, device="cuda")
-    assert hopper.supported(q, k, v, True, 0.0) and hopper.supported(q, k, v, True, 0.0, hopper.MIN_T_BWD, q)
     do = torch.randn(q.shape, device="cuda", dtype=q.dtype)
-    assert_close(ours_fwd_bwd(q, k, v, do, causal=True), ref_fwd_bwd(q, k, v, do, causal=True), torch.bfloat16,
-                 f"T={T} D={D} through the Hopper forward")
+    got = []
+    assert kernels_of(lambda: got.extend(ours_fwd_bwd(q, k, v, do, causal=True))) == {"hopper fwd", "hopper bwd"}
+    assert_close(got, ref_fwd_bwd(q, k, v, do, causal=True), torch.bfloat16,
+                 f"T={T} D={D} through the Hopper kernels")
 
 
 @needs_hopper
 @pytest.mark.parametrize("D", [64, 128])
 def test_packed_gradient_through_the_hopper_kernels(D):
     # flash_attn_qkvpacked, where its backward's TMA stores write dk and dv into strided views of one dqkv
-    hopper = flash_kernel.flash_hopper
-    T = max(hopper.MIN_T[D], hopper.MIN_T_BWD[D]) + 100
+    T = max(hopper_from("fwd", D), hopper_from("bwd", D)) + 100
     g = torch.Generator(device="cpu").manual_seed(4)
     packed = torch.randn(1, T, 3, 2, D, generator=g).to(device="cuda", dtype=torch.bfloat16).requires_grad_()
     do = torch.randn(1, T, 2, D, generator=g).to(device="cuda", dtype=torch.bfloat16)
-    calls = []
-    real = hopper.attn_bwd
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(hopper, "attn_bwd", lambda *a: calls.append(1) or real(*a))
-        y = flash_kernel.flash_attn_qkvpacked(packed)
-        y.backward(do)
-    assert calls == [1]
+    y = flash_kernel.flash_attn_qkvpacked(packed)
+    assert kernels_of(lambda: y.backward(do)) == {"hopper bwd"}
     q, k, v = [t.transpose(1, 2) for t in packed.detach().unbind(2)]
     want = ref_fwd_bwd(q, k, v, do.transpose(1, 2), causal=True)
     got = [y.detach().transpose(1, 2)] + [t.transpose(1, 2) for t in packed.grad.unbind(2)]

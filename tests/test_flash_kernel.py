@@ -7,6 +7,7 @@ Without a GPU this runs the same kernels through Triton's interpreter (tests/con
 on fp32 and fp16; bf16 and the large shapes run on the GPU only (the interpreter computes tl.dot on bf16
 operands wrongly: seen with triton 3.8 and 3.9).
 """
+import functools
 import math
 
 import pytest
@@ -14,24 +15,13 @@ import torch
 import torch.nn.functional as F
 
 import flash_kernel
-from flash_kernel import attention_ref, dropout_mask, flash_attn, flash_attn_qkvpacked
+from flash_kernel import dropout_mask, flash_attn, flash_attn_qkvpacked
+from helpers import TRITON_DEVICE as DEVICE
+from helpers import (assert_close, nan_empty, ours_fwd_bwd, qkv_like_the_model, ref_fwd_bwd,  # noqa: F401 (fixture)
+                     rel_err)
 
 GPU = torch.cuda.is_available()
-DEVICE = "cuda" if GPU else "cpu"
 needs_gpu = pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
-
-# Relative L2 error allowed against the fp32 reference, per input dtype. fp32 runs true fp32 dots (no tf32), so
-# only summation order differs: measured <= 5e-7 on the interpreter, 1e-5 leaves 20x. For fp16/bf16 the kernel
-# must round P to the input dtype before the P@V dot and round O and the gradients on the way out, which alone
-# costs about one unit of the dtype's half-ulp (fp16 2.4e-4, bf16 2e-3; measured 3e-4 for fp16 in the
-# interpreter): the tolerance is 8x that half-ulp. On the GPU the tests also hold us to PyTorch's own SDPA error.
-TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
-# At T=1 the true dq and dk are exactly zero (a softmax over one key has no gradient), so a purely relative check
-# divides by zero. What we get there is rounding noise: dS = P * (dP - delta) with delta = rowsum(dO * O) taken
-# from the O rounded to the input dtype (as FlashAttention does), so dP - delta is off by about half an ulp of an
-# O(1) value. The absolute floor, per element RMS, is that half-ulp: fp16 4.9e-4, bf16 3.9e-3; fp32 1e-6 for
-# summation order.
-ABS = {torch.float32: 1e-6, torch.float16: 5e-4, torch.bfloat16: 4e-3}
 
 # B, H, T, D: ragged on purpose (T=1, 2, one past a block, primes), B*H > 1, and one T spanning several blocks
 SHAPES = [(1, 1, 1), (1, 2, 2), (2, 3, 17), (1, 2, 63), (2, 1, 111), (1, 2, 257), (1, 1, 600)]
@@ -42,62 +32,6 @@ ALL_DTYPES = CPU_DTYPES + [torch.bfloat16]
 
 def _dtypes():
     return [pytest.param(d, id=str(d).removeprefix("torch.")) for d in ALL_DTYPES if GPU or d in CPU_DTYPES]
-
-
-@pytest.fixture
-def nan_empty(monkeypatch):
-    """torch.empty returns NaN-filled memory, so any output element the kernels fail to write shows up."""
-    real_empty = torch.empty
-
-    def poisoned(*args, **kwargs):
-        t = real_empty(*args, **kwargs)
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    monkeypatch.setattr(torch, "empty", poisoned)
-
-
-def qkv_like_the_model(B, H, T, D, dtype, device=DEVICE, seed=0):
-    """q, k, v as the model makes them: views of one (B, T, 3*H*D) projection, so their strides are not dense."""
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    qkv = torch.randn(B, T, 3 * H * D, generator=g).to(device=device, dtype=dtype)
-    q, k, v = qkv.split(H * D, dim=2)
-    return [t.view(B, T, H, D).transpose(1, 2).detach().requires_grad_() for t in (q, k, v)]
-
-
-def rel_err(got, want):
-    return ((got.float() - want.float()).norm() / want.float().norm()).item()
-
-
-def ref_fwd_bwd(q, k, v, do, causal, **kw):
-    """fp32 reference output and gradients, computed one (batch, head) at a time so long T fits in memory."""
-    B, H = q.shape[:2]
-    outs = [torch.empty(q.shape, dtype=torch.float32, device=q.device) for _ in range(4)]
-    for b in range(B):
-        for h in range(H):
-            qi, ki, vi = [t[b, h].detach().float().requires_grad_() for t in (q, k, v)]
-            mask = kw.get("dropout_mask")
-            extra = dict(dropout_mask=mask[b, h], dropout_p=kw["dropout_p"]) if mask is not None else {}
-            o = attention_ref(qi, ki, vi, causal=causal, softmax_scale=kw.get("softmax_scale"), **extra)
-            o.backward(do[b, h].float())
-            for dst, src in zip(outs, (o.detach(), qi.grad, ki.grad, vi.grad)):
-                dst[b, h] = src
-    return outs
-
-
-def ours_fwd_bwd(q, k, v, do, causal, **kw):
-    o = flash_attn(q, k, v, causal=causal, **kw)
-    o.backward(do)
-    grads = [q.grad, k.grad, v.grad]
-    q.grad = k.grad = v.grad = None
-    return [o.detach()] + grads
-
-
-def assert_close(got, want, dtype, what):
-    for name, g, w in zip(("o", "dq", "dk", "dv"), got, want):
-        assert torch.isfinite(g).all(), f"{name}: non-finite values (an unwritten tile?) {what}"
-        err = (g.float() - w).norm().item()
-        bound = TOL[dtype] * w.norm().item() + ABS[dtype] * math.sqrt(w.numel())
-        assert err <= bound, f"{name}: err {err:.3e} > {bound:.3e} ({what})"
 
 
 @pytest.mark.parametrize("dtype", _dtypes())
@@ -342,8 +276,8 @@ def _step_downs(config):
 @pytest.mark.parametrize("T", [256, 2048, 16384])
 @pytest.mark.parametrize("D", HEAD_DIMS)
 def test_step_downs_keep_the_kernels_block_rules(D, T, dtype):
-    fwd = _step_downs(flash_kernel._fwd_config(D, T, dtype))
-    bwd = _step_downs(flash_kernel._bwd_config(D, T, dtype))
+    fwd = _step_downs(flash_kernel._choice("fwd", dtype, D, T)[1])
+    bwd = _step_downs(flash_kernel._choice("bwd", dtype, D, T)[1])
     for BLOCK_M, BLOCK_N, warps, stages in fwd:
         assert BLOCK_M % BLOCK_N == 0 and BLOCK_N >= 32 and stages >= 1
     for BLOCK, BLOCK_M1, BLOCK_N2, warps, stages in bwd:
@@ -352,8 +286,8 @@ def test_step_downs_keep_the_kernels_block_rules(D, T, dtype):
     assert fwd[-1] == (32, 32, 4, 1) and bwd[-1] == (32, 32, 32, 4, 1)
 
 
-def test_launch_steps_down_until_it_fits_and_remembers(monkeypatch):
-    monkeypatch.setattr(flash_kernel, "_FITTING", {})
+def test_launch_steps_down_until_it_fits_and_remembers():
+    cache = {}
     tried = []
 
     def launch(*config):  # a GPU on which only 1-stage tiles of at most 32 rows fit
@@ -361,58 +295,109 @@ def test_launch_steps_down_until_it_fits_and_remembers(monkeypatch):
         if config[-1] > 1 or config[0] > 32:
             raise flash_kernel.OutOfResources(1, 0, "shared memory")
 
-    flash_kernel._launch_fitting(launch, (128, 64, 8, 3), ("fwd", "gpu0"))
+    flash_kernel._launch_fitting(launch, (128, 64, 8, 3), ("fwd", "gpu0"), cache)
     assert tried == [(128, 64, 8, 3), (128, 64, 8, 2), (128, 64, 8, 1), (64, 64, 4, 1), (32, 32, 4, 1)]
     tried.clear()
-    flash_kernel._launch_fitting(launch, (128, 64, 8, 3), ("fwd", "gpu0"))
+    flash_kernel._launch_fitting(launch, (128, 64, 8, 3), ("fwd", "gpu0"), cache)
     assert tried == [(32, 32, 4, 1)]  # the next call goes straight to what fits
+    assert cache == {("fwd", "gpu0", (128, 64, 8, 3)): (32, 32, 4, 1)}
 
     def never(*config):
         raise flash_kernel.OutOfResources(1, 0, "shared memory")
 
     with pytest.raises(RuntimeError, match="smallest tiles.*attn='sdpa'"):
-        flash_kernel._launch_fitting(never, (32, 16, 4, 1), ("fwd", "gpu1"))
+        flash_kernel._launch_fitting(never, (32, 16, 4, 1), ("fwd", "gpu1"), cache)
 
 
-def test_stepped_down_kernels_still_match_reference(monkeypatch):
-    # The real kernels on a GPU that refuses the tuned tiles: every launch with more than one pipeline stage or
-    # blocks over 32 raises as Triton does, so both launchers run step-down tiles end to end.
-    monkeypatch.setattr(flash_kernel, "_FITTING", {})
-    for name in ("_attn_fwd_kernel", "_attn_bwd_kernel"):
-        real = getattr(flash_kernel, name)
-
-        class Refusing:
-            def __init__(self, real):
-                self.real = real
-
-            def __getitem__(self, grid):
-                def run(*args, num_stages, **kwargs):
-                    blocks = [v for k, v in kwargs.items() if k.startswith("BLOCK")]
-                    if num_stages > 1 or max(blocks) > 32:
-                        raise flash_kernel.OutOfResources(1, 0, "shared memory")
-                    return self.real[grid](*args, num_stages=num_stages, **kwargs)
-                return run
-
-        monkeypatch.setattr(flash_kernel, name, Refusing(real))
-    q, k, v = qkv_like_the_model(1, 2, 100, 32, torch.float32)
+@pytest.mark.parametrize("D", [32, 64])
+def test_smallest_step_down_tiles_match_reference(D):
+    # The tiles every step-down chain ends at, on both kernels end to end: what a GPU that refuses everything
+    # larger runs (the chain itself is test_launch_steps_down_until_it_fits_and_remembers's)
+    q, k, v = qkv_like_the_model(1, 2, 100, D, torch.float32)
     do = torch.randn(q.shape, device=q.device)
-    assert_close(ours_fwd_bwd(q, k, v, do, causal=True), ref_fwd_bwd(q, k, v, do, causal=True), torch.float32,
-                 "stepped-down tiles")
-    assert {config[-1] for config in flash_kernel._FITTING.values()} == {1}
+    got = ours_fwd_bwd(q, k, v, do, causal=True, _fwd_config=(32, 32, 4, 1), _bwd_config=(32, 32, 32, 4, 1))
+    assert_close(got, ref_fwd_bwd(q, k, v, do, causal=True), torch.float32, f"smallest tiles, D={D}")
 
 
 @needs_gpu
-def test_gpu_oversized_tiles_step_down_for_real(monkeypatch):
+def test_gpu_oversized_tiles_step_down_for_real():
     # Tiles no GPU can hold (6 stages of 128 x 128 K and V tiles: over 400 KB of shared memory): Triton itself
     # refuses the launch, and the forward must step down to tiles that run and still be right.
-    monkeypatch.setattr(flash_kernel, "_FITTING", {})
-    monkeypatch.setattr(flash_kernel, "_fwd_config", lambda D, T, dtype: (128, 128, 8, 6))
-    q, k, v = qkv_like_the_model(2, 2, 300, 128, torch.bfloat16, device="cuda")
-    do = torch.randn(q.shape, device="cuda", dtype=q.dtype)
-    assert_close(ours_fwd_bwd(q, k, v, do, causal=True), ref_fwd_bwd(q, k, v, do, causal=True), torch.bfloat16,
-                 "stepped-down forward")
-    (fitted,) = [config for key, config in flash_kernel._FITTING.items() if key[0] == "fwd"]
+    B, H, T, D = 2, 2, 300, 128
+    q, k, v = qkv_like_the_model(B, H, T, D, torch.bfloat16, device="cuda")
+    o = flash_kernel._empty_bhtd(B, H, T, D, q)
+    lse = torch.empty((B, H, T), dtype=torch.float32, device="cuda")
+    launch = functools.partial(flash_kernel._run_fwd_kernel, q, k, v, o, lse, None, True, D ** -0.5, 0.0)
+    cache = {}
+    flash_kernel._launch_fitting(launch, (128, 128, 8, 6), ("fwd",), cache)
+    (fitted,) = cache.values()
     assert fitted[-1] < 6
+    want = ref_fwd_bwd(q, k, v, torch.zeros(q.shape, device="cuda"), causal=True)[0]
+    assert_close([o], [want], torch.bfloat16, f"forward stepped down to {fitted}")
+    # a caller's own tiles run as given: no step-down behind its back
+    with pytest.raises(flash_kernel.OutOfResources):
+        flash_attn(q, k, v, _fwd_config=(128, 128, 8, 6))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Choosing what runs: TUNED and the private arguments
+
+
+@pytest.mark.parametrize("kind", ["fwd", "bwd"])
+def test_tuned_covers_every_supported_call(kind):
+    # Every dtype and head dim flash_attn accepts has Triton tiles from T=1 on, of its pass's length; the Hopper
+    # kernels take half precision only
+    fields = flash_kernel.FWD_CONFIG if kind == "fwd" else flash_kernel.BWD_CONFIG
+    for dtype in flash_kernel.SUPPORTED_DTYPES:
+        for D in flash_kernel.SUPPORTED_HEAD_DIMS:
+            for T in (1, 1023, 1024, 2048, 4096, 4097, 65536):
+                hopper, tiles = flash_kernel._choice(kind, dtype, D, T)
+                assert len(tiles) == len(fields)
+                assert not (hopper and dtype == torch.float32)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(_backend="cuda"), r"_backend must be one of \('hopper', 'triton'\) or None, got 'cuda'"),
+    (dict(_fwd_config=(64, 64, 4)), r"_fwd_config must be 4 positive ints"),
+    (dict(_bwd_config=(64, 32, 64, 4, 0)), r"_bwd_config must be 5 positive ints"),
+    (dict(_backend="hopper", _fwd_config=(64, 64, 4, 3)), r"_fwd_config sets the Triton kernels' tiles"),
+    (dict(_backend="hopper"), r"_backend='hopper' cannot run this call"),  # fp32, and no Hopper GPU here
+], ids=["unknown-backend", "short-fwd-config", "zero-in-bwd-config", "hopper-with-tiles", "hopper-cannot"])
+def test_bad_choices_are_refused_clearly(kwargs, message):
+    x = _t(1, 1, 4, 16)
+    with pytest.raises(ValueError, match=message):
+        flash_attn(x, x, x, **kwargs)
+
+
+def test_choices_reach_the_kernels():
+    # The tuned tiles, passed explicitly, are what a plain call runs: bit-identical results. Other tiles (wider key
+    # blocks in both passes, wider query blocks in dK/dV's) sum in another order: still right, but not identical,
+    # so the arguments do reach the launchers, through flash_attn_qkvpacked's ops as well as flash_attn's
+    q, k, v = qkv_like_the_model(1, 2, 100, 32, torch.float32)
+    do = torch.randn(q.shape, device=q.device)
+    plain = ours_fwd_bwd(q, k, v, do, causal=True)
+    tuned = ours_fwd_bwd(q, k, v, do, causal=True, _backend="triton", _fwd_config=(64, 32, 4, 2),
+                         _bwd_config=(64, 32, 32, 4, 2))
+    for a, b in zip(plain, tuned):
+        assert torch.equal(a, b)
+    wide = dict(_fwd_config=(64, 64, 4, 1), _bwd_config=(64, 64, 64, 4, 1))
+    other = ours_fwd_bwd(q, k, v, do, causal=True, **wide)
+    for name, a, b in zip(("o", "dq", "dk", "dv"), plain, other):
+        assert not torch.equal(a, b), f"{name}: the same bits from other tiles"
+    assert_close(other, ref_fwd_bwd(q, k, v, do, causal=True), torch.float32, "wide tiles")
+    packed = torch.stack([t.detach() for t in (q, k, v)], dim=2).transpose(1, 3).requires_grad_()  # (B, T, 3, H, D)
+    y = flash_attn_qkvpacked(packed, **wide)
+    y.backward(do.transpose(1, 2))
+    assert torch.equal(y, other[0].transpose(1, 2))
+    assert torch.equal(packed.grad, torch.stack([t.transpose(1, 2) for t in other[1:]], dim=2))
+
+
+def test_interpreting_reads_the_switch(monkeypatch):
+    for value, expected in (("1", True), ("true", True), ("0", False), ("", False)):
+        monkeypatch.setenv("TRITON_INTERPRET", value)
+        assert flash_kernel.interpreting() is expected
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert flash_kernel.interpreting() is False
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import hf_gpt2
-from helpers import ROOT, TIKTOKEN_CACHE, TRITON_DEVICE, requires_flash_kernel, tiny_config
+from helpers import ROOT, TIKTOKEN_CACHE, TRITON_DEVICE, tiny_config
 from model import GPT, GPTConfig
 from utils import CheckpointError, ConfigError, model_from_checkpoint, save_checkpoint
 
@@ -28,7 +28,7 @@ ATOL = 1e-5
 CHARS = sorted(set("\n !',.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"))  # a 62-character vocabulary
 CHAR_META = {'tokenizer': 'char', 'vocab_size': len(CHARS), 'stoi': {c: i for i, c in enumerate(CHARS)},
              'itos': dict(enumerate(CHARS))}
-ATTNS = ['sdpa', 'naive', pytest.param('triton', marks=requires_flash_kernel)]
+ATTNS = ['sdpa', 'naive', 'triton']
 
 
 def perturb_(model: torch.nn.Module, seed: int) -> None:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from helpers import TRITON_DEVICE, requires_flash_kernel
+from helpers import TRITON_DEVICE
 from model import GPT, GPTConfig
 
 SMALL = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=65, dropout=0.0, bias=True)
@@ -12,7 +12,7 @@ SMALL = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=65, dropo
 # logits and gradients; 1e-5 leaves 100x of room while any real bug (mask, scale, layout) shows up at >1e-2.
 ATOL = 1e-5
 
-IMPLS = ['sdpa', pytest.param('triton', marks=requires_flash_kernel)]
+IMPLS = ['sdpa', 'triton']
 
 
 def build(attn: str, state_dict=None, **kw) -> GPT:

@@ -8,12 +8,12 @@ import sys
 import pytest
 import torch
 
-from helpers import ROOT, TRITON_DEVICE, char_data, requires_flash_kernel, tiny_config  # noqa: F401 (fixture)
+from helpers import ROOT, TRITON_DEVICE, char_data, tiny_config  # noqa: F401 (fixture)
 from train import train
 from utils import CheckpointError, load_checkpoint, model_from_checkpoint
 
 
-@pytest.mark.parametrize('attn', ['sdpa', 'naive', pytest.param('triton', marks=requires_flash_kernel)])
+@pytest.mark.parametrize('attn', ['sdpa', 'naive', 'triton'])
 def test_a_few_iterations_learn(attn, char_data, tmp_path):
     device = TRITON_DEVICE if attn == 'triton' else 'cpu'
     result = train(tiny_config(tmp_path, char_data, attn=attn, device=device, dropout=0.1))

@@ -9,7 +9,9 @@ Uses the shipped tile configurations for bf16 at T=4096 (the forward's and the b
 dropout, then the Hopper forward and backward (flash_hopper.py): their warps, wgmma count, the registers and
 local memory (spills) that ptxas gave them, whether ptxas serialized their wgmmas (a wait after each one in the
 SASS) and the SASS's size, read from the cubin with the cuobjdump that Triton bundles. Needs triton's NVIDIA
-backend, which bundles ptxas; no GPU and no CUDA driver.
+backend, which bundles ptxas; no GPU and no CUDA driver. counts() returns the numbers; main prints them.
+
+Run it without TRITON_INTERPRET: under the interpreter the kernels are not compilable objects.
 """
 import argparse
 import os
@@ -17,6 +19,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -63,7 +66,7 @@ def compile_sm90(kernel, constants, num_warps, num_stages, arch=90, dtype="bf16"
 
 
 def compile_config(kind, config, D, dropout=False, arch=90, dtype="bf16"):
-    """Compile the forward ("fwd", config as _fwd_config gives it) or the backward ("bwd", as _bwd_config)."""
+    """Compile the forward ("fwd", config as flash_kernel.FWD_CONFIG) or the backward ("bwd", BWD_CONFIG)."""
     common = dict(HEAD_DIM=D, CAUSAL=True, DROPOUT=dropout, DOT_PRECISION="ieee" if dtype == "fp32" else "tf32")
     *blocks, warps, stages = config
     if kind == "fwd":
@@ -104,7 +107,7 @@ def compile_hopper(kind, D, dtype=torch.bfloat16):
     src = GluonASTSource(kernel, *_specialize(kernel, constants, type_of,
                                               lambda name: name in pointers or name.startswith("stride")))
     return triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                          options=dict(num_warps=4, maxnreg=fh.maxnreg(kind, D)))
+                          options=dict(num_warps=4, maxnreg=fh._maxnreg(kind, D)))
 
 
 def _cuobjdump(cubin: bytes, flag: str) -> str:
@@ -137,48 +140,70 @@ def sass_size(sass: str) -> int:
     return len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/", sass, re.M))
 
 
+TRITON_COUNTS = ("convert_layout", "st.shared", "ld.shared", "mul.hi", "wgmma.wait_group", "shared")
+HOPPER_COUNTS = ("warps", "wgmma", "setmaxnreg", "registers", "stack", "shared", "hgmma", "waits", "sass")
+T_TILES = 4096  # the Triton kernels are compiled with the tiles the shipped table gives this length
+
+
+def counts(head_dim: int = 64, dump: Optional[str] = None) -> dict:
+    """What the kernels compile to for an H100 at this head dim: {"triton": rows, "hopper": rows}. A Triton row
+    is {"kernel": "forward" | "backward", "dropout": bool} and TRITON_COUNTS: layout conversions in the TTGIR,
+    st.shared, ld.shared, mul.hi and wgmma.wait_group in the PTX, shared memory in bytes. A Hopper row is
+    {"kernel": "forward" | "backward"} and HOPPER_COUNTS: warps, wgmma.mma_async and setmaxnreg in the PTX,
+    registers and stack bytes per thread, shared bytes, HGMMA, wgmma waits and instructions in the SASS. With dump,
+    each kernel's TTGIR and PTX (and the Hopper kernels' SASS) are also written to that folder."""
+    D = head_dim
+    rows = {"triton": [], "hopper": []}
+    for dropout in (False, True):
+        for name, kind in (("forward", "fwd"), ("backward", "bwd")):
+            config = fk._choice(kind, torch.bfloat16, D, T_TILES)[1]
+            compiled = compile_config(kind, config, D, dropout)
+            ttgir, ptx = compiled.asm["ttgir"], compiled.asm["ptx"]
+            values = (ttgir.count("ttg.convert_layout"), ptx.count("st.shared"), ptx.count("ld.shared"),
+                      ptx.count("mul.hi."), ptx.count("wgmma.wait_group"), compiled.metadata.shared)
+            rows["triton"].append(dict(kernel=name, dropout=dropout, **dict(zip(TRITON_COUNTS, values))))
+            if dump:
+                _write(dump, {f"{name}_dropout{int(dropout)}.{ext}": text for ext, text in (("ttgir", ttgir),
+                                                                                          ("ptx", ptx))})
+    for kind, name in (("fwd", "forward"), ("bwd", "backward")):
+        compiled = compile_hopper(kind, D)
+        ptx, usage = compiled.asm["ptx"], resource_usage(compiled.asm["cubin"])
+        sass = _cuobjdump(compiled.asm["cubin"], "--dump-sass")
+        hgmma, waits = sass_waits(sass)
+        values = (compiled.metadata.num_warps, ptx.count("wgmma.mma_async"), ptx.count("setmaxnreg"), usage["REG"],
+                  usage["STACK"], compiled.metadata.shared, hgmma, waits, sass_size(sass))
+        rows["hopper"].append(dict(kernel=name, **dict(zip(HOPPER_COUNTS, values))))
+        if dump:  # the SASS shows what ptxas did with the PTX's order (BENCHMARKS.md, notes 28 and 31)
+            _write(dump, {f"hopper_{name}.{ext}": compiled.asm[ext] for ext in ("ttgir", "ptx")}
+                   | {f"hopper_{name}.sass": sass})
+    return rows
+
+
+def _write(folder: str, files: dict) -> None:
+    os.makedirs(folder, exist_ok=True)
+    for name, text in files.items():
+        with open(os.path.join(folder, name), "w") as f:
+            f.write(text)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--dump", help="also write each variant's TTGIR and PTX (and the Hopper kernels' SASS) to "
                                        "this folder")
     args = parser.parse_args()
-    D, T = args.head_dim, 4096
-    configs = {"forward": ("fwd", fk._fwd_config(D, T, torch.bfloat16)),
-               "backward": ("bwd", fk._bwd_config(D, T, torch.bfloat16))}
-    print(f"sm_90, triton {triton.__version__}, bf16, head dim {D}, tiles for T={T}")
+    rows = counts(args.head_dim, args.dump)
+    print(f"sm_90, triton {triton.__version__}, bf16, head dim {args.head_dim}, tiles for T={T_TILES}")
     print("| kernel | dropout | convert_layout | st.shared | ld.shared | mul.hi | wgmma.wait_group | shared bytes |")
     print("|---|---|---|---|---|---|---|---|")
-    for dropout in (False, True):
-        for name, (kind, config) in configs.items():
-            compiled = compile_config(kind, config, D, dropout)
-            ttgir, ptx = compiled.asm["ttgir"], compiled.asm["ptx"]
-            counts = [ttgir.count("ttg.convert_layout"), ptx.count("st.shared"), ptx.count("ld.shared"),
-                      ptx.count("mul.hi."), ptx.count("wgmma.wait_group")]
-            print(f"| {name} | {dropout} | " + " | ".join(map(str, counts)) + f" | {compiled.metadata.shared} |")
-            if args.dump:
-                os.makedirs(args.dump, exist_ok=True)
-                for ext, text in (("ttgir", ttgir), ("ptx", ptx)):
-                    with open(os.path.join(args.dump, f"{name}_dropout{int(dropout)}.{ext}"), "w") as f:
-                        f.write(text)
-
-    print(f"\nHopper kernels (flash_hopper.py), head dim {D}:")
+    for row in rows["triton"]:
+        print(f"| {row['kernel']} | {row['dropout']} | " + " | ".join(str(row[c]) for c in TRITON_COUNTS) + " |")
+    print(f"\nHopper kernels (flash_hopper.py), head dim {args.head_dim}:")
     print("| kernel | warps | wgmma.mma_async | setmaxnreg | registers | stack bytes | shared bytes | SASS HGMMA | "
           "SASS wgmma waits | SASS instructions |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for kind, name in (("fwd", "forward"), ("bwd", "backward")):
-        compiled = compile_hopper(kind, D)
-        ptx, usage = compiled.asm["ptx"], resource_usage(compiled.asm["cubin"])
-        sass = _cuobjdump(compiled.asm["cubin"], "--dump-sass")
-        hgmma, waits = sass_waits(sass)
-        print(f"| hopper {name} | {compiled.metadata.num_warps} | {ptx.count('wgmma.mma_async')} | "
-              f"{ptx.count('setmaxnreg')} | {usage['REG']} | {usage['STACK']} | {compiled.metadata.shared} | "
-              f"{hgmma} | {waits} | {sass_size(sass)} |")
-        if args.dump:  # the SASS shows what ptxas did with the PTX's order (BENCHMARKS.md, notes 28 and 31)
-            texts = {"ttgir": compiled.asm["ttgir"], "ptx": compiled.asm["ptx"], "sass": sass}
-            for ext, text in texts.items():
-                with open(os.path.join(args.dump, f"hopper_{name}.{ext}"), "w") as f:
-                    f.write(text)
+    for row in rows["hopper"]:
+        print(f"| hopper {row['kernel']} | " + " | ".join(str(row[c]) for c in HOPPER_COUNTS) + " |")
 
 
 if __name__ == "__main__":

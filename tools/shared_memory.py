@@ -6,8 +6,9 @@ says a kernel does not fit the GPU; this tool replays that step-down with the co
     python tools/shared_memory.py [--archs 80,86,90] [--dtypes bf16,fp32] [--head-dims 64,128] [--lengths 1024,16384]
 
 Prints a table: arch, its shared-memory limit per block, dtype, head dim, T, kernel, the tuned config, the config
-it runs and the shared memory that one takes. fp16 takes what bf16 takes, and sm_89 (RTX 40xx) what sm_86 does.
-Each configuration takes a few seconds to compile on a CPU.
+it runs and the shared memory that one takes; fitted_tiles() returns its rows. fp16 takes what bf16 takes, and
+sm_89 (RTX 40xx) what sm_86 does. Each configuration takes a few seconds to compile on a CPU. Run it without
+TRITON_INTERPRET: under the interpreter the kernels are not compilable objects.
 """
 import argparse
 import functools
@@ -44,8 +45,25 @@ def fitted(kind, tuned, arch, dtype, D):
             raise OutOfResources(need, LIMITS[arch], "shared memory")
         chosen.append(config)
 
-    fk._launch_fitting(launch, tuned, (kind, f"sm_{arch}", dtype, D, False))
+    fk._launch_fitting(launch, tuned, (kind, f"sm_{arch}", dtype, D, False), cache={})
     return chosen[0]
+
+
+def fitted_tiles(archs: list, dtypes: list, head_dims: list, lengths: list) -> list:
+    """One row per arch (compute capability, e.g. 90), dtype name (of DTYPES), head dim, T and kernel: {"arch":
+    "sm_90", "limit": its shared memory per block, "dtype", "D", "T", "kind": "fwd" | "bwd", "tuned": the tuned
+    config, "runs": the one _launch_fitting runs there, "shared": the bytes that one takes}."""
+    rows = []
+    for arch in archs:
+        for name in dtypes:
+            for D in head_dims:
+                for T in lengths:
+                    for kind in ("fwd", "bwd"):
+                        tuned = fk._choice(kind, DTYPES[name], D, T)[1]
+                        runs = fitted(kind, tuned, arch, name, D)
+                        rows.append(dict(arch=f"sm_{arch}", limit=LIMITS[arch], dtype=name, D=D, T=T, kind=kind,
+                                         tuned=tuned, runs=runs, shared=shared_bytes(kind, runs, arch, name, D)))
+    return rows
 
 
 def main():
@@ -57,16 +75,11 @@ def main():
     args = parser.parse_args()
     print("| arch | limit | dtype | head dim | T | kernel | tuned | runs | shared bytes |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for arch in map(int, args.archs.split(",")):
-        for name in args.dtypes.split(","):
-            for D in map(int, args.head_dims.split(",")):
-                for T in map(int, args.lengths.split(",")):
-                    dtype = DTYPES[name]
-                    for kind, tuned in (("fwd", fk._fwd_config(D, T, dtype)), ("bwd", fk._bwd_config(D, T, dtype))):
-                        runs = fitted(kind, tuned, arch, name, D)
-                        need = shared_bytes(kind, runs, arch, name, D)
-                        print(f"| sm_{arch} | {LIMITS[arch]} | {name} | {D} | {T} | {kind} | {tuned} | {runs} | {need} |",
-                              flush=True)
+    rows = fitted_tiles([int(a) for a in args.archs.split(",")], args.dtypes.split(","),
+                        [int(d) for d in args.head_dims.split(",")], [int(t) for t in args.lengths.split(",")])
+    for r in rows:
+        print(f"| {r['arch']} | {r['limit']} | {r['dtype']} | {r['D']} | {r['T']} | {r['kind']} | {r['tuned']} | "
+              f"{r['runs']} | {r['shared']} |")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """
-Sweep the kernels' block shapes, warps and pipeline stages on this GPU; prints the best per shape. A developer's
-tool: its output is what the tables in flash_kernel._fwd_config / _bwd_config are written from.
+Sweep the Triton kernels' block shapes, warps and pipeline stages on this GPU; prints the best per shape. A
+developer's tool: its output is what the "triton" rows of flash_kernel.TUNED are written from.
 
     python tools/tune_blocks.py [--dims 64,128] [--out tune.json]
 
-The forward and the backward are tuned separately. Every candidate is compiled first in parallel worker processes (Triton caches the binaries on disk), so the
-serial timing pass that follows spends the GPU's time on timing, not on compiling.
+The forward and the backward are tuned separately, each candidate passed to the launchers as their config (which
+runs as given: a candidate that does not fit the GPU shows as inf, not as the time of smaller tiles). Every
+candidate is compiled first in parallel worker processes (Triton caches the binaries on disk), so the serial
+timing pass that follows spends the GPU's time on timing, not on compiling. sweep() returns the results.
 """
 import argparse
 import itertools
@@ -27,8 +29,6 @@ SHAPES = {64: [(64, 6, 256), (12, 12, 1024), (32, 32, 512), (4, 32, 4096), (1, 3
 FWD = [(bm, bn, w, s) for bm, bn, w, s in itertools.product((64, 128), (32, 64, 128), (4, 8), (2, 3, 4)) if bm % bn == 0]
 # backward: (BLOCK, BLOCK_M1, BLOCK_N2, num_warps, num_stages)
 BWD = list(itertools.product((64, 128), (32, 64), (32, 64), (4, 8), (2, 3)))
-ORIG_FWD, ORIG_BWD = fk._fwd_config, fk._bwd_config  # the shipped tables; candidates replace one at a time
-fk._smaller = lambda config: None  # a candidate that does not fit shows as inf, not as smaller tiles' time
 
 
 def _inputs(B, H, T, D):
@@ -38,16 +38,14 @@ def _inputs(B, H, T, D):
 
 def _run(kind, cfg, D, B, H, T, bench):
     """Time (or, with bench=False, just compile and run once) one candidate; inf when it does not fit."""
-    fk._fwd_config = (lambda *_: cfg) if kind == "fwd" else ORIG_FWD
-    fk._bwd_config = (lambda *_: cfg) if kind == "bwd" else ORIG_BWD
     q, k, v, do = _inputs(B, H, T, D)
     scale = D ** -0.5
     try:
         if kind == "fwd":
-            fn = lambda: fk._attn_fwd(q, k, v, None, True, scale, 0.0)  # noqa: E731
+            fn = lambda: fk._attn_fwd(q, k, v, None, True, scale, 0.0, "triton", cfg)  # noqa: E731
         else:
-            o, lse = fk._attn_fwd(q, k, v, None, True, scale, 0.0)
-            fn = lambda: fk._attn_bwd(do, q, k, v, o, lse, None, True, scale, 0.0)  # noqa: E731
+            o, lse = fk._attn_fwd(q, k, v, None, True, scale, 0.0, "triton")
+            fn = lambda: fk._attn_bwd(do, q, k, v, o, lse, None, True, scale, 0.0, "triton", cfg)  # noqa: E731
         if not bench:
             fn()
             torch.cuda.synchronize()
@@ -65,14 +63,9 @@ def _compile(job):
     return _run(kind, cfg, D, 1, 2, 256, bench=False)
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--dims", default="64,128")
-    parser.add_argument("--kinds", default="fwd,bwd")
-    parser.add_argument("--out")
-    args = parser.parse_args()
-    dims = [int(d) for d in args.dims.split(",")]
-    kinds = args.kinds.split(",")
+def sweep(dims: list, kinds: list) -> list:
+    """Every candidate of each pass ("fwd", "bwd") at SHAPES[D] for D in dims, timed on this GPU: one dict per
+    shape and pass with the four fastest (ms, config) and the shipped config with its time."""
     space = {"fwd": FWD, "bwd": BWD}
     jobs = [(kind, cfg, D) for D in dims for kind in kinds for cfg in space[kind]]
     print(f"compiling {len(jobs)} candidates", flush=True)
@@ -85,12 +78,21 @@ def main():
         for B, H, T in SHAPES[D]:
             for kind in kinds:
                 times = sorted((_run(kind, cfg, D, B, H, T, bench=True), cfg) for cfg in space[kind])
-                current = (ORIG_FWD if kind == "fwd" else ORIG_BWD)(D, T, torch.bfloat16)
-                now = next(t for t, c in times if c == current) if current in [c for _, c in times] else float("nan")
+                current = fk._choice(kind, torch.bfloat16, D, T)[1]
+                now = next((t for t, c in times if c == current), float("nan"))
                 results.append(dict(D=D, B=B, H=H, T=T, kind=kind, best=times[:4], current=[current, now]))
                 best = ", ".join(f"{c} {t:.3f}" for t, c in times[:4])
-                best += f" | current {current} {now:.3f}"
-                print(f"D={D} B={B} H={H} T={T} {kind}: {best}", flush=True)
+                print(f"D={D} B={B} H={H} T={T} {kind}: {best} | current {current} {now:.3f}", flush=True)
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dims", default="64,128")
+    parser.add_argument("--kinds", default="fwd,bwd")
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    results = sweep([int(d) for d in args.dims.split(",")], args.kinds.split(","))
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)

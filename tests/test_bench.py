@@ -1,0 +1,82 @@
+"""
+bench.py without a GPU: its provider list with and without FlashAttention-4 (flash_attn.cute), the FA4 wrapper's
+layout and its correctness check, and its tables.
+"""
+import math
+import sys
+import types
+
+import torch.nn.functional as F
+
+import bench
+
+
+def test_providers_without_fa4(monkeypatch):
+    # A None in sys.modules makes `import flash_attn.cute` raise ImportError, installed or not
+    monkeypatch.setitem(sys.modules, "flash_attn", None)
+    monkeypatch.setitem(sys.modules, "flash_attn.cute", None)
+    found, notes = bench.providers()
+    assert list(found) == list(bench.PROVIDERS)
+    assert len(notes) == 1 and notes[0].startswith("FA4: skipped") and "pip install flash-attn-4" in notes[0]
+
+
+def _fake_flash_attn_cute(calls):
+    # FlashAttention's interface on (B, T, H, D) tensors, computed by SDPA; returns (out, lse) as FA4 does
+    def flash_attn_func(q, k, v, causal=False):
+        calls.append((q.shape, q.stride(), causal))
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                             is_causal=causal)
+        return out.transpose(1, 2), None
+
+    package, cute = types.ModuleType("flash_attn"), types.ModuleType("flash_attn.cute")
+    cute.flash_attn_func = flash_attn_func
+    package.cute = cute
+    return package, cute
+
+
+def test_fa4_provider_takes_the_model_layout(monkeypatch):
+    # With flash_attn.cute importable, FA4 comes right after ours; it gets (B, T, H, D) tensors without a copy
+    # (the model's views transposed back), causal, and passes bench's own correctness check
+    calls = []
+    package, cute = _fake_flash_attn_cute(calls)
+    monkeypatch.setitem(sys.modules, "flash_attn", package)
+    monkeypatch.setitem(sys.modules, "flash_attn.cute", cute)
+    found, notes = bench.providers()
+    assert list(found)[:2] == ["ours", "FA4"] and notes[0].startswith("FA4: flash_attn.cute.flash_attn_func")
+    B, H, T, D = 2, 3, 17, 16
+    q, k, v, do = bench.inputs(B, H, T, D, layout="bthd", device="cpu")
+    assert q.shape == (B, H, T, D) and q.transpose(1, 2).is_contiguous()
+    err = bench.check(found["FA4"], q.float(), k.float(), v.float(), do.float())
+    # fp32 SDPA against the fp32 reference: summation order only (measured ~1e-7)
+    assert err < 1e-5
+    assert calls[0] == ((B, T, H, D), q.transpose(1, 2).stride(), True)
+
+
+def test_inputs_layouts():
+    q, k, v, do = bench.inputs(1, 2, 5, 8, layout="bhtd", device="cpu")
+    assert q.is_contiguous() and q.requires_grad and not do.requires_grad
+    q, k, v, do = bench.inputs(1, 2, 5, 8, layout="bthd", device="cpu")
+    assert not q.is_contiguous() and q.transpose(1, 2).is_contiguous() and do.transpose(1, 2).is_contiguous()
+
+
+def test_tables_follow_the_providers_that_ran():
+    ok = bench.Result(fwd_ms=1.0, fwdbwd_ms=2.0, peak_mib=3.0)
+    rows = [("D=64 T=1024 (B=16 H=32)", 16, 32, 1024, 64,
+             {"ours": ok, "FA4": bench.Result(fwd_ms=0.5, fwdbwd_ms=4.0), "cuDNN": bench.Result(status="OOM")})]
+    lines = bench.table("Forward", rows, "fwd").splitlines()
+    assert lines[2] == "| shape | ours ms | ours TFLOP/s | FA4 TFLOP/s | cuDNN TFLOP/s | ours/FA4 | ours/cuDNN |"
+    ours_tflops = 2 * 16 * 32 * 1024 * 1024 * 64 / 1e-3 / 1e12
+    assert lines[4] == (f"| D=64 T=1024 (B=16 H=32) | 1.000 | {ours_tflops:.0f} | {2 * ours_tflops:.0f} | OOM | "
+                        "0.50x | – |")
+    assert math.isclose(bench.tflops(2.0, 16, 32, 1024, 64, 3.5), 3.5 * ours_tflops / 2)
+    assert "| shape | ours | FA4 | cuDNN |" in bench.memory_table(rows)
+
+
+def test_shapes_keep_the_sweep_protocol():
+    # B*T = 16384 tokens and hidden 2048 at every sweep point; the model shapes first, replayed from a CUDA graph
+    found = bench.shapes()
+    assert [graph for *_, graph in found[:2]] == [True, True]
+    for label, B, H, T, D, graph in found[2:]:
+        assert B * T == 16384 and H * D == 2048 and not graph
+    assert {T for _, _, _, T, _, _ in bench.shapes(quick=True)[2:]} == {1024, 4096}
+
