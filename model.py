@@ -15,7 +15,6 @@ a CUDA graph and replayed, and tokens are sampled on the GPU, so a generation ne
 """
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
