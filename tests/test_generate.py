@@ -61,18 +61,23 @@ def test_greedy_tokens_equal_the_no_cache_path_while_they_fit(attn):
 @pytest.mark.parametrize('attn', IMPLS)
 def test_compiled_decode_step_emits_the_no_cache_greedy_tokens(attn):
     """The decode step compiled by torch.compile (fullgraph: a graph break fails) emits the no-cache path's greedy
-    tokens, through a re-prefill; and compiled code ran, once: one graph for all the steps."""
+    tokens, through a re-prefill, at batch 1 and 2; each batch size compiles once, and a second call with the same
+    settings reuses it. With one graph allowed per compiled function (recompile_limit=1), the second batch size
+    fails unless each decoder compiles a function of its own (the bug: one function shared by every decoder hit
+    torch.compile's limit of 8 graphs after 8 settings, which fullgraph turns into an error)."""
     device = device_for(attn)
     block_size = 10 if attn == 'triton' else TINY['block_size']  # fewer interpreted kernel calls
     model = peaky_model(attn, device, block_size=block_size)
-    idx = prompt(1, 5, device)
     n_new = block_size + 4  # past block_size + 1: the cache is prefilled again halfway
-    with torch.no_grad():
-        want = _reference_with_policy(model, idx, n_new)
     graphs = counters['stats']['unique_graphs']
-    got = model.generate(idx, n_new, top_k=1, compile=True)
-    assert torch.equal(got, want)
-    assert counters['stats']['unique_graphs'] == graphs + 1, "the step did not compile, or compiled again"
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for B in (1, 2):
+            idx = prompt(B, 5, device, seed=B)
+            with torch.no_grad():
+                want = _reference_with_policy(model, idx, n_new)
+            assert torch.equal(model.generate(idx, n_new, top_k=1, compile=True), want), f"batch {B}"
+            assert torch.equal(model.generate(idx, n_new, top_k=1, compile=True), want), f"batch {B}, again"
+    assert counters['stats']['unique_graphs'] == graphs + 2, "a step did not compile, or compiled again"
 
 
 @pytest.mark.parametrize('attn', IMPLS)
