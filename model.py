@@ -10,8 +10,9 @@ The names and shapes of the parameters are GPT-2's, so OpenAI's weights load (hf
 
 Generation (GPT.generate) keeps a static KV cache (KVCache): the prompt is run once (prefill, with the same causal
 attention as training), then each new token attends to the cached keys and values of all earlier ones
-(decode_one_token; with attn='triton' through flash_decode.py's kernel). On a GPU the decode step is captured once as
-a CUDA graph and replayed, and tokens are sampled on the GPU, so a generation never waits on the host per token.
+(decode_one_token; with attn='triton' through flash_decode.py's kernel). On a GPU the decode step is compiled by
+torch.compile, which fuses its small kernels, then captured once as a CUDA graph and replayed, and tokens are sampled
+on the GPU, so a generation never waits on the host per token.
 """
 
 import math
@@ -349,9 +350,10 @@ class GPT(nn.Module):
         kept on the model for the next call with the same batch size, device, autocast dtype and sampling settings
         (the cast weights are refreshed at every call). kv_cache=False runs the whole context again for every token.
 
-        compile=True compiles the decode step with torch.compile (inductor) at its first call, which fuses its chain
-        of small kernels (LayerNorm, casts, bias, GELU, residual adds, the cache write) before the graph captures it;
-        compiling is paid once per kept decoder (seconds to tens of seconds; see results/generation.md). None, the
+        compile (the cached path only): True compiles the decode step with torch.compile (inductor) at its first call,
+        which fuses its chain of small kernels (LayerNorm, casts, bias, GELU, residual adds, the cache write) before
+        the graph captures it. Compiling is paid once per kept state, so once per run for a fixed batch size and
+        sampling settings: seconds to tens of seconds (bench_generate.py reports it as the warm-up). None, the
         default: on a GPU only. The prefill runs eagerly: its length changes from call to call.
 
         Past block_size: there are position embeddings for block_size positions only. Without the cache the context
@@ -367,7 +369,8 @@ class GPT(nn.Module):
             raise ValueError(f"idx must be (batch, time) token ids with at least one token, got {tuple(idx.shape)}")
         if kv_cache:
             if compile is None:
-                compile = idx.device.type == 'cuda'  # the default: compiled on a GPU, where it is measured faster
+                # the default: compiled on a GPU; on a CPU inductor's C++ build (tens of seconds) outweighs the gain
+                compile = idx.device.type == 'cuda'
             return self._generate_cached(idx, max_new_tokens, temperature, top_k, compile)
         for _ in range(max_new_tokens):
             # the model has position embeddings for block_size positions only: keep the last block_size tokens
@@ -514,7 +517,7 @@ class _Decoder:
                         if p.dtype != self.autocast:
                             self.casts.append((f"{mod_name}.{name}", p.detach().to(self.autocast), p))
         self.weights = {name: w for name, w, _ in self.casts} or None
-        self.step = _compiled_decode_step() if compile else _decode_step
+        self.step_fn = _compiled_decode_step() if compile else _decode_step
         self.warm = False
         self.graph = None
 
@@ -527,7 +530,7 @@ class _Decoder:
 
     def _step(self, model: GPT, tok: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return self.step(model, tok, self.cache, *self.sampling, self.weights)
+            return self.step_fn(model, tok, self.cache, *self.sampling, self.weights)
 
     def decode(self, model: GPT, tok: torch.Tensor) -> torch.Tensor:
         if self.device.type != 'cuda':
