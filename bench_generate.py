@@ -1,20 +1,22 @@
 """
 Generation speed on one GPU, in one run: the model's tokens/s with and without the KV cache for every attention
-implementation, the decode kernel alone against SDPA's backends with the memory bandwidth it reaches, and how many
-greedy bf16 tokens the cached path shares with the no-cache path.
+implementation, the cached decode step eager and compiled by torch.compile (both replayed as a CUDA graph), the
+decode kernel alone against SDPA's backends with the memory bandwidth it reaches, and how many greedy bf16 tokens
+the cached path shares with the no-cache path.
 
-    python bench_generate.py                  # everything: about 3 minutes on an H200
-    python bench_generate.py --quick          # batch 1, short prompts, three cache sizes, no agreement table
+    python bench_generate.py                  # everything
+    python bench_generate.py --quick          # attn=triton, batch 1, short prompts, three cache sizes, no agreement
     python bench_generate.py --out FILE.md    # also write the tables to a Markdown file
     python bench_generate.py --sweep          # only: the decode kernel's time at each num_splits (re-tuning data)
 
 Generation: random-weight models (a step's time does not depend on the weights) at the char model's shape (6x384,
 block_size 256, vocab 65) and GPT-2 124M's (12x768, block_size 1024, vocab 50304), bf16 autocast and sampling with
 sample.py's defaults (temperature 0.8, top_k 200), random prompts of 16 and 900 tokens (900 only where it fits in
-block_size). Each setting is warmed up with a 3-token generation (kernel compilation, CUDA-graph capture), then
-generate(1 token) and generate(NEW_TOKENS) are timed once each on the wall clock: tokens/s is
-batch x NEW_TOKENS / the second time, ms/token is the difference of the two over NEW_TOKENS - 1 (the decode step,
-without the prefill).
+block_size). Each setting is warmed up with a 3-token generation (torch.compile's and the kernels' compilation,
+CUDA-graph capture: its time is the warm-up column), then generate(1 token) and generate(NEW_TOKENS) are timed once
+each on the wall clock: tokens/s is batch x NEW_TOKENS / the second time, ms/token is the difference of the two over
+NEW_TOKENS - 1 (the decode step, without the prefill). Three paths: the cached step eager (captured as a CUDA
+graph), the cached step compiled (torch.compile, then captured), and no cache.
 
 Decode kernel: one query per (batch, head) against caches of 1k to 32k tokens at H=12, D=64 (GPT-2's heads), bf16,
 every cache position filled. Ours reads the model's cache layout (B, 2, H, S, D); SDPA gets the same K and V
@@ -39,7 +41,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 import flash_decode
 from flash_decode import attention_with_kvcache_ref, flash_attn_with_kvcache
 from model import ATTN_IMPLS, GPT, GPTConfig
-from train import git_commit
+from utils import git_commit
 
 MODEL_SHAPES = {
     "char 6x384": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65),
@@ -69,8 +71,10 @@ class GenResult:
     model: str
     attn: str
     kv_cache: bool
+    compile: bool  # the cached decode step compiled by torch.compile
     batch: int
     prompt: int
+    warmup_s: float  # generate(3 tokens) first: compilation and capture
     first_s: float  # generate(1 token): prefill and one sample
     total_s: float  # generate(NEW_TOKENS)
     new_tokens: int = NEW_TOKENS
@@ -89,37 +93,44 @@ def build_model(shape: str, attn: str) -> GPT:
     return GPT(GPTConfig(**MODEL_SHAPES[shape], attn=attn, dropout=0.0)).cuda().eval()
 
 
-def _timed_generate(model: GPT, idx: torch.Tensor, n: int, kv_cache: bool) -> float:
+def _timed_generate(model: GPT, idx: torch.Tensor, n: int, kv_cache: bool, compile: bool) -> float:
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        model.generate(idx, n, temperature=TEMPERATURE, top_k=TOP_K, kv_cache=kv_cache)
+        model.generate(idx, n, temperature=TEMPERATURE, top_k=TOP_K, kv_cache=kv_cache, compile=compile)
     torch.cuda.synchronize()
     return time.perf_counter() - t0
 
 
-def generation_speed(model: GPT, shape: str, batch: int, prompt: int, kv_cache: bool,
+def generation_speed(model: GPT, shape: str, batch: int, prompt: int, kv_cache: bool, compile: bool,
                      new_tokens: int = NEW_TOKENS) -> GenResult:
     idx = torch.randint(0, model.config.vocab_size, (batch, prompt), device="cuda")
-    _timed_generate(model, idx, 3, kv_cache)  # compile, plan, capture
-    first = _timed_generate(model, idx, 1, kv_cache)
-    total = _timed_generate(model, idx, new_tokens, kv_cache)
-    return GenResult(shape, model.config.attn, kv_cache, batch, prompt, first, total, new_tokens)
+    warmup = _timed_generate(model, idx, 3, kv_cache, compile)  # compile, plan, capture
+    first = _timed_generate(model, idx, 1, kv_cache, compile)
+    total = _timed_generate(model, idx, new_tokens, kv_cache, compile)
+    return GenResult(shape, model.config.attn, kv_cache, compile, batch, prompt, warmup, first, total, new_tokens)
 
 
-def all_generation_speeds(batches=BATCHES, prompts=PROMPTS, new_tokens: int = NEW_TOKENS) -> list[GenResult]:
+PATHS = ((True, False), (True, True), (False, False))  # (kv_cache, compile): cached eager, cached compiled, no cache
+
+
+def all_generation_speeds(batches=BATCHES, prompts=PROMPTS, attns=ATTN_IMPLS,
+                          new_tokens: int = NEW_TOKENS) -> list[GenResult]:
     results = []
     for shape in MODEL_SHAPES:
-        for attn in ATTN_IMPLS:
+        for attn in attns:
             model = build_model(shape, attn)
-            for prompt in prompts:
-                if prompt + new_tokens > model.config.block_size:
-                    continue
+            # batch outermost within a path: the model keeps one decoder, for one batch size and path, so each
+            # compiled decoder is built (and compiled) once and serves both prompts
+            for kv_cache, compile in PATHS:
                 for batch in batches:
-                    for kv_cache in (True, False):
-                        r = generation_speed(model, shape, batch, prompt, kv_cache, new_tokens)
-                        print(f"  {shape} {attn} prompt {prompt} batch {batch} kv_cache={kv_cache}: "
-                              f"{r.tokens_per_s:.0f} tokens/s, {r.ms_per_token:.2f} ms/token", flush=True)
+                    for prompt in prompts:
+                        if prompt + new_tokens > model.config.block_size:
+                            continue
+                        r = generation_speed(model, shape, batch, prompt, kv_cache, compile, new_tokens)
+                        print(f"  {shape} {attn} prompt {prompt} batch {batch} kv_cache={kv_cache} compile={compile}: "
+                              f"{r.tokens_per_s:.0f} tokens/s, {r.ms_per_token:.3f} ms/token, "
+                              f"warm-up {r.warmup_s:.1f} s", flush=True)
                         results.append(r)
             del model
             torch.cuda.empty_cache()
@@ -137,10 +148,10 @@ class Agreement:
 
 
 def greedy_agreement(shape: str, attn: str, rows: int = 4, prompt: int = 16, new_tokens: int = 200) -> Agreement:
-    """Greedy bf16 tokens with and without the cache, from the same prompts. After a row's first divergence the two
-    continue from different contexts, so only the tokens before it count. At the divergence, the gap between the
-    two best logits of the no-cache path says whether it was a near-tie (a gap of a few bf16 ulps, which the
-    paths' different summation orders can flip)."""
+    """Greedy bf16 tokens with and without the cache (the cached path as generate runs it by default: compiled on a
+    GPU), from the same prompts. After a row's first divergence the two continue from different contexts, so only
+    the tokens before it count. At the divergence, the gap between the two best logits of the no-cache path says
+    whether it was a near-tie (a gap of a few bf16 ulps, which the paths' different summation orders can flip)."""
     model = build_model(shape, attn)
     idx = torch.randint(0, model.config.vocab_size, (rows, prompt), device="cuda",
                         generator=torch.Generator("cuda").manual_seed(1))
@@ -279,25 +290,38 @@ def fmt(x: float, spec: str = ".0f") -> str:
 
 def generation_table(results: list[GenResult]) -> str:
     lines = ["### Generation: tokens/s (batch x new tokens / wall time) and decode ms/token, bf16 autocast", "",
-             f"{NEW_TOKENS} new tokens per run, temperature {TEMPERATURE}, top_k {TOP_K}. The 900-token prompt runs "
-             "only where it fits in block_size (not for the char model's 256).", "",
-             "| model | prompt | batch | attn | cached tokens/s | no-cache tokens/s | speed-up | cached ms/token "
-             "| no-cache ms/token | cached prefill + 1 token ms |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    by_key = {(r.model, r.prompt, r.batch, r.attn, r.kv_cache): r for r in results}
+             f"{NEW_TOKENS} new tokens per run, temperature {TEMPERATURE}, top_k {TOP_K}. Cached: the decode step "
+             "replayed as a CUDA graph, eager or compiled by torch.compile first; warm-up: the first 3-token "
+             "generation of the setting (compilation and capture). The 900-token prompt runs only where it fits in "
+             "block_size (not for the char model's 256).", "",
+             "| model | prompt | batch | attn | cached tokens/s | compiled tokens/s | no-cache tokens/s | "
+             "compiled / cached | cached ms/token | compiled ms/token | no-cache ms/token | "
+             "cached prefill + 1 token ms | cached warm-up s | compiled warm-up s |",
+             "|---" * 14 + "|"]
+    by_key = {(r.model, r.prompt, r.batch, r.attn, r.kv_cache, r.compile): r for r in results}
+    settings = {key[:4] for key in by_key}
+
     def order(key):  # model, prompt, batch, then attn in ATTN_IMPLS order
         return list(MODEL_SHAPES).index(key[0]), key[1], key[2], ATTN_IMPLS.index(key[3])
 
-    for model, prompt, batch, attn, kv in sorted(by_key, key=order):
-        r = by_key[(model, prompt, batch, attn, kv)]
-        if not kv:
-            continue
-        old = by_key.get((model, prompt, batch, attn, False))
-        lines.append(f"| {model} | {prompt} | {batch} | {attn} | {fmt(r.tokens_per_s)} | "
-                     f"{fmt(old.tokens_per_s) if old else '–'} | "
-                     f"{fmt(r.tokens_per_s / old.tokens_per_s, '.1f') + 'x' if old else '–'} | "
-                     f"{fmt(r.ms_per_token, '.3f')} | {fmt(old.ms_per_token, '.2f') if old else '–'} | "
-                     f"{fmt(r.first_s * 1e3, '.1f')} |")
+    def cell(r: GenResult | None, value, spec: str) -> str:
+        return fmt(value(r), spec) if r else "–"
+
+    for key in sorted(settings, key=order):
+        cached, compiled, old = (by_key.get(key + path) for path in PATHS)
+        model, prompt, batch, attn = key
+        ratio = compiled.tokens_per_s / cached.tokens_per_s if cached and compiled else float("nan")
+        lines.append(f"| {model} | {prompt} | {batch} | {attn} | "
+                     + " | ".join([cell(cached, lambda r: r.tokens_per_s, ".0f"),
+                                   cell(compiled, lambda r: r.tokens_per_s, ".0f"),
+                                   cell(old, lambda r: r.tokens_per_s, ".0f"),
+                                   fmt(ratio, ".2f") + ("x" if ratio == ratio else ""),
+                                   cell(cached, lambda r: r.ms_per_token, ".3f"),
+                                   cell(compiled, lambda r: r.ms_per_token, ".3f"),
+                                   cell(old, lambda r: r.ms_per_token, ".2f"),
+                                   cell(cached, lambda r: r.first_s * 1e3, ".1f"),
+                                   cell(cached, lambda r: r.warmup_s, ".1f"),
+                                   cell(compiled, lambda r: r.warmup_s, ".1f")]) + " |")
     return "\n".join(lines)
 
 
@@ -356,7 +380,8 @@ def header(copy_bps: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="batch 1, short prompts, three cache sizes, no agreement")
+    parser.add_argument("--quick", action="store_true",
+                        help="attn=triton, batch 1, short prompts, three cache sizes, no agreement")
     parser.add_argument("--out", help="also write the Markdown tables to this file")
     parser.add_argument("--sweep", action="store_true", help="only the decode kernel's time at each num_splits")
     args = parser.parse_args()
@@ -377,7 +402,8 @@ def main() -> None:
                 f"{r.provider} {r.us:.1f} us" if r.status == "ok" else f"{r.provider} {r.status}"
                 for r in kernel[-len(SDPA_BACKENDS) - 2:]), flush=True)
     print("generation:", flush=True)
-    gen = all_generation_speeds(batches=(1,) if args.quick else BATCHES, prompts=(16,) if args.quick else PROMPTS)
+    gen = all_generation_speeds(batches=(1,) if args.quick else BATCHES, prompts=(16,) if args.quick else PROMPTS,
+                                attns=("triton",) if args.quick else ATTN_IMPLS)
     agree = []
     if not args.quick:
         print("greedy agreement:", flush=True)

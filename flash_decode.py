@@ -23,16 +23,14 @@ unit stride), so k and v can be views of one packed cache.
 """
 import functools
 import math
-import os
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-LOG2E = 1.4426950408889634  # the kernel works in base 2: exp(x) = exp2(x * log2(e))
+from flash_kernel import LOG2E, SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS, interpreting
+
 MAX_SPLITS = 64  # the merge holds one [MAX_SPLITS, HEAD_DIM] fp32 tile; 64 x 128 is 64 registers a thread
 # The default split: about PROGRAMS_PER_SM programs per multiprocessor, but at least MIN_BLOCKS_PER_SPLIT key
 # blocks in each, since every split pays a fixed cost (q load, partial store, the atomic) that a short run of keys
@@ -207,10 +205,6 @@ def _decode_fwd_kernel(
 # Launcher
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def _config(Tq: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages). BLOCK_M is the 16 rows a tensor-core dot needs at least (one
     query pads to 16; the dot is not what bounds decoding, the key and value bytes are), more for longer Tq."""
@@ -288,6 +282,36 @@ def _decode_attn(
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# torch op: opaque to torch.compile, so a compiled decode step calls the launcher from its generated code without a
+# graph break. Defined like flash_kernel.py's ops (the plain torch.library API and a backend kernel only: a C++
+# dispatch to the launcher, no Python layers per call), in the same namespace; FRAGMENT because flash_kernel.py owns
+# the namespace's definition and either module may be imported first. num_splits 0 means "the default": it depends
+# on the GPU's multiprocessor count, which the op reads when it runs rather than torch.compile while it traces.
+
+_lib = torch.library.Library("flashgpt", "FRAGMENT")
+_lib.define("decode_fwd(Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_seqlens, float softmax_scale, "
+            "int num_splits) -> Tensor")
+
+
+def _decode_fwd(q, k_cache, v_cache, cache_seqlens, softmax_scale, num_splits):
+    if num_splits == 0:
+        B, Tq, H, D = q.shape
+        BLOCK_M, BLOCK_N, _, _ = _config(Tq, q.dtype)
+        programs = B * H * triton.cdiv(Tq, BLOCK_M)
+        num_splits = _default_num_splits(programs, triton.cdiv(k_cache.shape[1], BLOCK_N), q.device)
+    return _decode_attn(q, k_cache, v_cache, cache_seqlens, softmax_scale, num_splits)
+
+
+for _backend in ("CUDA", "CPU"):  # CPU: only reachable with TRITON_INTERPRET=1 (flash_attn_with_kvcache checks)
+    _lib.impl("decode_fwd", _decode_fwd, _backend)
+
+
+@torch.library.register_fake("flashgpt::decode_fwd")
+def _(q, k_cache, v_cache, cache_seqlens, softmax_scale, num_splits):
+    return q.new_empty(q.shape)  # (B, Tq, H, D), contiguous, as _decode_attn allocates it
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Public API
 
 
@@ -318,7 +342,7 @@ def _check_inputs(q, k_cache, v_cache, cache_seqlens, num_splits) -> None:
     if not (q.device == k_cache.device == v_cache.device):
         raise ValueError(f"flash_attn_with_kvcache: q, k_cache, v_cache must be on one device, got {q.device}, "
                          f"{k_cache.device}, {v_cache.device}")
-    if q.device.type != "cuda" and not _interpreting():
+    if q.device.type != "cuda" and not interpreting():
         raise RuntimeError(f"flash_attn_with_kvcache: tensors are on '{q.device.type}', but the Triton kernel runs "
                            "on CUDA GPUs only. Move them to a GPU, or set TRITON_INTERPRET=1 before importing triton "
                            "to run the kernel (slowly) on the CPU.")
@@ -346,8 +370,11 @@ def _check_inputs(q, k_cache, v_cache, cache_seqlens, num_splits) -> None:
     if num_splits is not None and not (isinstance(num_splits, int) and 1 <= num_splits <= MAX_SPLITS):
         raise ValueError(f"flash_attn_with_kvcache: num_splits must be an int in [1, {MAX_SPLITS}] or None "
                          f"(choose for this GPU), got {num_splits!r}")
-    # The lengths' values are on the device: checking them costs a host sync, which a CUDA graph cannot capture.
-    # Checked on every eager call; inside a capture the kernel's clamp to S is what keeps reads in bounds.
+    # The lengths' values are on the device: checking them costs a host sync, which a CUDA graph cannot capture and
+    # a compiled graph should not contain. Checked on every eager call; inside a capture or a compiled graph the
+    # kernel's clamp to S is what keeps reads in bounds.
+    if torch.compiler.is_compiling():
+        return
     if not (cache_seqlens.is_cuda and torch.cuda.is_current_stream_capturing()):
         lo, hi = int(cache_seqlens.min()), int(cache_seqlens.max())
         if lo < Tq or hi > S:
@@ -370,16 +397,12 @@ def flash_attn_with_kvcache(
     [Tq, S]. softmax_scale defaults to 1/sqrt(D). num_splits: how many programs share one row's keys (None picks
     from the GPU's multiprocessor count and the shape; 1 turns split-KV off). Head dims 16, 32, 64, 128; fp16,
     bf16, fp32 (accumulation is fp32 in every case). An eager call reads the lengths back to check them (one host
-    sync); a call being captured in a CUDA graph skips that check.
+    sync); a call being captured in a CUDA graph or traced by torch.compile skips that check. torch.compile traces
+    this function without a graph break: the kernel is the torch op flashgpt::decode_fwd.
     """
     _check_inputs(q, k_cache, v_cache, cache_seqlens, num_splits)
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     if not (scale > 0 and math.isfinite(scale)):
         raise ValueError(f"flash_attn_with_kvcache: softmax_scale must be a positive finite number, "
                          f"got {softmax_scale}")
-    if num_splits is None:
-        B, Tq, H, D = q.shape
-        BLOCK_M, BLOCK_N, _, _ = _config(Tq, q.dtype)
-        programs = B * H * triton.cdiv(Tq, BLOCK_M)
-        num_splits = _default_num_splits(programs, triton.cdiv(k_cache.shape[1], BLOCK_N), q.device)
-    return _decode_attn(q, k_cache, v_cache, cache_seqlens, scale, num_splits)
+    return torch.ops.flashgpt.decode_fwd(q, k_cache, v_cache, cache_seqlens, scale, num_splits or 0)

@@ -10,11 +10,14 @@ The names and shapes of the parameters are GPT-2's, so OpenAI's weights load (hf
 
 Generation (GPT.generate) keeps a static KV cache (KVCache): the prompt is run once (prefill, with the same causal
 attention as training), then each new token attends to the cached keys and values of all earlier ones
-(decode_one_token; with attn='triton' through flash_decode.py's kernel). On a GPU the decode step is captured once as
-a CUDA graph and replayed, and tokens are sampled on the GPU, so a generation never waits on the host per token.
+(decode_one_token; with attn='triton' through flash_decode.py's kernel). On a GPU the decode step is compiled by
+torch.compile, which fuses its small kernels, then captured once as a CUDA graph and replayed, and tokens are sampled
+on the GPU, so a generation never waits on the host per token.
 """
 
 import math
+import types
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -344,7 +347,7 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, kv_cache: bool = True) -> torch.Tensor:
+                 top_k: int | None = None, kv_cache: bool = True, compile: bool | None = None) -> torch.Tensor:
         """Extend idx (B, T) by max_new_tokens sampled tokens; returns (B, T + max_new_tokens). Call model.eval()
         first. temperature divides the logits; top_k keeps only the k most likely tokens (top_k=1: greedy).
 
@@ -353,6 +356,12 @@ class GPT(nn.Module):
         step and replayed after that. The cache, the graph and the nn.Linear weights cast to the autocast dtype are
         kept on the model for the next call with the same batch size, device, autocast dtype and sampling settings
         (the cast weights are refreshed at every call). kv_cache=False runs the whole context again for every token.
+
+        compile (the cached path only): True compiles the decode step with torch.compile (inductor) at its first call,
+        which fuses its chain of small kernels (LayerNorm, casts, bias, GELU, residual adds, the cache write) before
+        the graph captures it. Compiling is paid once per kept state, so once per run for a fixed batch size and
+        sampling settings: seconds to tens of seconds (bench_generate.py reports it as the warm-up). None, the
+        default: on a GPU only. The prefill runs eagerly: its length changes from call to call.
 
         Past block_size: there are position embeddings for block_size positions only. Without the cache the context
         is cropped to the last block_size tokens at every step. Cached positions are absolute and cannot slide, so
@@ -366,7 +375,10 @@ class GPT(nn.Module):
         if idx.dim() != 2 or idx.size(1) == 0:
             raise ValueError(f"idx must be (batch, time) token ids with at least one token, got {tuple(idx.shape)}")
         if kv_cache:
-            return self._generate_cached(idx, max_new_tokens, temperature, top_k)
+            if compile is None:
+                # the default: compiled on a GPU; on a CPU inductor's C++ build (tens of seconds) outweighs the gain
+                compile = idx.device.type == 'cuda'
+            return self._generate_cached(idx, max_new_tokens, temperature, top_k, compile)
         for _ in range(max_new_tokens):
             # the model has position embeddings for block_size positions only: keep the last block_size tokens
             idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size:]
@@ -381,11 +393,11 @@ class GPT(nn.Module):
         return idx
 
     def _generate_cached(self, idx: torch.Tensor, max_new_tokens: int, temperature: float,
-                         top_k: int | None) -> torch.Tensor:
+                         top_k: int | None, compile: bool) -> torch.Tensor:
         B, T = idx.size()
         if max_new_tokens <= 0:
             return idx
-        decoder = self._decoder_for(B, idx.device, temperature, top_k)
+        decoder = self._decoder_for(B, idx.device, temperature, top_k, compile)
         window = self.config.block_size
         out = torch.empty((B, T + max_new_tokens), dtype=idx.dtype, device=idx.device)
         out[:, :T] = idx
@@ -406,12 +418,12 @@ class GPT(nn.Module):
         return out
 
     def _decoder_for(self, batch_size: int, device: torch.device, temperature: float,
-                     top_k: int | None) -> '_Decoder':
-        key = _Decoder.key(self, batch_size, device, temperature, top_k)
+                     top_k: int | None, compile: bool) -> '_Decoder':
+        key = _Decoder.key(self, batch_size, device, temperature, top_k, compile)
         decoder = self.__dict__.get('_decoder')
         if decoder is None or decoder.key != key:
             self._decoder = None  # free the old cache and graph before allocating new ones
-            decoder = self._decoder = _Decoder(self, key, batch_size, device, temperature, top_k)
+            decoder = self._decoder = _Decoder(self, key, batch_size, device, temperature, top_k, compile)
         else:
             decoder.refresh_weights()
         return decoder
@@ -461,24 +473,43 @@ def decode_one_token(model: GPT, tok: torch.Tensor, cache: KVCache, temperature:
                      top_k: int | None = None, weights: dict | None = None) -> torch.Tensor:
     """Run tok (B, 1) at the cache's next position and sample the token after it; returns (B, 1). Every shape is
     static and the position lives on the device, so this is what a CUDA graph captures."""
+    return _decode_step(model, tok, cache, temperature, top_k, weights)
+
+
+def _decode_step(model: GPT, tok: torch.Tensor, cache: KVCache, temperature: float, top_k: int | None,
+                 weights: dict | None) -> torch.Tensor:
+    # decode_one_token without its no_grad decorator: the function _Decoder compiles (its caller turns gradients off)
     return sample_next(_forward(model, tok, cache, weights), temperature, top_k)
+
+
+def _compiled_decode_step() -> Callable:
+    """_decode_step compiled by torch.compile, from a private copy of its code object. torch.compile keeps the graphs
+    it compiles per code object, at most torch._dynamo.config.recompile_limit (8) of them, and with fullgraph=True
+    one more is an error: a process that makes many decoders (a benchmark over models, batch sizes and sampling
+    settings) would hit it. Each copy's graph belongs to its decoder and goes with it."""
+    code = _decode_step.__code__
+    fn = types.FunctionType(code.replace(), _decode_step.__globals__, code.co_name)
+    # fullgraph: a graph break (an untraceable call) is an error rather than a silently slower step; dynamic=False:
+    # every shape of a decode step is fixed for the decoder's life
+    return torch.compile(fn, fullgraph=True, dynamic=False)
 
 
 class _Decoder:
     """What GPT.generate(kv_cache=True) keeps between calls with the same settings: the KV cache, the nn.Linear
     weights cast once to the autocast dtype (autocast would cast every weight again at every step: 4 bytes read and
     2 written per parameter, three times the bytes of the cast weights the step then reads, and a kernel each),
-    and on a GPU the decode step as a CUDA graph."""
+    the decode step (compiled by torch.compile when asked), and on a GPU that step as a CUDA graph."""
 
     @staticmethod
-    def key(model: GPT, batch_size: int, device: torch.device, temperature: float, top_k: int | None) -> tuple:
+    def key(model: GPT, batch_size: int, device: torch.device, temperature: float, top_k: int | None,
+            compile: bool) -> tuple:
         autocast = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
         # the parameters' addresses: a graph reads weights where they were at capture
         params = tuple(p.data_ptr() for p in model.parameters())
-        return (batch_size, torch.device(device), autocast, temperature, top_k, model.training, params)
+        return (batch_size, torch.device(device), autocast, temperature, top_k, compile, model.training, params)
 
     def __init__(self, model: GPT, key: tuple, batch_size: int, device: torch.device, temperature: float,
-                 top_k: int | None):
+                 top_k: int | None, compile: bool):
         self.key = key
         self.autocast = key[2]
         self.sampling = (temperature, top_k)
@@ -493,6 +524,7 @@ class _Decoder:
                         if p.dtype != self.autocast:
                             self.casts.append((f"{mod_name}.{name}", p.detach().to(self.autocast), p))
         self.weights = {name: w for name, w, _ in self.casts} or None
+        self.step_fn = _compiled_decode_step() if compile else _decode_step
         self.warm = False
         self.graph = None
 
@@ -503,20 +535,29 @@ class _Decoder:
     def prefill(self, model: GPT, idx: torch.Tensor) -> torch.Tensor:
         return prefill(model, idx, self.cache, *self.sampling, weights=self.weights)
 
+    def _step(self, model: GPT, tok: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.step_fn(model, tok, self.cache, *self.sampling, self.weights)
+
     def decode(self, model: GPT, tok: torch.Tensor) -> torch.Tensor:
         if self.device.type != 'cuda':
-            return decode_one_token(model, tok, self.cache, *self.sampling, weights=self.weights)
-        if not self.warm:  # the first step runs eagerly: it compiles kernels and sets up cuBLAS before a capture
+            return self._step(model, tok)
+        # autocast must not cache casts during capture: a cached tensor is freed when the caller's autocast region
+        # ends, under the graph's feet. The first step runs under the same setting, so that what torch.compile
+        # compiled there is what the capture replays (its guards check the autocast state).
+        autocast = torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None,
+                                  cache_enabled=False)
+        if not self.warm:
+            # the first step runs outside the graph: torch.compile traces and compiles the step here (when asked),
+            # and Triton kernels compile and cuBLAS sets up, none of which a capture may do
             self.warm = True
-            return decode_one_token(model, tok, self.cache, *self.sampling, weights=self.weights)
+            with autocast:
+                return self._step(model, tok)
         if self.graph is None:
             self.tok_in = tok.clone()  # (B, 1), the graph's input
             self.graph = torch.cuda.CUDAGraph()
-            # autocast must not cache casts during capture: a cached tensor is freed when the caller's autocast
-            # region ends, under the graph's feet
-            with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None,
-                                cache_enabled=False), torch.cuda.graph(self.graph):
-                self.tok_out = decode_one_token(model, self.tok_in, self.cache, *self.sampling, weights=self.weights)
+            with autocast, torch.cuda.graph(self.graph):
+                self.tok_out = self._step(model, self.tok_in)
         self.tok_in.copy_(tok)
         self.graph.replay()  # capturing ran nothing: this is the step
         return self.tok_out

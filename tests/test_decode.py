@@ -1,7 +1,8 @@
 """
 flash_attn_with_kvcache against the fp32 reference with the bottom-right causal mask: new queries (Tq = 1, 2, 17,
 64) against caches of 1 to 600 positions with ragged tails, per-row lengths that differ within a batch, every head
-dim, the split-KV path forced and not; the lengths read on the device at every CUDA-graph replay; bad input.
+dim, the split-KV path forced and not; the lengths read on the device at every CUDA-graph replay; the call traced by
+torch.compile without a graph break; bad input.
 
 Without a GPU the kernel runs through Triton's interpreter (tests/conftest.py) on fp32 and fp16, on a sample of the
 grid small enough for two CPU cores; bf16 and the long caches run on the GPU only (the interpreter computes tl.dot
@@ -119,6 +120,18 @@ def test_softmax_scale():
     q, k, v, seqlens = make_inputs(1, 2, 1, 16, 20, [20], torch.float32)
     out = flash_attn_with_kvcache(q, k, v, seqlens, softmax_scale=0.3)
     assert rel_err(out, attention_with_kvcache_ref(q, k, v, seqlens, softmax_scale=0.3)) <= TOL[torch.float32]
+
+
+@pytest.mark.parametrize("splits", [None, 3], ids=["default-split", "three-splits"])
+def test_compiles_without_a_graph_break(splits):
+    """torch.compile(fullgraph=True) traces the call down to the op flashgpt::decode_fwd: no graph break, and no
+    host sync (the eager check of the lengths' values reads them back, which a traced graph cannot hold); the
+    compiled call still reads the lengths at run time."""
+    compiled = torch.compile(flash_attn_with_kvcache, fullgraph=True, dynamic=False)
+    for lens in ([40, 7], [1, 33]):
+        q, k, v, seqlens = make_inputs(2, 1, 2, 16, 40, lens, torch.float32)
+        out = compiled(q, k, v, seqlens, num_splits=splits)
+        assert rel_err(out, attention_with_kvcache_ref(q, k, v, seqlens)) <= TOL[torch.float32], f"lengths {lens}"
 
 
 @needs_gpu
