@@ -61,7 +61,7 @@ class SampleConfig:
     seed: int = 1337  # the same seed, checkpoint and settings give the same samples
     device: str = field(default_factory=_default_device)  # 'cpu' | 'cuda' | 'cuda:N'; cuda when there is a GPU
     dtype: str = 'auto'  # 'auto' | 'float32' | 'bfloat16' | 'float16'
-    compile: bool = field(default_factory=torch.cuda.is_available)  # torch.compile the decode step (or the model without the cache); on by default on a GPU, paid once per run
+    compile: bool = field(default_factory=torch.cuda.is_available)  # torch.compile the decode step; on a GPU by default
     kv_cache: bool = True  # prefill once, then one token at a time through a KV cache; False re-runs the context
     attn: str = ''  # '' = the implementation the checkpoint was trained with; else 'triton' | 'sdpa' | 'naive'
     data_dir: str = ''  # a dataset whose meta.pkl must agree with the checkpoint ('' = data/<its dataset> if needed)
