@@ -453,8 +453,12 @@ def compile_and_wrap(model: GPT, cfg: TrainConfig, procs: Processes, log: RunLog
     """(the model a training step runs, the model evaluation runs, whether steps replay as CUDA graphs)."""
     # A small model's step is hundreds of short kernels: launching them from Python costs more than running
     # them, so on one GPU the compiled step is captured as CUDA graphs ('reduce-overhead') and replayed.
-    # Not under DDP, whose gradient all-reduce runs from autograd hooks outside any graph.
-    cudagraphs = cfg.compile and cfg.cudagraphs and procs.device_type == 'cuda' and not procs.ddp
+    # Not under DDP, whose gradient all-reduce runs from autograd hooks outside any graph. Not with several
+    # micro-steps per optimizer step either: each micro-step's backward replays the same graph, whose outputs
+    # (the gradients to add up, the tied embedding's included) the next replay overwrites.
+    micro_steps = cfg.gradient_accumulation_steps // procs.world_size
+    cudagraphs = (cfg.compile and cfg.cudagraphs and procs.device_type == 'cuda' and not procs.ddp
+                  and micro_steps == 1)
     if cfg.compile:
         log.print(f"compiling the model{' with CUDA graphs' if cudagraphs else ''}... (takes a minute)")
         model = torch.compile(model, mode='reduce-overhead' if cudagraphs else None)
