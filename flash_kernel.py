@@ -140,7 +140,7 @@ def _dropout_keep_t(seed, bh, rows, start_col, DROP_THRESHOLD, N_COLS: tl.conste
     # threads. Instead each call runs once and the packed words (2 per thread in the shipped tile) cross
     # threads through shared memory. Triton's layout pass would otherwise recompute Philox in the consumer's
     # layout to save that one shuffle; a sum over a size-1 axis is a reduction, which it does not recompute
-    # through (BENCHMARKS.md, note 11).
+    # through (docs/design.md, "Dropout: the transposed dK/dV pass").
     R: tl.constexpr = rows.shape[0]
     A: tl.constexpr = N_COLS // 32
     packed = _dropout_packed(seed, bh, rows, start_col, DROP_THRESHOLD, N_COLS)
@@ -487,8 +487,8 @@ TUNED = (
     ("fwd", _HALF, (128,),       1,      "triton", (64, 64, 4, 3)),
     # tune_blocks.py: past 2048 keys, 128-row query blocks
     ("fwd", _HALF, (128,),       2049,   "triton", (128, 64, 8, 3)),
-    # hopper_ab.py: the shortest T at which the Hopper forward beats the Triton one (BENCHMARKS.md, notes 22, 27 and
-    # 30). Below it a program has few key tiles, and what it pays once (setting up three partitions, loading Q, the
+    # hopper_ab.py: the shortest T at which the Hopper forward beats the Triton one (docs/design.md, "Which kernel
+    # runs where"). Below it a program has few key tiles, and what it pays once (setting up three partitions, loading Q, the
     # epilogue) is not won back. The Hopper paths also cost more host time per call (tensor-map descriptors, the
     # zeroed buffers): in GPU time this forward already wins from T=512 at head dim 128 and T=1024 at 64, and the
     # backward from T=1024 at 128, but an eager fwd+bwd there is host-bound and the Triton kernels' shorter launches
@@ -498,7 +498,7 @@ TUNED = (
     ("fwd", _HALF, (128,),       1024,   "hopper", None),
     # tune_blocks.py: best or within 2% of the best at every swept shape, D=64 and 128, T=256 to 16384
     ("bwd", _HALF, _ALL_D,       1,      "triton", (64, 32, 64, 4, 2)),
-    # hopper_ab.py (notes 23, 25, 28, 30): below this the Hopper backward's dQ reductions and launch cost more than
+    # hopper_ab.py (docs/design.md, "Which kernel runs where"): below this the Hopper backward's dQ reductions and launch cost more than
     # the Triton backward's second pass over the keys
     ("bwd", _HALF, (64, 128),    2048,   "hopper", None),
     # not swept: fp32's 4-byte elements and FMA (not tensor-core) dots take small tiles

@@ -17,7 +17,7 @@ SHAKESPEARE = SHARED / 'data' / 'tinyshakespeare' / 'input.txt'
 TIKTOKEN_CACHE = SHARED / 'tiktoken_cache'
 
 requires_shared = pytest.mark.skipif(
-    not SHAKESPEARE.is_file(), reason=f"{SHAKESPEARE} is absent: these tests need ../shared beside the repo")
+    not SHAKESPEARE.is_file(), reason=f"{SHAKESPEARE} is absent: these tests need a local copy of input.txt there")
 # the Triton kernel runs on a GPU, or on CPU tensors through the interpreter (conftest.py sets it up)
 TRITON_DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 
@@ -35,7 +35,7 @@ def load_script(relpath: str):
 def char_data(tmp_path_factory) -> str:
     """Tiny Shakespeare prepared at character level into a temporary directory; returns that directory."""
     if not SHAKESPEARE.is_file():
-        pytest.skip(f"{SHAKESPEARE} is absent: these tests need ../shared beside the repo")
+        pytest.skip(f"{SHAKESPEARE} is absent: these tests need a local copy of input.txt there")
     prep = load_script('data/shakespeare_char/prepare.py')
     out = tmp_path_factory.mktemp('shakespeare_char')
     prep.prepare(SHAKESPEARE.read_text(encoding='utf-8'), str(out))

@@ -1,7 +1,7 @@
 """
 A/B of the kernels: this tree's flash_kernel.py and flash_hopper.py against the same two files at another git
 revision (or in another folder), in one process on one GPU, so that a change's effect is measured against its own
-baseline in the same run. A developer's tool; the numbers in BENCHMARKS.md's notes come from it.
+baseline in the same run. A developer's tool; the A/B numbers in docs/design.md come from it.
 
     python tools/ab_kernel.py REV [--sweep]        # e.g. HEAD~1
     python tools/ab_kernel.py FOLDER [--sweep]     # a folder with the old flash_kernel.py (and flash_hopper.py)

@@ -130,13 +130,13 @@ def resource_usage(cubin: bytes) -> dict:
 def sass_waits(sass: str) -> tuple:
     """(HGMMA, WARPGROUP.DEPBAR) instruction counts in a kernel's SASS. ptxas may serialize a kernel's wgmmas, a wait
     after each one, when it cannot prove their pipeline safe (an async product issued under a branch did it:
-    BENCHMARKS.md, note 28); the PTX does not show it, the SASS does."""
+    docs/design.md, "The next item's first product before the epilogue"); the PTX does not show it, the SASS does."""
     return len(re.findall(r"\bHGMMA\.", sass)), len(re.findall(r"\bWARPGROUP\.DEPBAR\b", sass))
 
 
 def sass_size(sass: str) -> int:
     """Instructions in a kernel's SASS (cuobjdump prints each at its address, /*0a80*/): the code that instruction
-    fetch has to keep up with (BENCHMARKS.md, note 33)."""
+    fetch has to keep up with (docs/design.md, "One copy of the first tile's softmax")."""
     return len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/", sass, re.M))
 
 
@@ -173,7 +173,7 @@ def counts(head_dim: int = 64, dump: Optional[str] = None) -> dict:
         values = (compiled.metadata.num_warps, ptx.count("wgmma.mma_async"), ptx.count("setmaxnreg"), usage["REG"],
                   usage["STACK"], compiled.metadata.shared, hgmma, waits, sass_size(sass))
         rows["hopper"].append(dict(kernel=name, **dict(zip(HOPPER_COUNTS, values))))
-        if dump:  # the SASS shows what ptxas did with the PTX's order (BENCHMARKS.md, notes 28 and 31)
+        if dump:  # the SASS shows what ptxas did with the PTX's order (docs/design.md, "Hopper variants that did not pay")
             _write(dump, {f"hopper_{name}.{ext}": compiled.asm[ext] for ext in ("ttgir", "ptx")}
                    | {f"hopper_{name}.sass": sass})
     return rows

@@ -3,12 +3,12 @@ The host floor of our eager call: what one forward+backward costs when it is bui
 autograd.Function whose forward launches one Triton kernel and whose backward launches two, with the same
 allocations) but every kernel is one block that copies 16 values. Beside it flash_attn, cuDNN and FlashAttention-2
 through SDPA, at the shapes where bench.py's eager rows are host-bound. If the skeleton alone is not faster than
-cuDNN's whole call, no kernel launched this way can be (BENCHMARKS.md, note 38).
+cuDNN's whole call, no kernel launched this way can be (docs/design.md, "Host floor of an eager call").
 
     python tools/host_floor.py [--out host_floor.md]
 
 Protocol as bench.py (do_bench warmup=25, rep=100, median, grad_to_none); the providers take turns for 7 rounds,
-because the host's speed drifts within a lease, and each cell is the median over rounds (min-max in brackets).
+because the host's speed drifts within a run, and each cell is the median over rounds (min-max in brackets).
 """
 import argparse
 import os

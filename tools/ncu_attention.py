@@ -1,6 +1,6 @@
 """
 One forward and one backward of ours and of cuDNN's, at one shape per head dim, for Nsight Compute to profile
-(BENCHMARKS.md, note 29). On the GPU machine:
+(docs/design.md, "Hopper backward: LSE and delta through shared memory"). On a GPU:
 
     ncu --clock-control none --section SpeedOfLight --section ComputeWorkloadAnalysis --section WarpStateStats \
         --section InstructionStats -k 'regex:hopper|sdpa|fmha|prop' -o attn python tools/ncu_attention.py
