@@ -1,6 +1,7 @@
 """
 Causal attention kernels for Hopper GPUs (H100, H200), written in Gluon with warp specialization:
-FlashAttention-3's structure, which plain Triton cannot express for these loops (docs/design.md, "Why Hopper gets its own kernels").
+FlashAttention-3's structure, which plain Triton cannot express for these loops (docs/design.md, "Why Hopper gets its
+own kernels").
 
 Forward. A program computes 128 query rows of one (batch, head) at a time, on a persistent grid that hands out
 these items heaviest first (_tile_coords), with three partitions of warps:
@@ -14,9 +15,10 @@ warpgroups of a program run in lockstep behind a barrier, and the tensor cores i
 (docs/design.md, "Why Hopper gets its own kernels").
 
 Backward. One program holds 128 keys, 64 per warpgroup with their dK and dV in registers, and sweeps the query
-blocks that see them with five products per tile; dQ is added into an fp32 buffer by TMA reductions (docs/design.md, "Hopper backward: five products, dQ by TMA reduction").
-At head dim 64 a third warpgroup makes dQ, off the other two's critical path (docs/design.md, "Hopper backward, head dim 64: a dQ warpgroup"); at 128 the two groups make
-its halves and one more warp sends the reductions (docs/design.md, "Hopper backward, head dim 128: a reduce warp").
+blocks that see them with five products per tile; dQ is added into an fp32 buffer by TMA reductions (docs/design.md,
+"Hopper backward: five products, dQ by TMA reduction"). At head dim 64 a third warpgroup makes dQ, off the other
+two's critical path (docs/design.md, "Hopper backward, head dim 64: a dQ warpgroup"); at 128 the two groups make its
+halves and one more warp sends the reductions (docs/design.md, "Hopper backward, head dim 128: a reduce warp").
 
 Only flash_kernel.py calls this: its launchers call _attn_fwd and _attn_bwd for the calls that supported() says
 these kernels can run and that flash_kernel.TUNED says they are worth it for. Everything else runs the Triton
@@ -359,7 +361,8 @@ def _bwd_load_partition(q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem,
                         kv_bar, q_ready, q_free, LSE, DELTA, b, h, bh, T, start_n, start_m, n_steps):
     # K and V once, then each query block's Q and dO tiles, LSE and delta into a ring of STAGES. LSE and delta go
     # through shared memory too: loaded by the softmax groups straight from global memory, their address arithmetic,
-    # predicated loads and L2 latency sat on every step's critical path (docs/design.md, "Hopper backward: LSE and delta through shared memory": 1.04-1.10x the backward).
+    # predicated loads and L2 latency sat on every step's critical path (docs/design.md, "Hopper backward: LSE and
+    # delta through shared memory": 1.04-1.10x the backward).
     NCOL: gl.constexpr = k_smem.shape[0] // 2
     STAGES: gl.constexpr = q_smem.shape[0] // NCOL
     vec: gl.constexpr = gl.BlockedLayout([TILE // 32], [32], [1], [0])
@@ -492,7 +495,8 @@ def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar
 @gluon.jit
 def _bwd_dq_partition(k_smem, ds_smem, dq_smem, kv_bar, ds_ready, ds_free, dq_desc, b, h, start_m, n_steps):
     # Head dim 64: a warpgroup of its own makes dQ = dS K from both groups' dS^T and sends it out, so storing the
-    # fp32 tile and the TMA reduction leave the other two groups' critical path (docs/design.md, "Hopper backward: five products, dQ by TMA reduction"). At head dim 128 the
+    # fp32 tile and the TMA reduction leave the other two groups' critical path (docs/design.md, "Hopper backward:
+    # five products, dQ by TMA reduction"). At head dim 128 the
     # two groups need all the registers, and each makes half of dQ itself.
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16])
     zero = gl.zeros([TILE, TILE], gl.float32, layout=mma)
@@ -517,7 +521,8 @@ def _bwd_dq_partition(k_smem, ds_smem, dq_smem, kv_bar, ds_ready, ds_free, dq_de
 @gluon.jit
 def _bwd_reduce_partition(dq_smem, dq_bar, dq_desc, b, h, start_m, n_steps):
     # Head dim 128: one warp sends both groups' dQ halves into the fp32 buffer with TMA reductions and frees their
-    # staging buffers once the reductions have read them, so the groups never wait on a reduction (docs/design.md, "Hopper backward, head dim 128: a reduce warp")
+    # staging buffers once the reductions have read them, so the groups never wait on a reduction (docs/design.md,
+    # "Hopper backward, head dim 128: a reduce warp")
     for i in range(n_steps):
         for g in gl.static_range(2):
             idx = g * 2 + i % 2
@@ -604,7 +609,8 @@ def _attn_bwd_hopper_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, d
 _GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}
 HEAD_DIMS = (64, 128)
 PERSISTENT_MAX_TILES = 64  # the forward's grid is persistent up to T = 64 * 128 (_attn_fwd)
-NUM_STAGES = 2  # K/V tiles (forward) and Q/dO tiles (backward) in flight; 3 was no faster (docs/design.md, "Hopper forward: ping-pong warpgroups")
+NUM_STAGES = 2  # K/V tiles (forward) and Q/dO tiles (backward) in flight; 3 was no faster (docs/design.md, "Hopper
+forward: ping-pong warpgroups")
 
 
 def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, dropout_p: float,
@@ -667,7 +673,8 @@ def _attn_fwd(q, k, v, o, lse, qk_scale: float, programs: Optional[int] = None,
     items = n_m * B * H
     if programs is None:
         # One program per SM while items are short; from T = 16384 (items of up to 128 key tiles) what a program
-        # pays once is small, and a program per item measured 3-4% faster (docs/design.md, "Hopper forward: persistent grid")
+        # pays once is small, and a program per item measured 3-4% faster (docs/design.md, "Hopper forward:
+        # persistent grid")
         programs = min(items, _num_sms(q.device)) if n_m <= PERSISTENT_MAX_TILES else items
     if heads_per_section is None:
         heads_per_section = _heads_per_section(q)

@@ -41,7 +41,8 @@ def test_philox_only_with_dropout(counts):
 def test_backward_draws_each_philox_word_once(counts):
     # The backward regenerates the mask in two passes (dK/dV and dQ), each over the same tiles as the forward, so
     # with every Philox call made once its Philox work is at most twice the forward's. If Triton recomputes the
-    # calls in the dK/dV pass's transposed layout (docs/design.md, "Dropout: the transposed dK/dV pass"), each call runs on 4 threads and the
+    # calls in the dK/dV pass's transposed layout (docs/design.md, "Dropout: the transposed dK/dV pass"), each call
+    # runs on 4 threads and the
     # count is ~4.5x the forward's (372 vs 83 mul.hi at head dim 64).
     assert counts[("backward", True)]["mul.hi"] <= 2 * counts[("forward", True)]["mul.hi"]
 
@@ -95,9 +96,11 @@ def test_hopper_kernels_are_warp_specialized(request, hopper):
 
 def test_hopper_kernels_do_not_spill(request, hopper):
     # Each softmax group holds S, P and O for 64 rows in registers. If ptxas spills them to local memory, the
-    # loop reloads them every key tile (docs/design.md, "Hopper forward: ping-pong warpgroups": an early version spilled 200 bytes per thread).
+    # loop reloads them every key tile (docs/design.md, "Hopper forward: ping-pong warpgroups": an early version
+    # spilled 200 bytes per thread).
     # The backward at head dim 64 gives its third warpgroup 88 registers so the other two get 200: 168 spilled 80
-    # bytes (docs/design.md, "Hopper backward, head dim 64: a dQ warpgroup"). At head dim 128 the backward is not held to this: it spills 64-96 bytes (docs/design.md, "Hopper backward, head dim 128: a reduce warp").
+    # bytes (docs/design.md, "Hopper backward, head dim 64: a dQ warpgroup"). At head dim 128 the backward is not
+    # held to this: it spills 64-96 bytes (docs/design.md, "Hopper backward, head dim 128: a reduce warp").
     assert hopper["forward"]["stack"] == 0, hopper
     if request.node.callspec.id == "D64":
         assert hopper["backward"]["stack"] == 0, hopper
@@ -106,7 +109,8 @@ def test_hopper_kernels_do_not_spill(request, hopper):
 def test_hopper_wgmmas_are_not_serialized(hopper):
     # The groups keep products in flight while they compute (warpgroup_mma(..., is_async=True), then a wait
     # for all but the latest). When ptxas cannot prove that pipeline safe it serializes every wgmma of the kernel,
-    # a wait after each HGMMA, and the kernel runs about a third slower (docs/design.md, "The next item's first product before the epilogue": 80 waits for 80
+    # a wait after each HGMMA, and the kernel runs about a third slower (docs/design.md, "The next item's first
+    # product before the epilogue": 80 waits for 80
     # HGMMA). The shipped kernels wait once per group of products: 5-12 waits for 40-96 HGMMA (triton 3.6 and 3.8).
     for kernel in hopper.values():
         assert kernel["waits"] < kernel["hgmma"] / 2, hopper
