@@ -609,8 +609,9 @@ def _attn_bwd_hopper_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, d
 _GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}
 HEAD_DIMS = (64, 128)
 PERSISTENT_MAX_TILES = 64  # the forward's grid is persistent up to T = 64 * 128 (_attn_fwd)
-NUM_STAGES = 2  # K/V tiles (forward) and Q/dO tiles (backward) in flight; 3 was no faster (docs/design.md, "Hopper
-forward: ping-pong warpgroups")
+# K/V tiles (forward) and Q/dO tiles (backward) in flight; 3 was no faster (docs/design.md, "Hopper forward:
+# ping-pong warpgroups")
+NUM_STAGES = 2
 
 
 def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, dropout_p: float,

@@ -173,8 +173,8 @@ def counts(head_dim: int = 64, dump: Optional[str] = None) -> dict:
         values = (compiled.metadata.num_warps, ptx.count("wgmma.mma_async"), ptx.count("setmaxnreg"), usage["REG"],
                   usage["STACK"], compiled.metadata.shared, hgmma, waits, sass_size(sass))
         rows["hopper"].append(dict(kernel=name, **dict(zip(HOPPER_COUNTS, values))))
-        if dump:  # the SASS shows what ptxas did with the PTX's order (docs/design.md, "Hopper variants that did not
-        pay")
+        # the SASS shows what ptxas did with the PTX's order (docs/design.md, "Hopper variants that did not pay")
+        if dump:
             _write(dump, {f"hopper_{name}.{ext}": compiled.asm[ext] for ext in ("ttgir", "ptx")}
                    | {f"hopper_{name}.sass": sass})
     return rows
