@@ -13,6 +13,7 @@ import torch
 
 import flash_decode
 from flash_decode import attention_with_kvcache_ref, flash_attn_with_kvcache
+from helpers import nan_empty  # noqa: F401 (fixture: torch.empty filled with NaN, so an unwritten output shows)
 
 GPU = torch.cuda.is_available()
 DEVICE = "cuda" if GPU else "cpu"
@@ -52,18 +53,6 @@ def _dtypes():
 def _case_id(case):
     B, Tq, H, D, S, lens, splits = case
     return f"B{B}-Tq{Tq}-H{H}-D{D}-S{S}-lens{'_'.join(map(str, lens))}-splits{splits}"
-
-
-@pytest.fixture
-def nan_empty(monkeypatch):
-    """torch.empty returns NaN-filled memory, so an output row or split partial the kernel fails to write shows."""
-    real_empty = torch.empty
-
-    def poisoned(*args, **kwargs):
-        t = real_empty(*args, **kwargs)
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    monkeypatch.setattr(torch, "empty", poisoned)
 
 
 def make_inputs(B, Tq, H, D, S, lens, dtype, device=DEVICE, seed=0):
