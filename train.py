@@ -238,16 +238,23 @@ def end_processes(procs: Processes) -> None:
 
 @contextmanager
 def explain_ddp_timeout(cfg: TrainConfig, procs: Processes):
-    """A collective that timed out (ddp_timeout) becomes an error line on this rank saying what it means."""
+    """A collective that timed out (ddp_timeout), or whose peer went away (a killed process: the backend reports
+    a reset connection), becomes an error line on this rank saying what it means."""
     try:
         yield
     except RuntimeError as e:
-        if not procs.ddp or isinstance(e, TrainingError) or 'timed out' not in str(e).lower():
+        text = str(e).lower()
+        lost = any(s in text for s in ('connection reset', 'connection closed', 'broken pipe'))
+        if not procs.ddp or isinstance(e, TrainingError) or not (lost or 'timed out' in text):
             raise
+        first = str(e).strip().splitlines()[0][:160]
+        if lost:
+            raise TrainingError(f"rank {procs.rank} of {procs.world_size} lost its connection to another process "
+                                f"({first}): that process died, and its own log says why") from e
         raise TrainingError(
             f"rank {procs.rank} of {procs.world_size} waited ddp_timeout={cfg.ddp_timeout:g} s for the other "
-            f"processes ({str(e).strip().splitlines()[0][:160]}): one of them is hung or died, and its own log "
-            f"says why. If a step, an eval or a save legitimately takes that long, raise --ddp_timeout") from e
+            f"processes ({first}): one of them is hung or died, and its own log says why. If a step, an eval or a "
+            f"save legitimately takes that long, raise --ddp_timeout") from e
 
 
 @contextmanager

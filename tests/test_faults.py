@@ -136,7 +136,7 @@ def test_triton_bf16_under_the_interpreter_is_refused(tmp_path, monkeypatch):
 
 # rank 1 stops answering at its third optimizer step, as a hung process would (a deadlock, a stuck file system)
 HANG_ONE_RANK = """
-import os, sys, time
+import os, signal, sys, time
 sys.path.insert(0, {root!r})
 import train
 
@@ -145,7 +145,9 @@ real_step, calls = train.train_step, []
 def train_step(*args, **kwargs):
     calls.append(1)
     if os.environ['RANK'] == '1' and len(calls) == 3:
-        time.sleep(600)
+        if {fault!r} == 'hang':
+            time.sleep(600)
+        os.kill(os.getpid(), signal.SIGKILL)
     return real_step(*args, **kwargs)
 
 train.train_step = train_step
@@ -153,10 +155,12 @@ train.main(sys.argv[1:])
 """
 
 
-def test_a_hung_ddp_rank_ends_the_run_with_a_message_on_every_rank(char_data, tmp_path):
-    """Regression: a hung rank blocked the others for gloo's default 30 minutes, with nothing logged."""
+@pytest.mark.parametrize('fault', ['hang', 'kill'])
+def test_a_hung_ddp_rank_ends_the_run_with_a_message_on_every_rank(fault, char_data, tmp_path):
+    """Regression: a hung rank blocked the others for gloo's default 30 minutes, with nothing logged; a killed one
+    left the other with a traceback from inside the backward."""
     script = tmp_path / 'hang_one_rank.py'
-    script.write_text(HANG_ONE_RANK.format(root=str(ROOT)))
+    script.write_text(HANG_ONE_RANK.format(root=str(ROOT), fault=fault))
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', str(script),
            'config/train_shakespeare_char_cpu.py', '--device=cpu', '--backend=gloo', f'--data_dir={char_data}',
            f'--out_dir={tmp_path / "out"}', '--gradient_accumulation_steps=2', '--n_layer=1', '--n_embd=16',
@@ -166,5 +170,10 @@ def test_a_hung_ddp_rank_ends_the_run_with_a_message_on_every_rank(char_data, tm
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     out = r.stdout + r.stderr
     assert r.returncode != 0
-    assert "error: rank 0 of 2 waited ddp_timeout=3 s for the other processes" in out, out[-3000:]
-    assert "error: rank 1 of 2 was stopped by the launcher (SIGTERM)" in out, out[-3000:]
+    if fault == 'hang':
+        assert "error: rank 0 of 2 waited ddp_timeout=3 s for the other processes" in out, out[-3000:]
+        assert "error: rank 1 of 2 was stopped by the launcher (SIGTERM)" in out, out[-3000:]
+    else:  # rank 1 is gone; rank 0 finds out from the backend, or is stopped by the launcher first
+        assert ("error: rank 0 of 2 lost its connection to another process" in out
+                or "error: rank 0 of 2 was stopped by the launcher (SIGTERM)" in out), out[-3000:]
+        assert "[rank0]: Traceback" not in out, out[-3000:]
