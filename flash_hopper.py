@@ -494,10 +494,10 @@ def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar
 
 @gluon.jit
 def _bwd_dq_partition(k_smem, ds_smem, dq_smem, kv_bar, ds_ready, ds_free, dq_desc, b, h, start_m, n_steps):
-    # Head dim 64: a warpgroup of its own makes dQ = dS K from both groups' dS^T and sends it out, so storing the
-    # fp32 tile and the TMA reduction leave the other two groups' critical path (docs/design.md, "Hopper backward:
-    # five products, dQ by TMA reduction"). At head dim 128 the
-    # two groups need all the registers, and each makes half of dQ itself.
+    # Head dim 64: a warpgroup of its own makes dQ = dS K from both groups' dS^T and sends it out, so storing the fp32
+    # tile and the TMA reduction leave the other two groups' critical path (docs/design.md, "Hopper backward: five
+    # products, dQ by TMA reduction"). At head dim 128 the two groups need all the registers, and each makes half of dQ
+    # itself.
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16])
     zero = gl.zeros([TILE, TILE], gl.float32, layout=mma)
     mbarrier.wait(kv_bar, 0)

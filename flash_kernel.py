@@ -499,8 +499,7 @@ TUNED = (
     # tune_blocks.py: best or within 2% of the best at every swept shape, D=64 and 128, T=256 to 16384
     ("bwd", _HALF, _ALL_D,       1,      "triton", (64, 32, 64, 4, 2)),
     # hopper_ab.py (docs/design.md, "Which kernel runs where"): below this the Hopper backward's dQ reductions and
-    # launch cost more than
-    # the Triton backward's second pass over the keys
+    # launch cost more than the Triton backward's second pass over the keys
     ("bwd", _HALF, (64, 128),    2048,   "hopper", None),
     # not swept: fp32's 4-byte elements and FMA (not tensor-core) dots take small tiles
     ("fwd", _FP32, _ALL_D,       1,      "triton", (64, 32, 4, 2)),

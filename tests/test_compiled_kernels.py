@@ -39,11 +39,10 @@ def test_philox_only_with_dropout(counts):
 
 
 def test_backward_draws_each_philox_word_once(counts):
-    # The backward regenerates the mask in two passes (dK/dV and dQ), each over the same tiles as the forward, so
-    # with every Philox call made once its Philox work is at most twice the forward's. If Triton recomputes the
-    # calls in the dK/dV pass's transposed layout (docs/design.md, "Dropout: the transposed dK/dV pass"), each call
-    # runs on 4 threads and the
-    # count is ~4.5x the forward's (372 vs 83 mul.hi at head dim 64).
+    # The backward regenerates the mask in two passes (dK/dV and dQ), each over the same tiles as the forward, so with
+    # every Philox call made once its Philox work is at most twice the forward's. If Triton recomputes the calls in the
+    # dK/dV pass's transposed layout (docs/design.md, "Dropout: the transposed dK/dV pass"), each call runs on 4 threads
+    # and the count is ~4.5x the forward's (372 vs 83 mul.hi at head dim 64).
     assert counts[("backward", True)]["mul.hi"] <= 2 * counts[("forward", True)]["mul.hi"]
 
 
@@ -107,10 +106,10 @@ def test_hopper_kernels_do_not_spill(request, hopper):
 
 
 def test_hopper_wgmmas_are_not_serialized(hopper):
-    # The groups keep products in flight while they compute (warpgroup_mma(..., is_async=True), then a wait
-    # for all but the latest). When ptxas cannot prove that pipeline safe it serializes every wgmma of the kernel,
-    # a wait after each HGMMA, and the kernel runs about a third slower (docs/design.md, "The next item's first
-    # product before the epilogue": 80 waits for 80
-    # HGMMA). The shipped kernels wait once per group of products: 5-12 waits for 40-96 HGMMA (triton 3.6 and 3.8).
+    # The groups keep products in flight while they compute (warpgroup_mma(..., is_async=True), then a wait for all but
+    # the latest). When ptxas cannot prove that pipeline safe it serializes every wgmma of the kernel, a wait after each
+    # HGMMA, and the kernel runs about a third slower (docs/design.md, "The next item's first product before the
+    # epilogue": 80 waits for 80 HGMMA). The shipped kernels wait once per group of products: 5-12 waits for 40-96 HGMMA
+    # (triton 3.6 and 3.8).
     for kernel in hopper.values():
         assert kernel["waits"] < kernel["hgmma"] / 2, hopper
