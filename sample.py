@@ -61,13 +61,16 @@ class SampleConfig:
     seed: int = 1337  # the same seed, checkpoint and settings give the same samples
     device: str = field(default_factory=_default_device)  # 'cpu' | 'cuda' | 'cuda:N'; cuda when there is a GPU
     dtype: str = 'auto'  # 'auto' | 'float32' | 'bfloat16' | 'float16'
-    compile: bool = field(default_factory=torch.cuda.is_available)  # torch.compile the decode step; on a GPU by default
+    compile: bool | None = None  # torch.compile the decode step; None = on a CUDA device, not on the CPU
     kv_cache: bool = True  # prefill once, then one token at a time through a KV cache; False re-runs the context
     attn: str = ''  # '' = the implementation the checkpoint was trained with; else 'triton' | 'sdpa' | 'naive'
     data_dir: str = ''  # a dataset whose meta.pkl must agree with the checkpoint ('' = data/<its dataset> if needed)
 
     def __post_init__(self):
         hf_gpt2.check_init_from(self.init_from, own=('resume',))
+        if self.compile is None:
+            # on a CPU inductor's C++ build takes tens of seconds, more than a sample's decoding gains from it
+            self.compile = self.device.startswith('cuda')
         for key in ('num_samples', 'max_new_tokens'):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")

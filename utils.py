@@ -43,6 +43,10 @@ class CheckpointError(RuntimeError):
 
 def _check_type(key: str, value, expected: type, source: str):
     """Return value as the field's type, or raise ConfigError naming the key and the expected type."""
+    if isinstance(expected, types.UnionType):  # `bool | None`: None, or a value of the other type
+        if value is None:
+            return None
+        expected, = (t for t in expected.__args__ if t is not type(None))
     # bool is a subclass of int in Python, so it is checked first and never accepted as a number
     if expected is bool:
         ok = isinstance(value, bool)

@@ -112,6 +112,17 @@ def test_a_gpu_index_this_machine_lacks_is_named(char_ckpt, monkeypatch):
         [f'--out_dir={char_ckpt}', '--device=cuda:2', '--dtype=float32'])
 
 
+def test_compile_defaults_to_on_for_a_gpu_device_only(monkeypatch):
+    """On a machine with a GPU, --device=cpu must not compile the decode step by default (inductor's C++ build takes
+    tens of seconds); an explicit --compile wins either way."""
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
+    assert SampleConfig(device='cuda', dtype='float32').compile is True
+    assert SampleConfig(device='cpu').compile is False
+    assert SampleConfig(device='cpu', compile=True).compile is True
+    assert SampleConfig(device='cuda', dtype='float32', compile=False).compile is False
+
+
 def test_help_lists_every_setting_with_its_comment(capsys):
     with pytest.raises(SystemExit) as e:
         main(['--help'])
