@@ -8,6 +8,7 @@ Public surface:
     attention_ref(q, k, v, causal=True, softmax_scale=None, ...)          the plain fp32 reference the tests use
     dropout_mask(seed, B, H, T, dropout_p)                                 the keep-mask a call with `seed` applies
     interpreting()                                     whether Triton runs kernels through its interpreter (on CPU)
+    interpreter_problem()                              why that interpreter cannot run them here, or None
 
 q, k, v are (B, H, T, D) CUDA tensors read through their strides (the last dim must have unit stride), so views
 of a fused qkv projection (`qkv.split(...)` + `.view(B, T, H, D).transpose(1, 2)`) go in without a copy. The output is
@@ -34,8 +35,10 @@ flash_attn_qkvpacked take `_backend` ("hopper", "triton", or None for TUNED's ch
 import functools
 import math
 import os
+import re
 from typing import Optional
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -802,6 +805,21 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def _version(text: str) -> tuple[int, int]:
+    major, minor = re.match(r"(\d+)\.(\d+)", text).groups()
+    return int(major), int(minor)
+
+
+def interpreter_problem(triton_version: str = triton.__version__, numpy_version: str = np.__version__) -> str | None:
+    """Why Triton's interpreter cannot run these kernels with these versions, or None when it can. Before 3.7 the
+    interpreter turns a loop bound computed from a program id (a 1-element numpy array there) into a Python int with
+    int(), which numpy refuses from 2.4 on; every kernel here loops to such a bound."""
+    if _version(triton_version) < (3, 7) and _version(numpy_version) >= (2, 4):
+        return (f"Triton {triton_version}'s interpreter cannot run with numpy {numpy_version}: "
+                f"pip install 'numpy<2.4' (or a torch whose triton is 3.7 or newer)")
+    return None
+
+
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> None:
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
@@ -836,6 +854,8 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: 
             "Move them to a GPU, use attn='sdpa' or attn='naive', or set TRITON_INTERPRET=1 before importing "
             "triton to run the kernel (slowly) on the CPU."
         )
+    if q.device.type != "cuda" and (problem := interpreter_problem()):
+        raise RuntimeError(f"flash_attn: {problem}")
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.stride(-1) != 1:
             raise ValueError(

@@ -71,6 +71,11 @@ def check_attn_device(attn: str, device_type: str) -> None:
             f"attn='triton' needs a CUDA GPU, and this run is on {device_type!r}. "
             "Use attn='sdpa' or attn='naive' (e.g. --attn=sdpa), or set TRITON_INTERPRET=1 in the "
             "environment before starting Python to run the kernel in Triton's (very slow) interpreter.")
+    if attn == 'triton' and device_type != 'cuda':
+        from flash_kernel import interpreter_problem  # interpreting, so triton is there
+        if problem := interpreter_problem():
+            raise RuntimeError(f"attn='triton' on {device_type!r} runs in Triton's interpreter, and {problem}; "
+                               "or use attn='sdpa' or attn='naive'")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -392,6 +392,25 @@ def test_choices_reach_the_kernels():
     assert torch.equal(packed.grad, torch.stack([t.transpose(1, 2) for t in other[1:]], dim=2))
 
 
+def test_interpreter_problem_names_the_versions_and_the_fix():
+    """Triton before 3.7 with numpy 2.4 or later cannot interpret the kernels (int() of a 1-element array): that pair,
+    and only that pair, is named with what to install."""
+    problem = flash_kernel.interpreter_problem("3.6.0", "2.4.1")
+    assert "Triton 3.6.0" in problem and "numpy 2.4.1" in problem and "pip install 'numpy<2.4'" in problem
+    for triton_version, numpy_version in (("3.7.0", "2.4.1"), ("3.6.0", "2.3.5"), ("3.10.0+git1a2b", "2.10.0"),
+                                          ("2.3.1", "1.26.4")):
+        assert flash_kernel.interpreter_problem(triton_version, numpy_version) is None, (triton_version, numpy_version)
+    assert flash_kernel.interpreter_problem("3.6.0", "2.5.0rc1") is not None
+
+
+def test_a_broken_interpreter_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(flash_kernel, "interpreter_problem", lambda: "Triton 3.6.0's interpreter cannot run")
+    q = torch.randn(1, 1, 4, 16)
+    with pytest.raises(RuntimeError, match="flash_attn: Triton 3.6.0's interpreter cannot run"):
+        flash_attn(q, q, q)
+
+
 def test_interpreting_reads_the_switch(monkeypatch):
     for value, expected in (("1", True), ("true", True), ("0", False), ("", False)):
         monkeypatch.setenv("TRITON_INTERPRET", value)
