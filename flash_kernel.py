@@ -810,10 +810,12 @@ def _version(text: str) -> tuple[int, int]:
     return int(major), int(minor)
 
 
-def interpreter_problem(triton_version: str = triton.__version__, numpy_version: str = np.__version__) -> str | None:
-    """Why Triton's interpreter cannot run these kernels with these versions, or None when it can. Before 3.7 the
-    interpreter turns a loop bound computed from a program id (a 1-element numpy array there) into a Python int with
-    int(), which numpy refuses from 2.4 on; every kernel here loops to such a bound."""
+def interpreter_problem(triton_version: str | None = None, numpy_version: str | None = None) -> str | None:
+    """Why Triton's interpreter cannot run these kernels with these versions (default: the installed ones), or None
+    when it can. Before 3.7 the interpreter turns a loop bound computed from a program id (a 1-element numpy array
+    there) into a Python int with int(), which numpy refuses from 2.4 on; every kernel here loops to such a bound."""
+    triton_version = triton_version or triton.__version__
+    numpy_version = numpy_version or np.__version__
     if _version(triton_version) < (3, 7) and _version(numpy_version) >= (2, 4):
         return (f"Triton {triton_version}'s interpreter cannot run with numpy {numpy_version}: "
                 f"pip install 'numpy<2.4' (or a torch whose triton is 3.7 or newer)")

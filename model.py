@@ -64,18 +64,23 @@ def _triton_interpreting() -> bool:
     return interpreting()
 
 
-def check_attn_device(attn: str, device_type: str) -> None:
-    """Fail early, with what to do instead, when attn='triton' cannot run on this device."""
-    if attn == 'triton' and device_type != 'cuda' and not _triton_interpreting():
+def check_attn_device(attn: str, device_type: str, dtype: str = 'float32') -> None:
+    """Fail early, with what to do instead, when attn='triton' cannot run on this device in this dtype."""
+    if attn != 'triton' or device_type == 'cuda':
+        return
+    if not _triton_interpreting():
         raise RuntimeError(
             f"attn='triton' needs a CUDA GPU, and this run is on {device_type!r}. "
             "Use attn='sdpa' or attn='naive' (e.g. --attn=sdpa), or set TRITON_INTERPRET=1 in the "
             "environment before starting Python to run the kernel in Triton's (very slow) interpreter.")
-    if attn == 'triton' and device_type != 'cuda':
-        from flash_kernel import interpreter_problem  # interpreting, so triton is there
-        if problem := interpreter_problem():
-            raise RuntimeError(f"attn='triton' on {device_type!r} runs in Triton's interpreter, and {problem}; "
-                               "or use attn='sdpa' or attn='naive'")
+    if dtype == 'bfloat16':
+        raise RuntimeError("attn='triton' with dtype='bfloat16' under TRITON_INTERPRET=1: Triton's interpreter "
+                           "computes bf16 dot products wrongly; use --dtype=float32 there, or a GPU without the "
+                           "interpreter.")
+    from flash_kernel import interpreter_problem  # interpreting, so triton is there
+    if problem := interpreter_problem():
+        raise RuntimeError(f"attn='triton' on {device_type!r} runs in Triton's interpreter, and {problem}; "
+                           "or use attn='sdpa' or attn='naive'.")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -185,7 +185,7 @@ def generate_samples(cfg: SampleConfig, timings: list[float] | None = None) -> l
     trained_attn = ckpt['model_args'].get('attn', 'sdpa')  # nanoGPT's carry none; nanoGPT runs torch's SDPA
     attn = cfg.attn or trained_attn
     try:
-        check_attn_device(attn, device_type)
+        check_attn_device(attn, device_type, dtype)
     except RuntimeError as e:
         raise ConfigError(f"{e} (the checkpoint was trained with attn={trained_attn!r}; "
                           f"any implementation can run it)") from None

@@ -193,14 +193,10 @@ def setup_processes(cfg: TrainConfig) -> Processes:
                           f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
     dtype = resolve_dtype(cfg.dtype, device_type)
     try:
-        check_attn_device(cfg.attn, device_type)
+        check_attn_device(cfg.attn, device_type, dtype)
     except RuntimeError as e:
         cpu_hint = " Without a GPU, config/train_shakespeare_char_cpu.py trains a small model in minutes."
         raise ConfigError(str(e) + (cpu_hint if device_type == 'cpu' else '')) from None
-    if cfg.attn == 'triton' and dtype == 'bfloat16' and device_type != 'cuda':  # off a GPU: the interpreter
-        raise ConfigError("attn='triton' with dtype='bfloat16' under TRITON_INTERPRET=1: Triton's interpreter "
-                          "computes bf16 dot products wrongly; use --dtype=float32 there, or a GPU without the "
-                          "interpreter")
     ddp = int(os.environ.get('RANK', -1)) != -1  # started by torchrun?
     world_size = int(os.environ['WORLD_SIZE']) if ddp else 1
     if cfg.gradient_accumulation_steps % world_size != 0:

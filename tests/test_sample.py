@@ -112,6 +112,13 @@ def test_a_gpu_index_this_machine_lacks_is_named(char_ckpt, monkeypatch):
         [f'--out_dir={char_ckpt}', '--device=cuda:2', '--dtype=float32'])
 
 
+def test_triton_bf16_under_the_interpreter_is_refused(char_ckpt, monkeypatch):
+    """As in train.py: the interpreter's bf16 dot products are wrong, so such samples would be garbage."""
+    monkeypatch.setenv('TRITON_INTERPRET', '1')
+    message = _error([f'--out_dir={char_ckpt}', '--device=cpu', '--attn=triton', '--dtype=bfloat16'])
+    assert "attn='triton' with dtype='bfloat16' under TRITON_INTERPRET=1" in message and '--dtype=float32' in message
+
+
 def test_compile_defaults_to_on_for_a_gpu_device_only(monkeypatch):
     """On a machine with a GPU, --device=cpu must not compile the decode step by default (inductor's C++ build takes
     tens of seconds); an explicit --compile wins either way."""
