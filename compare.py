@@ -12,12 +12,21 @@ each implementation to ours), report_dir/compare.png (loss curves and throughput
 --wandb_log=True logs every run to W&B as wandb_run_name-<impl>, all in one group (one per comparison), and adds
 a run <group>-summary to that group with the table (a wandb.Table) and the plot.
 --help lists compare.py's own options and every training setting.
+
+Before any run starts, every run's settings are checked as train.py checks them (device, dtype, and whether each
+attn can run there), and report_dir is made: a comparison that cannot finish stops with one `error:` line instead
+of after the runs before it have trained. A run that stops on a mistake (missing data, say) is one `error:` line,
+the table's status and compare.json's error; the others go on.
+Exit status: 0 when every run finished or ran out of memory (OOM is a result the table reports) and at least one
+finished; 1 when a setting is refused before the runs, when a run failed for another reason, or when none
+finished. The report is written in every case where a run started.
 """
 import dataclasses
 import json
 import multiprocessing as mp
 import os
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass
@@ -25,8 +34,9 @@ from dataclasses import dataclass
 import torch
 
 from model import ATTN_IMPLS as IMPLS
-from train import TrainConfig, train
-from utils import HELP_FLAGS, ConfigError, git_commit, parse_config, read_settings, settings_help, table_cell
+from train import TrainConfig, TrainingError, end_processes, setup_processes, train
+from utils import (HELP_FLAGS, CheckpointError, ConfigError, git_commit, parse_config, read_settings, settings_help,
+                   table_cell)
 
 
 @dataclass
@@ -42,6 +52,10 @@ def _run_one(cfg: TrainConfig, result_path: str) -> None:
         result['status'] = 'ok'
     except torch.cuda.OutOfMemoryError as e:
         result = {'status': 'OOM', 'error': str(e).splitlines()[0]}
+    except (ConfigError, CheckpointError, FileNotFoundError, TrainingError) as e:
+        # what train.py's main reports in one line: a mistake to fix or a fault to retry, not a bug to trace
+        print(f"error: attn={cfg.attn}: {e}", file=sys.stderr, flush=True)
+        result = {'status': 'failed', 'error': str(e)}
     except Exception as e:  # a failed run is reported in the table; the comparison goes on
         traceback.print_exc()
         # inside a compiled graph an allocation failure can surface as a plain RuntimeError
@@ -53,8 +67,8 @@ def _run_one(cfg: TrainConfig, result_path: str) -> None:
 
 def run_config(cfg: TrainConfig, impl: str, report_dir: str, wandb_group: str = '') -> TrainConfig:
     """cfg for one implementation's run: only attn, the checkpoint directory and the W&B run name and group
-    change."""
-    return dataclasses.replace(cfg, attn=impl, out_dir=os.path.join(report_dir, impl),
+    change. A comparison run again into the same report_dir replaces its own runs there (overwrite)."""
+    return dataclasses.replace(cfg, attn=impl, out_dir=os.path.join(report_dir, impl), overwrite=True,
                                wandb_run_name=f"{cfg.wandb_run_name or cfg.dataset}-{impl}", wandb_group=wandb_group)
 
 
@@ -74,6 +88,51 @@ def run_one(cfg: TrainConfig, impl: str, report_dir: str, wandb_group: str = '')
         return {'status': 'failed', 'error': f'process exited with code {proc.exitcode}'}
     with open(result_path) as f:
         return json.load(f)
+
+
+def check_runs(cfg: TrainConfig, impls: list[str], report_dir: str) -> None:
+    """The checks train() makes before it trains (settings, device, dtype, attn on them), made for every run
+    before the first starts: otherwise a run that cannot start is found only after the ones before it trained.
+    Raises ConfigError."""
+    if os.environ.get('RANK') is not None:  # setup_processes would join torchrun's process group
+        raise ConfigError("compare.py trains on one device: start it with python, not torchrun (to compare on "
+                          "several GPUs, run train.py under torchrun once per --attn)")
+    # first as attn='naive', which runs on any device in any dtype: what fails there fails for every run
+    end_processes(setup_processes(run_config(cfg, 'naive', report_dir)))
+    for impl in impls:
+        try:
+            end_processes(setup_processes(run_config(cfg, impl, report_dir)))
+        except ConfigError as e:
+            others = ','.join(i for i in impls if i != impl)
+            leave_out = f"--impls={others}" if others else "another --impls"
+            raise ConfigError(f"{impl} cannot run in this comparison: {e} (compare.py sets attn from --impls: "
+                              f"leave {impl} out with {leave_out})") from None
+
+
+def check_report_dir(report_dir: str) -> None:
+    """Make report_dir and write a file in it, so that a report that cannot be written stops the comparison
+    before the runs, not after them. Raises ConfigError."""
+    if os.path.exists(report_dir) and not os.path.isdir(report_dir):
+        raise ConfigError(f"--report_dir={report_dir!r} is a file, not a directory: give a directory (it is made "
+                          f"when absent)")
+    try:
+        os.makedirs(report_dir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=report_dir):
+            pass
+    except OSError as e:  # a parent that is a file, no permission, a read-only file system
+        raise ConfigError(f"--report_dir={report_dir!r} cannot be made or written ({e.strerror or e}): give a "
+                          f"directory that can be") from None
+
+
+def failures(results: dict) -> str:
+    """'' when the comparison succeeded (every run finished or ran out of memory, at least one finished),
+    else the one line that says what went wrong."""
+    statuses = ', '.join(f"{impl} {r['status']}" for impl, r in results.items() if r['status'] != 'ok')
+    if all(r['status'] != 'ok' for r in results.values()):
+        return f"no implementation finished ({statuses})"
+    if any(r['status'] not in ('ok', 'OOM') for r in results.values()):
+        return f"not every run finished ({statuses})"
+    return ''
 
 
 def _ratio(ours, theirs, higher_is_better):
@@ -110,7 +169,10 @@ def markdown_table(results: dict, header: str) -> str:
         # ratios to 3 digits: the goals sit near 1.00x
         cells += [table_cell(r, '.3f') + ('x' if r is not None else '') for r in (ratio_tok_s, ratio_mem)]
         lines.append('| ' + ' | '.join(cells) + ' |')
-    return '\n'.join(lines)
+    # why a run has no numbers, under the table: the status alone does not say what to fix
+    notes = [f"- {impl}: {r['status']}: {r.get('error') or 'no reason recorded'}" for impl, r in results.items()
+             if r.get('status') != 'ok']
+    return '\n'.join(lines + ([''] + notes if notes else []))
 
 
 def log_to_wandb(cfg: TrainConfig, results: dict, plot_path: str, group: str) -> None:
@@ -144,7 +206,8 @@ def plot(results: dict, path: str, title: str) -> None:
     ax_loss.set_xlabel('iteration')
     ax_loss.set_ylabel('loss')
     ax_loss.set_title('loss')
-    ax_loss.legend()
+    if ax_loss.lines:  # no run finished: no curves to name
+        ax_loss.legend()
     speeds = [results[i].get('tokens_per_sec') or 0 for i in impls]
     bars = ax_speed.bar(impls, speeds, color=['C0', 'C1', 'C2', 'C3'][:len(impls)])
     for bar, impl in zip(bars, impls):
@@ -191,11 +254,12 @@ def main(argv: list[str] | None = None) -> None:
             except ImportError:
                 raise ConfigError("wandb_log=True but wandb is not installed: pip install wandb, "
                                   "or --wandb_log=False") from None
+        report_dir = options.report_dir
+        check_runs(cfg, impls, report_dir)
+        check_report_dir(report_dir)
     except ConfigError as e:
         sys.exit(f"error: {e}")
 
-    report_dir = options.report_dir
-    os.makedirs(report_dir, exist_ok=True)
     title = describe(cfg)
     # one W&B group per comparison, so that runs of different comparisons never mix
     group = f"{cfg.wandb_run_name or cfg.dataset}-compare-{time.strftime('%Y%m%d-%H%M%S')}" if cfg.wandb_log else ''
@@ -219,6 +283,8 @@ def main(argv: list[str] | None = None) -> None:
         except Exception as e:  # login, network, quota: the report files above are written either way
             print(f"warning: the table was not logged to W&B ({type(e).__name__}: "
                   f"{(str(e).splitlines() or [''])[0]}); the report files have it")
+    if problem := failures(results):
+        sys.exit(f"error: {problem}: {report_dir}/compare.md says why, under the table")
 
 
 if __name__ == '__main__':

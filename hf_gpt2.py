@@ -7,7 +7,7 @@ In:  train.py and sample.py take --init_from=gpt2 | gpt2-medium | gpt2-large | g
      model.safetensors (or pytorch_model.bin; sharded files with their index too). Both call load() below.
 Out: python hf_gpt2.py export --out_dir=out-shakespeare-char --hf_dir=hf-shakespeare-char
      writes config.json and model.safetensors into --hf_dir, and meta.pkl beside them for a character-level model
-     (its vocabulary: transformers knows only GPT-2's BPE tokenizer). --hf_dir must not already hold a model.
+     (its vocabulary: transformers knows only GPT-2's BPE tokenizer). --hf_dir must be new or empty.
 
 The model's shape is config.json's (n_layer, n_head, n_embd, n_positions, vocab_size); what our GPT cannot compute
 exactly (another layer-norm epsilon, another activation, attention scaled by layer index, untied output weights)
@@ -26,7 +26,8 @@ import torch
 import torch.nn as nn
 
 from model import GPT, GPTConfig
-from utils import CheckpointError, ConfigError, load_checkpoint, model_from_checkpoint, parse_config, read_meta
+from utils import (CheckpointError, ConfigError, load_checkpoint, model_from_checkpoint, non_finite_tensors,
+                   parse_config, read_meta)
 
 GPT2_NAMES = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')  # OpenAI's four, by their hub names
 HUB_FILES = ['config.json', 'model.safetensors']  # what a download fetches: each of the four has one safetensors file
@@ -48,8 +49,16 @@ DOWNLOAD_TIMEOUT_S = 10  # huggingface_hub's own default for its first request: 
 # in: a GPT-2 directory (or name) -> a checkpoint-shaped dict that utils.model_from_checkpoint builds a GPT from
 
 def check_init_from(init_from: str, own: tuple[str, ...]) -> None:
-    """Raise ConfigError unless init_from is one of own (e.g. 'scratch', 'resume'), a GPT-2 name or a directory."""
-    if init_from in own or init_from in GPT2_NAMES or os.path.isdir(init_from):
+    """Raise ConfigError unless init_from is one of own (the caller's own values, its default first: 'scratch' or
+    'resume'), a GPT-2 name or a directory that is not a training out_dir of this repo."""
+    if init_from in own or init_from in GPT2_NAMES:
+        return
+    if os.path.isdir(init_from) and _is_training_out_dir(init_from):
+        # sample.py reads out_dir by default (init_from='resume'); train.py starts from scratch unless told
+        how = f"--out_dir={init_from}" + (" (init_from='resume' is the default)" if own[0] == 'resume'
+                                          else " --init_from=resume")
+        raise ConfigError(f"{_training_out_dir_is(init_from)}: use {how}")
+    if os.path.isdir(init_from):
         return
     raise ConfigError(f"init_from must be one of {own + GPT2_NAMES}, or a directory holding a Hugging Face GPT-2 "
                       f"(config.json + model.safetensors); got {init_from!r}, which is none of these")
@@ -69,9 +78,15 @@ def load(source: str, block_size: int | None = None) -> dict:
     ConfigError (a block_size longer than the checkpoint's), each with a message that says what to do.
     """
     hf_dir = _local_dir(source)
+    if _is_training_out_dir(hf_dir):
+        raise CheckpointError(f"{_training_out_dir_is(hf_dir)}: read it with init_from='resume' and "
+                              f"--out_dir={hf_dir} (utils.load_checkpoint)")
     args = _model_args(_read_json(os.path.join(hf_dir, 'config.json')), os.path.join(hf_dir, 'config.json'))
     tensors, where = _read_weights(hf_dir)
     state_dict = _from_hf(tensors, args, where)
+    if bad := non_finite_tensors(state_dict):
+        raise CheckpointError(f"{where} holds NaN or inf weights ({bad}): nothing can be trained or sampled from "
+                              f"them; get the files again")
     if block_size is not None and block_size != args['block_size']:
         if block_size > args['block_size']:
             raise ConfigError(f"block_size={block_size} is longer than the {args['block_size']} positions of "
@@ -79,6 +94,17 @@ def load(source: str, block_size: int | None = None) -> dict:
         state_dict['transformer.wpe.weight'] = state_dict['transformer.wpe.weight'][:block_size]  # (block_size, C)
         args['block_size'] = block_size
     return {'model': state_dict, 'model_args': args, 'meta': _meta(hf_dir, args['vocab_size']), 'source': hf_dir}
+
+
+def _is_training_out_dir(path: str) -> bool:
+    """path holds our ckpt.pt and no GPT-2 weights: train.py's out_dir (whose config.json, if any, is train.py's
+    settings, not a GPT-2's)."""
+    return os.path.isfile(os.path.join(path, 'ckpt.pt')) and _weights_in(path) is None
+
+
+def _training_out_dir_is(path: str) -> str:
+    return (f"{path} is a training out_dir of this repo (it holds ckpt.pt and no Hugging Face weights), not a "
+            f"Hugging Face GPT-2 directory")
 
 
 def _download_hint(name: str) -> str:
@@ -272,17 +298,31 @@ def _meta(hf_dir: str, vocab_size: int) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 # out: our GPT -> config.json + model.safetensors (+ meta.pkl)
 
+def check_export_dir(hf_dir: str) -> None:
+    """Raise CheckpointError unless hf_dir is new or empty: what it holds would be replaced (a model, or a dataset's
+    meta.pkl by a character model's)."""
+    existing = [n for n in ('config.json', *WEIGHT_FILES) if os.path.isfile(os.path.join(hf_dir, n))]
+    if existing:
+        raise CheckpointError(f"{hf_dir} already holds a model ({', '.join(existing)}): export into a new "
+                              f"--hf_dir, or move that one away first")
+    try:
+        held = sorted(os.listdir(hf_dir)) if os.path.isdir(hf_dir) else []
+    except OSError as e:
+        raise CheckpointError(f"cannot read {hf_dir} ({_one_line(e)}): choose another --hf_dir") from e
+    if held:
+        names = ', '.join(held[:5]) + (', ...' if len(held) > 5 else '')
+        raise CheckpointError(f"{hf_dir} is not empty (it holds {names}): export into a new or empty directory")
+
+
 def export(model: GPT, hf_dir: str, meta: dict | None = None) -> list[str]:
     """Write model (a GPT, not a torch.compile wrapper) as a Hugging Face GPT-2 directory; returns the paths written.
 
     The tensors keep their dtype and values (our checkpoints hold fp32). A model without biases (bias=False) gets
     zero biases, since GPT-2 always has them and zeros compute the same. meta: the model's vocabulary; a character
-    one goes into meta.pkl beside the weights. Refuses an hf_dir that already holds a model, so nothing is lost.
+    one goes into meta.pkl beside the weights. Refuses an hf_dir that holds anything already (a model, or a dataset
+    whose meta.pkl the export would replace), so nothing is lost.
     """
-    existing = [n for n in ('config.json', *WEIGHT_FILES) if os.path.isfile(os.path.join(hf_dir, n))]
-    if existing:
-        raise CheckpointError(f"{hf_dir} already holds a model ({', '.join(existing)}): export into a new "
-                              f"--hf_dir, or move that one away first")
+    check_export_dir(hf_dir)
     cfg = model.config
     tensors = {}
     for name, t in model.state_dict().items():
@@ -342,20 +382,17 @@ def _write_bytes(path: str, data: bytes) -> None:
 
 def export_checkpoint(out_dir: str, hf_dir: str) -> list[str]:
     """Export out_dir/ckpt.pt (one of our checkpoints) to hf_dir; returns the paths written."""
+    check_export_dir(hf_dir)  # before the checkpoint is read, which can take a while
     ckpt = load_checkpoint(out_dir, 'cpu')
-    try:
-        # attn='sdpa': nothing runs here, and it builds on any machine whatever the checkpoint was trained with
-        model = model_from_checkpoint(ckpt, attn='sdpa')
-    except (RuntimeError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{os.path.join(out_dir, 'ckpt.pt')} does not hold a model of its own model_args "
-                              f"({_one_line(e)}): it was not written by this repo's train.py") from e
+    # attn='sdpa': nothing runs here, and it builds on any machine whatever the checkpoint was trained with
+    model = model_from_checkpoint(ckpt, attn='sdpa')  # CheckpointError when the weights do not fit its settings
     return export(model, hf_dir, ckpt.get('meta'))
 
 
 @dataclass
 class ExportConfig:
     out_dir: str = 'out'  # the directory with our ckpt.pt
-    hf_dir: str = ''  # the directory to write config.json + model.safetensors into (created; must hold no model)
+    hf_dir: str = ''  # the directory to write config.json + model.safetensors into (created; must be new or empty)
 
 
 USAGE = "python hf_gpt2.py export --out_dir=OUT_DIR --hf_dir=HF_DIR"

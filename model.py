@@ -44,12 +44,12 @@ class GPTConfig:
     def __post_init__(self):
         if self.attn not in ATTN_IMPLS:
             raise ValueError(f"attn must be one of {ATTN_IMPLS}, got {self.attn!r}")
-        if self.n_embd % self.n_head != 0:
+        for name in ('block_size', 'vocab_size', 'n_layer', 'n_head', 'n_embd'):
+            if type(getattr(self, name)) is not int or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.n_embd % self.n_head != 0:  # after the check above: n_head = 0 would divide by zero here
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): "
                              f"each head gets n_embd // n_head channels")
-        for name in ('block_size', 'vocab_size', 'n_layer', 'n_head', 'n_embd'):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.gelu_approximate not in ('none', 'tanh'):

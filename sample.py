@@ -79,6 +79,8 @@ class SampleConfig:
                               f"(for the most likely token at every step use --top_k=1)")
         if self.top_k < 0:
             raise ConfigError(f"top_k must be >= 0 (0 = sample among all tokens), got {self.top_k}")
+        if not 0 <= self.seed < 2**32:  # as train.py's: torch's generators take seeds below 2**64
+            raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}")
         choices = {'attn': ('',) + ATTN_IMPLS, 'dtype': ('auto', 'float32', 'bfloat16', 'float16')}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -89,6 +91,8 @@ class SampleConfig:
 def read_prompt(start: str) -> str:
     if start.startswith('FILE:'):
         path = start[len('FILE:'):]
+        if os.path.isdir(path):
+            raise ValueError(f"prompt file {path!r} (from start=FILE:...) is a directory: give a text file")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"prompt file {path!r} (from start=FILE:...) not found")
         with open(path, 'rb') as f:
@@ -146,29 +150,28 @@ def checkpoint_meta(ckpt: dict, ckpt_path: str, data_dir: str = '') -> dict | No
         source = os.path.join(dataset_dir, 'meta.pkl') if meta is not None else f"checkpoint {ckpt_path}"
     model_vocab = ckpt['model_args'].get('vocab_size')
     kind = tokenizer_of(meta)
+    if 'meta' not in ckpt:
+        fix = "point --data_dir at the dataset it was trained on (its meta.pkl)"
+    elif ckpt_path.endswith('ckpt.pt'):  # its own vocabulary: no dataset can stand in for it
+        fix = "the checkpoint is damaged; restore it from a copy"
+    else:  # a Hugging Face directory: its vocabulary is the meta.pkl beside config.json, or GPT-2 BPE without one
+        fix = ("a character model needs its meta.pkl beside config.json (hf_gpt2.py export writes it there); "
+               "export the model again")
     if kind == 'char' and model_vocab != len(meta['stoi']):
         raise ConfigError(f"{source} has {len(meta['stoi'])} characters and the model in {ckpt_path} has "
-                          f"{model_vocab} token ids: that is not the vocabulary the model was trained with. "
-                          f"Point --data_dir at the dataset it was trained on")
+                          f"{model_vocab} token ids: that is not the vocabulary the model was trained with; {fix}")
     if kind == 'gpt2' and model_vocab is not None and model_vocab < 50257:
         raise ConfigError(f"{source} means GPT-2 BPE (50257 token ids; no character vocabulary was found) and the "
-                          f"model in {ckpt_path} has only {model_vocab}: point --data_dir at the dataset it was "
-                          f"trained on (its meta.pkl)")
+                          f"model in {ckpt_path} has only {model_vocab}: {fix}")
     return meta
 
 
-def load_model(ckpt: dict, attn: str, ckpt_path: str) -> GPT:
+def load_model(ckpt: dict, attn: str) -> GPT:
     """The GPT a checkpoint of this repo's or of nanoGPT's train.py holds, set up to run with attn."""
     # nanoGPT on a torch without flash attention kept its causal mask as a buffer named attn.bias; this model
     # builds the mask itself (model.py), and its own parameters are never named that (they are attn.c_attn.*)
     state_dict = {k: v for k, v in ckpt['model'].items() if not k.endswith('.attn.bias')}
-    try:
-        return model_from_checkpoint({**ckpt, 'model': state_dict}, attn=attn)
-    except (RuntimeError, TypeError, ValueError) as e:  # missing or unexpected weights, unknown model_args
-        reason = ' '.join(str(e).split())  # load_state_dict's first line only says that there are errors
-        reason = reason if len(reason) <= 300 else reason[:300] + ' ...'  # one line, even for many keys
-        raise CheckpointError(f"checkpoint {ckpt_path} does not hold a model this repo can build "
-                              f"({type(e).__name__}: {reason})") from e
+    return model_from_checkpoint({**ckpt, 'model': state_dict}, attn=attn)
 
 
 def generate_samples(cfg: SampleConfig, timings: list[float] | None = None) -> list[str]:
@@ -191,7 +194,7 @@ def generate_samples(cfg: SampleConfig, timings: list[float] | None = None) -> l
                           f"any implementation can run it)") from None
     encode, decode = get_codec(checkpoint_meta(ckpt, ckpt_path, cfg.data_dir))
     start_ids = encode(prompt)
-    model = load_model(ckpt, attn, ckpt_path)
+    model = load_model(ckpt, attn)
     model.eval()
     model.to(cfg.device)
     if cfg.compile and not cfg.kv_cache:  # with the cache, generate compiles its decode step itself

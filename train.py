@@ -63,6 +63,7 @@ class TrainConfig:
     eval_only: bool = False  # evaluate once, then exit
     always_save_checkpoint: bool = False  # save at every eval, not only when val loss improves
     init_from: str = 'scratch'  # 'scratch' | 'resume' (out_dir/ckpt.pt) | 'gpt2'...'gpt2-xl' | a Hugging Face GPT-2 dir
+    overwrite: bool = False  # let a run that does not resume replace a checkpoint already in out_dir
     # wandb logging (imported only when on)
     wandb_log: bool = False  # log to Weights & Biases (needs `pip install wandb` and `wandb login`)
     wandb_project: str = ''  # '' = the dataset's name
@@ -114,7 +115,9 @@ class TrainConfig:
         # (key, valid?, the valid range in words); written so that NaN is never valid
         ranges = [(key, lambda v: v >= 1, '>= 1') for key in
                   ('eval_interval', 'log_interval', 'eval_iters', 'gradient_accumulation_steps', 'batch_size')]
-        ranges += [(key, lambda v: v >= 0, '>= 0') for key in ('max_iters', 'warmup_iters', 'lr_decay_iters', 'seed')]
+        ranges += [(key, lambda v: v >= 0, '>= 0') for key in ('max_iters', 'warmup_iters', 'lr_decay_iters')]
+        # torch's generators take seeds below 2**64, and the eval and data-order seeds add to this one
+        ranges += [('seed', lambda v: 0 <= v < 2**32, 'in [0, 2**32)')]
         ranges += [
             ('learning_rate', lambda v: 0 < v < math.inf, '> 0'),
             ('min_lr', lambda v: 0 <= v < math.inf, '>= 0'),
@@ -277,6 +280,11 @@ def lock_out_dir(out_dir: str):
     """Hold out_dir for the run's life: checks that it is writable, and that no other run is writing to it.
     The lock is an flock on out_dir/train.lock, which the OS drops when its process dies: a killed run leaves
     nothing behind that blocks the next one. (The file stays: deleting a lock file races with its next user.)"""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ConfigError(f"out_dir {out_dir!r} is a file, not a directory: choose another --out_dir")
+    if os.path.isdir(os.path.join(out_dir, 'ckpt.pt')):
+        raise ConfigError(f"{os.path.join(out_dir, 'ckpt.pt')} is a directory, where checkpoints are saved: move "
+                          f"it out of the way, or choose another --out_dir")
     try:
         os.makedirs(out_dir, exist_ok=True)
         with tempfile.TemporaryFile(dir=out_dir):  # what a checkpoint save does first: create a file there
@@ -303,11 +311,20 @@ def lock_out_dir(out_dir: str):
 def resume_from(cfg: TrainConfig, procs: Processes) -> tuple[TrainConfig, dict | None]:
     """The checkpoint to resume from (None from scratch), and cfg with the architecture the checkpoint fixes."""
     if cfg.init_from != 'resume':
-        if procs.master and os.path.exists(os.path.join(cfg.out_dir, 'ckpt.pt')):
-            print(f"note: {cfg.out_dir}/ckpt.pt exists and this run starts from {cfg.init_from}: its first save replaces it, "
-                  f"and its metrics.jsonl starts afresh now (--init_from=resume continues both instead)")
+        if os.path.exists(os.path.join(cfg.out_dir, 'ckpt.pt')):
+            if not cfg.overwrite:
+                raise ConfigError(f"{cfg.out_dir}/ckpt.pt holds a trained model, which this run (init_from="
+                                  f"{cfg.init_from}) would replace: continue it with --init_from=resume, train into "
+                                  f"another --out_dir, or replace it with --overwrite=True")
+            if procs.master:
+                print(f"note: --overwrite=True: this run's first save replaces {cfg.out_dir}/ckpt.pt, and its "
+                      f"metrics.jsonl starts afresh now")
         return cfg, None
     ckpt = load_checkpoint(cfg.out_dir, procs.device)
+    if ckpt['iter_num'] >= cfg.max_iters and not cfg.eval_only:
+        raise ConfigError(f"max_iters={cfg.max_iters}, and the checkpoint in {cfg.out_dir} is at iteration "
+                          f"{ckpt['iter_num']} already: raise --max_iters to train on, or evaluate it with "
+                          f"--eval_only=True")
     arch = {k: ckpt['model_args'][k] for k in ARCH_KEYS}
     changed = {k: v for k, v in arch.items() if getattr(cfg, k) != v}
     if changed and procs.master:
@@ -430,6 +447,23 @@ def start_wandb(cfg: TrainConfig):
     return wandb
 
 
+def check_model_fits(cfg: TrainConfig, vocab_size: int, procs: Processes) -> None:
+    """Refuse, before building it, a model whose fp32 weights, gradients and two AdamW moments (16 bytes a
+    parameter) alone exceed the device's memory: building one takes minutes before it fails, or the OS kills the
+    process without a word."""
+    params = 12 * cfg.n_layer * cfg.n_embd ** 2 + (vocab_size + cfg.block_size) * cfg.n_embd  # blocks, embeddings
+    if procs.device_type == 'cuda':
+        have = torch.cuda.get_device_properties(procs.device).total_memory
+    elif hasattr(os, 'sysconf') and 'SC_PHYS_PAGES' in os.sysconf_names:
+        have = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    else:
+        return  # no way to ask: the allocator's own error will have to do
+    if 16 * params > have:
+        raise ConfigError(f"n_layer={cfg.n_layer}, n_embd={cfg.n_embd} makes about {params / 1e9:,.1f}B parameters, "
+                          f"whose weights, gradients and AdamW state alone need {16 * params / 2**30:,.0f} GiB, and "
+                          f"this {procs.device_type} has {have / 2**30:,.0f} GiB: make the model smaller")
+
+
 def build_model(cfg: TrainConfig, ckpt: dict | None, weights: dict | None, vocab_size: int, procs: Processes):
     """The model (from the checkpoint to resume, from pretrained weights, or freshly initialized), its optimizer
     and loss scaler."""
@@ -539,9 +573,13 @@ def evaluate(model, data: Data, cfg: TrainConfig, procs: Processes, cudagraphs: 
     """The master's eval at iter_num: the losses, printed, and checked to be finite before anything is saved."""
     losses = estimate_loss(model, data, cfg, procs, cudagraphs)
     log.print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-    if not all(map(math.isfinite, losses.values())):
-        raise TrainingError(f"training diverged before iter {iter_num}: the eval losses are {losses}. "
-                            f"{diverged_advice(cfg, procs)}")
+    # Guessing every token equally likely scores ln(vocab_size); a model at twice that has not learned worse, it
+    # has blown up (a too-high learning rate sends the loss to thousands long before it reaches inf), and saving
+    # it, as always_save_checkpoint would, would replace a good checkpoint.
+    limit = 2 * math.log(data.vocab_size)
+    if not all(math.isfinite(v) and v <= limit for v in losses.values()):
+        raise TrainingError(f"training diverged before iter {iter_num}: the eval losses are {losses}, above "
+                            f"{limit:.2f}, twice what guessing uniformly scores. {diverged_advice(cfg, procs)}")
     return losses
 
 
@@ -690,7 +728,8 @@ def train(cfg: TrainConfig) -> dict:
             cfg, ckpt = resume_from(cfg, procs)
             cfg, weights = pretrained_weights(cfg, procs)
             data = open_data(cfg, procs.device, ckpt or weights)
-            log = RunLog(cfg, procs.master)
+            check_model_fits(cfg, data.vocab_size, procs)
+            log = RunLog(cfg, procs.master)  # only now: a run refused above leaves out_dir's files as they were
             stack.callback(lambda: log.close(ok))
             tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
             log.print(f"device {procs.device} ({device_name(procs)}), dtype {procs.dtype}, attn {cfg.attn}, "
@@ -777,6 +816,10 @@ def peak_flops(procs: Processes, log: RunLog) -> float | None:
     return peak
 
 
+SMALLER = ("lower --batch_size (and raise --gradient_accumulation_steps to keep the tokens per step), --eval_iters, "
+           "--block_size or the model's size")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -785,8 +828,11 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, CheckpointError, FileNotFoundError, TrainingError) as e:
         sys.exit(f"error: {e}")
     except torch.cuda.OutOfMemoryError as e:
-        sys.exit(f"error: the GPU ran out of memory ({str(e).splitlines()[0][:160]}): lower --batch_size (and raise "
-                 f"--gradient_accumulation_steps to keep the tokens per step), --block_size or the model's size")
+        sys.exit(f"error: the GPU ran out of memory ({str(e).splitlines()[0][:160]}): {SMALLER}")
+    except RuntimeError as e:
+        if "can't allocate memory" not in str(e):  # torch's CPU allocator says this; anything else is a bug
+            raise
+        sys.exit(f"error: the CPU ran out of memory ({str(e).splitlines()[0][:160]}): {SMALLER}")
     except KeyboardInterrupt:
         sys.exit("interrupted: the last checkpoint saved is complete (saves are atomic); continue it with "
                  "--init_from=resume")

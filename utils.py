@@ -78,12 +78,17 @@ def read_settings(argv: list[str], config_cls: type) -> dict:
             raise ConfigError(f"unknown option {arg!r}: settings are given as --key=value (--help lists them)")
         if not arg.startswith('--'):
             # a config file: run it in a namespace of its own, keep its public assignments
+            if os.path.isdir(arg):
+                raise ConfigError(f"config file {arg!r} is a directory: give the path of a .py file in it")
             if not os.path.isfile(arg):
                 raise ConfigError(f"config file {arg!r} not found")
             try:
                 namespace = runpy.run_path(arg)
             except SyntaxError as e:
                 raise ConfigError(f"config file {arg!r} has a syntax error at line {e.lineno}: {e.msg}") from e
+            except SystemExit as e:  # sys.exit() in a config file would end the program with no word about why
+                raise ConfigError(f"config file {arg!r} called exit({e.code!r}): a config file only assigns "
+                                  f"settings") from None
             except Exception as e:
                 raise ConfigError(f"config file {arg!r} failed to run: {type(e).__name__}: {e}") from e
             for key, value in namespace.items():
@@ -297,6 +302,9 @@ def autocast_context(device_type: str, dtype: str):
 def load_checkpoint(out_dir: str, device: str) -> dict:
     """Load out_dir/ckpt.pt, with an error that says what to do when it is missing or unreadable."""
     path = os.path.join(out_dir, 'ckpt.pt')
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path} is a directory, not a checkpoint: move it out of the way, or point --out_dir "
+                              f"at the directory that has ckpt.pt")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}: train one first (python train.py CONFIG "
                                 f"--out_dir={out_dir}), or point --out_dir at the directory that has ckpt.pt")
@@ -311,16 +319,37 @@ def load_checkpoint(out_dir: str, device: str) -> dict:
     missing = [k for k in ('model', 'model_args', 'config', 'iter_num', 'best_val_loss') if k not in ckpt]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {missing}: it was not written by this repo's train.py")
+    bad = non_finite_tensors(ckpt['model'])
+    if bad:
+        raise CheckpointError(f"checkpoint {path} holds NaN or inf weights ({bad}): it was saved by a run that "
+                              f"diverged, and nothing can be trained or sampled from it; restore an earlier copy, "
+                              f"or train again from scratch")
+    if ckpt.get('meta') is not None and (problem := meta_problem(ckpt['meta'])):
+        raise CheckpointError(f"checkpoint {path} carries a damaged vocabulary ({problem}): restore it from a copy")
+    ckpt['source'] = path  # for messages about it (hf_gpt2.load sets the same for GPT-2's weights)
     return ckpt
+
+
+def non_finite_tensors(state_dict: dict) -> str:
+    """The names of the floating-point tensors that hold NaN or inf, a few of them ('' when none do)."""
+    bad = [name for name, t in state_dict.items()
+           if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all()]
+    return ', '.join(bad[:3]) + (', ...' if len(bad) > 3 else '')
 
 
 def model_from_checkpoint(ckpt: dict, **overrides) -> GPT:
     """Rebuild the GPT a checkpoint holds. overrides replace its model_args, e.g. attn='sdpa' to run it with
     another attention implementation than it was trained with, or dropout=0.0."""
-    model = GPT(GPTConfig(**{**ckpt['model_args'], **overrides}))
     # a model saved after torch.compile carries this prefix on every key
     state_dict = {k.removeprefix('_orig_mod.'): v for k, v in ckpt['model'].items()}
-    model.load_state_dict(state_dict)
+    try:
+        model = GPT(GPTConfig(**{**ckpt['model_args'], **overrides}))
+        model.load_state_dict(state_dict)
+    except (RuntimeError, TypeError, ValueError) as e:  # unknown or bad model_args, weights that do not fit
+        reason = ' '.join(str(e).split())  # load_state_dict's first line only says that there are errors
+        reason = reason if len(reason) <= 300 else reason[:300] + ' ...'  # one line, even for many keys
+        raise CheckpointError(f"checkpoint {ckpt.get('source', '')} does not hold a model this repo can build "
+                              f"({type(e).__name__}: {reason})") from e
     return model
 
 
@@ -329,17 +358,23 @@ def save_checkpoint(ckpt: dict, out_dir: str) -> None:
     Refuses (CheckpointError, ckpt.pt untouched) weights that hold NaN or inf: a diverged model never replaces
     a good checkpoint."""
     path = os.path.join(out_dir, 'ckpt.pt')
-    bad = [name for name, t in ckpt['model'].items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    bad = non_finite_tensors(ckpt['model'])
     if bad:
-        raise CheckpointError(f"refusing to save {path}: the model's weights hold NaN or inf ({', '.join(bad[:3])}"
-                              f"{', ...' if len(bad) > 3 else ''}); the checkpoint there was left as it is")
-    os.makedirs(out_dir, exist_ok=True)
+        raise CheckpointError(f"refusing to save {path}: the model's weights hold NaN or inf ({bad}); the "
+                              f"checkpoint there was left as it is")
     tmp = path + '.tmp'
-    with open(tmp, 'wb') as f:
-        torch.save(ckpt, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(tmp, 'wb') as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:  # a full disk, a directory named ckpt.pt, a file system gone read-only
+        if os.path.isfile(tmp):
+            os.remove(tmp)
+        raise CheckpointError(f"could not save {path} ({e.strerror or e}); the checkpoint there was left as it is: "
+                              f"free space or fix the directory, then continue with --init_from=resume") from None
 
 
 def tokenizer_of(meta: dict | None) -> str:
@@ -383,6 +418,38 @@ def prepare_hint(data_dir: str) -> str:
             f"its prepare.py")
 
 
+def meta_problem(meta) -> str | None:
+    """What is wrong with a meta (a dataset's meta.pkl, or the copy a checkpoint carries), None when it is sound:
+    a dict with a whole vocab_size >= 1, a known tokenizer, and for characters stoi and itos mapping vocab_size
+    characters and the ids 0 .. vocab_size - 1 onto each other."""
+    if not isinstance(meta, dict):
+        return f"a {type(meta).__name__}, not a dict"
+    vocab_size = meta.get('vocab_size')
+    if type(vocab_size) is not int or vocab_size < 1:
+        return f"vocab_size is {vocab_size!r}, not a whole number >= 1"
+    kind = tokenizer_of(meta)
+    if kind not in ('char', 'gpt2'):
+        return f"tokenizer {kind!r} is neither 'char' nor 'gpt2'"
+    if kind == 'char':
+        stoi, itos = meta.get('stoi'), meta.get('itos')
+        if not (isinstance(stoi, dict) and isinstance(itos, dict)):
+            return "a character vocabulary without its stoi and itos tables"
+        ids = list(stoi.values())
+        if (not all(type(i) is int for i in ids) or sorted(ids) != list(range(vocab_size))
+                or any(itos.get(i) != ch for ch, i in stoi.items())):
+            return (f"its {len(stoi)} characters do not map one to one onto the ids 0..{vocab_size - 1} "
+                    f"(stoi and itos disagree with vocab_size or each other)")
+    return None
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """A meta.pkl holds dicts, strings and ints only. A pickle that names a class or a function can run any code
+    when it is loaded, so one that tries is refused rather than trusted."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"it names {module}.{name}, and a meta.pkl holds plain values only")
+
+
 def read_meta(data_dir: str) -> dict | None:
     """The dataset's meta.pkl: what its token ids mean (see tokenizer_of); None when there is none."""
     path = os.path.join(data_dir, 'meta.pkl')
@@ -390,11 +457,12 @@ def read_meta(data_dir: str) -> dict | None:
         return None
     try:
         with open(path, 'rb') as f:
-            meta = pickle.load(f)
-    except Exception as e:  # truncated, or not a pickle: all mean the same to the user
-        raise ConfigError(f"{path} is unreadable ({type(e).__name__}): {prepare_hint(data_dir)}") from e
-    if not isinstance(meta, dict) or 'vocab_size' not in meta:
-        raise ConfigError(f"{path} is not a dataset's meta (no vocab_size): {prepare_hint(data_dir)}")
+            meta = _PlainUnpickler(f).load()
+    except Exception as e:  # truncated, not a pickle, or one that would run code: all mean the same to the user
+        reason = (str(e).strip().splitlines() or [''])[0][:200]
+        raise ConfigError(f"{path} is unreadable ({type(e).__name__}: {reason}): {prepare_hint(data_dir)}") from e
+    if problem := meta_problem(meta):
+        raise ConfigError(f"{path} is not a sound dataset meta ({problem}): {prepare_hint(data_dir)}")
     return meta
 
 

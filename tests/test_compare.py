@@ -1,7 +1,10 @@
 """compare.py on the CPU: every implementation trains with the same seed and data, and the report is written;
 a run that runs out of memory shows as OOM instead of stopping the comparison; --wandb_log groups the runs and
-logs the table (checked with the real wandb package, offline)."""
+logs the table (checked with the real wandb package, offline). A comparison that cannot run stops before any
+training with one `error:` line; a run that stops on a mistake is one line and a row of the report; the exit
+status says whether the comparison is complete."""
 import json
+import os
 
 import pytest
 import torch
@@ -10,6 +13,7 @@ import compare
 import flash_kernel
 from helpers import char_data, tiny_config  # noqa: F401 (fixture)
 from train import TrainConfig
+from utils import ConfigError
 
 # a comparison small enough for the CPU: one optimizer step is one micro-batch of 4 x 16 tokens
 TINY = ['--dataset=shakespeare_char', '--device=cpu', '--dtype=float32', '--compile=False', '--n_layer=1',
@@ -54,6 +58,132 @@ def test_out_of_memory_is_reported_not_raised(tmp_path, monkeypatch, char_data):
                                     'naive': result}, 'header')
     assert '| naive | **OOM** | – | – | – | – | – | – | – |' in table
     assert '| triton | ok | – | – | 1.00 | 10 | – | 1.000x | – |' in table
+    assert '\n- naive: OOM: CUDA out of memory. Tried to allocate 64.00 GiB' in table  # why, under the table
+
+
+def test_a_run_that_stops_on_a_mistake_is_one_line(tmp_path, monkeypatch, char_data, capsys):
+    """Regression: a ConfigError raised inside one run (train's own checks) printed a full traceback."""
+    def refuse(cfg):
+        raise ConfigError("out_dir 'x' is not writable (Permission denied): fix its permissions")  # lock_out_dir's
+
+    monkeypatch.setattr(compare, 'train', refuse)
+    path = tmp_path / 'sdpa.json'
+    compare._run_one(tiny_config(tmp_path, char_data), str(path))
+    reason = "out_dir 'x' is not writable (Permission denied): fix its permissions"
+    assert capsys.readouterr().err == f"error: attn=sdpa: {reason}\n"
+    assert json.loads(path.read_text()) == {'status': 'failed', 'error': reason}
+
+
+def test_a_bug_in_a_run_keeps_its_traceback(tmp_path, monkeypatch, char_data, capsys):
+    def bug(cfg):
+        raise IndexError("list index out of range")
+
+    monkeypatch.setattr(compare, 'train', bug)
+    path = tmp_path / 'sdpa.json'
+    compare._run_one(tiny_config(tmp_path, char_data), str(path))
+    assert 'Traceback' in capsys.readouterr().err  # a bug report, not a user's mistake
+    assert json.loads(path.read_text()) == {'status': 'failed', 'error': 'IndexError: list index out of range'}
+
+
+def _no_run(*args, **kwargs):
+    pytest.fail("a run started: the comparison should have been refused before any training")
+
+
+def test_triton_on_cpu_without_the_interpreter_is_refused_before_any_run(tmp_path, monkeypatch, char_data):
+    """Regression: triton's run failed with a traceback inside the comparison, the other runs trained on, and
+    compare.py exited 0. Now the device check train makes runs for every implementation before the first run."""
+    monkeypatch.delenv('TRITON_INTERPRET', raising=False)  # read when the check runs, as in a fresh process
+    monkeypatch.setattr(compare, 'run_one', _no_run)
+    report = tmp_path / 'report'
+    with pytest.raises(SystemExit) as e:
+        compare.main([f'--report_dir={report}', '--impls=sdpa,triton', f'--data_dir={char_data}', *TINY,
+                      '--max_iters=2'])
+    message = str(e.value.code)
+    assert message.startswith("error: triton cannot run in this comparison: attn='triton' needs a CUDA GPU")
+    assert '\n' not in message and 'TRITON_INTERPRET=1' in message and 'leave triton out with --impls=sdpa' in message
+    assert not report.exists()  # no run directory, no report: nothing started
+
+
+def test_settings_every_run_shares_are_refused_once_before_any_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(compare, 'run_one', _no_run)
+    with pytest.raises(SystemExit) as e:
+        compare.main([f'--report_dir={tmp_path / "report"}', '--impls=sdpa,naive', *TINY, '--dtype=float16'])
+    # the config's mistake, not an implementation's: no implementation named
+    assert str(e.value.code) == ("error: dtype='float16' needs a CUDA device (its loss scaling is CUDA-only here); "
+                                 "use dtype='float32' or 'bfloat16'")
+    assert not (tmp_path / 'report').exists()
+
+
+@pytest.mark.parametrize('under, expected', [
+    ('afile', "is a file, not a directory"),
+    ('afile/report', "cannot be made or written (Not a directory)"),
+])
+def test_a_report_dir_that_cannot_be_written_is_refused_before_any_run(tmp_path, monkeypatch, under, expected):
+    """Regression: os.makedirs(report_dir) raised with a traceback (FileExistsError, NotADirectoryError)."""
+    monkeypatch.setattr(compare, 'run_one', _no_run)
+    (tmp_path / 'afile').write_text('a regular file')
+    report_dir = tmp_path / under
+    with pytest.raises(SystemExit) as e:
+        compare.main([f'--report_dir={report_dir}', '--impls=sdpa', *TINY])
+    message = str(e.value.code)
+    assert message.startswith(f"error: --report_dir={str(report_dir)!r} {expected}") and '\n' not in message
+    assert os.listdir(tmp_path) == ['afile']  # nothing made beside it
+
+
+def test_when_no_run_finishes_the_report_says_why_and_the_exit_status_is_1(tmp_path, capfd):
+    """Regression: with the data missing every run failed (each with a traceback) and compare.py exited 0."""
+    empty = tmp_path / 'no-data'
+    empty.mkdir()
+    report = tmp_path / 'report'
+    with pytest.raises(SystemExit) as e:
+        compare.main([f'--report_dir={report}', '--impls=sdpa,naive', f'--data_dir={empty}', *TINY,
+                      '--max_iters=2'])
+    assert str(e.value.code) == (f"error: no implementation finished (sdpa failed, naive failed): {report}/compare.md "
+                                 f"says why, under the table")
+    err = capfd.readouterr().err  # the runs' processes write to the same stderr
+    assert 'Traceback' not in err
+    for impl in ('sdpa', 'naive'):
+        assert f"error: attn={impl}: train.bin and val.bin and meta.pkl not found in {empty}" in err
+    results = json.loads((report / 'compare.json').read_text())['results']
+    assert {r['status'] for r in results.values()} == {'failed'}
+    assert all(r['error'].startswith('train.bin and val.bin and meta.pkl not found') for r in results.values())
+    table = (report / 'compare.md').read_text()
+    assert '| sdpa | **failed** |' in table
+    assert '\n- naive: failed: train.bin and val.bin and meta.pkl not found' in table  # why, under the table
+
+
+def test_one_failed_run_keeps_the_others_and_the_exit_status_is_1(tmp_path, char_data, capfd):
+    report = tmp_path / 'report'
+    report.mkdir()
+    (report / 'naive').write_text('in the way of the naive run\'s out_dir')
+    with pytest.raises(SystemExit) as e:
+        compare.main([f'--report_dir={report}', '--impls=sdpa,naive', f'--data_dir={char_data}', *TINY,
+                      '--max_iters=2', '--eval_interval=2', '--lr_decay_iters=2'])
+    assert str(e.value.code).startswith("error: not every run finished (naive failed): ")
+    assert 'Traceback' not in capfd.readouterr().err
+    results = json.loads((report / 'compare.json').read_text())['results']
+    assert results['sdpa']['status'] == 'ok' and results['naive']['status'] == 'failed'
+    assert 'is a file, not a directory' in results['naive']['error']
+
+
+@pytest.mark.parametrize('statuses, problem', [
+    (['ok', 'ok'], ''),
+    (['ok', 'OOM'], ''),  # running out of memory is a result the comparison reports
+    (['ok', 'failed'], 'not every run finished (naive failed)'),
+    (['OOM', 'failed'], 'no implementation finished (sdpa OOM, naive failed)'),
+    (['OOM', 'OOM'], 'no implementation finished (sdpa OOM, naive OOM)'),
+], ids=str)
+def test_the_exit_status_policy(statuses, problem):
+    assert compare.failures({impl: {'status': s} for impl, s in zip(('sdpa', 'naive'), statuses)}) == problem
+
+
+def test_a_comparison_runs_again_into_its_own_report_dir(char_data, tmp_path):
+    """Its runs replace the last comparison's checkpoints there, which a plain train.py run would refuse to do."""
+    args = [f'--report_dir={tmp_path / "report"}', '--impls=sdpa', f'--data_dir={char_data}', *TINY,
+            '--max_iters=2', '--eval_interval=2', '--lr_decay_iters=2']
+    for _ in range(2):
+        compare.main(args)
+        assert json.loads((tmp_path / 'report' / 'compare.json').read_text())['results']['sdpa']['status'] == 'ok'
 
 
 def test_unknown_impl_is_refused():

@@ -15,7 +15,7 @@ import triton
 
 from helpers import ROOT, char_data, tiny_config  # noqa: F401 (fixture)
 from train import TrainConfig, TrainingError, lock_out_dir, main, train
-from utils import CheckpointError, ConfigError, parse_config, save_checkpoint
+from utils import CheckpointError, ConfigError, load_checkpoint, parse_config, save_checkpoint
 
 # (command-line override, what the error must say): the key, the value given and the valid range
 BAD_SETTINGS = [
@@ -73,8 +73,25 @@ def test_divergence_stops_the_run_and_keeps_the_good_checkpoint(char_data, tmp_p
         main([str(ROOT / 'config' / 'train_shakespeare_char_cpu.py'), f'--data_dir={char_data}',
               f'--out_dir={tmp_path}', '--init_from=resume', '--learning_rate=1e3', '--min_lr=1.0', '--max_iters=40',
               '--eval_interval=4', '--log_interval=1', '--eval_iters=2', '--batch_size=8'])
-    assert re.fullmatch(r"error: training diverged at iter \d+: loss \S+, gradient norm (nan|inf) .*last checkpoint "
-                        r".* left as it is\. Try a lower --learning_rate \(now 1000\).*", stop.value.code)
+    # whichever comes first stops it: a non-finite gradient norm at a step, or an exploded loss at an eval
+    assert re.fullmatch(r"error: training diverged (at iter \d+: loss \S+, gradient norm (nan|inf)|before iter \d+: "
+                        r"the eval losses are .*, above 8\.35, twice what guessing uniformly scores\.) .*last "
+                        r"checkpoint .* left as it is\. Try a lower --learning_rate \(now 1000\).*", stop.value.code)
+    assert (tmp_path / 'ckpt.pt').read_bytes() == good
+
+
+def test_an_exploded_but_finite_model_never_replaces_the_checkpoint(char_data, tmp_path):
+    """Regression: with always_save_checkpoint and no clipping, a resume at --learning_rate=1e3 saved models with
+    val loss 2.3e6 and 1.7e8 (finite weights) over the good checkpoint before its loss reached inf. An eval loss
+    above twice ln(65) = 8.35 (what guessing uniformly scores) is divergence: the run stops, nothing is saved."""
+    train(tiny_config(tmp_path, char_data, max_iters=4, eval_interval=4))
+    good = (tmp_path / 'ckpt.pt').read_bytes()
+    with pytest.raises(SystemExit) as stop:
+        main([str(ROOT / 'config' / 'train_shakespeare_char_cpu.py'), f'--data_dir={char_data}',
+              f'--out_dir={tmp_path}', '--init_from=resume', '--learning_rate=1e3', '--min_lr=1.0', '--max_iters=40',
+              '--grad_clip=0', '--always_save_checkpoint=True', '--eval_interval=4', '--log_interval=100',
+              '--eval_iters=2', '--batch_size=8'])
+    assert 'training diverged' in stop.value.code and 'left as it is' in stop.value.code, stop.value.code
     assert (tmp_path / 'ckpt.pt').read_bytes() == good
 
 
@@ -191,3 +208,137 @@ def test_a_hung_ddp_rank_ends_the_run_with_a_message_on_every_rank(fault, char_d
         assert ("error: rank 0 of 2 lost its connection to another process" in out
                 or "error: rank 0 of 2 was stopped by the launcher (SIGTERM)" in out), out[-3000:]
         assert "[rank0]: Traceback" not in out, out[-3000:]
+
+
+def test_a_run_from_scratch_never_replaces_a_trained_checkpoint(char_data, tmp_path):
+    """Regression: a second run from scratch into an out_dir replaced its checkpoint at the first save (with only
+    a note printed), and emptied its metrics.jsonl at the start."""
+    train(tiny_config(tmp_path, char_data, max_iters=2, eval_interval=2))
+    kept = {name: (tmp_path / name).read_bytes() for name in ('ckpt.pt', 'metrics.jsonl', 'config.json')}
+    with pytest.raises(ConfigError, match=r"ckpt\.pt holds a trained model, which this run \(init_from=scratch\) "
+                                          r"would replace: continue it with --init_from=resume, train into another "
+                                          r"--out_dir, or replace it with --overwrite=True"):
+        train(tiny_config(tmp_path, char_data, max_iters=2, eval_interval=2, seed=7))
+    assert {name: (tmp_path / name).read_bytes() for name in kept} == kept
+    train(tiny_config(tmp_path, char_data, max_iters=2, eval_interval=2, seed=7, overwrite=True))
+    assert (tmp_path / 'ckpt.pt').read_bytes() != kept['ckpt.pt']
+
+
+def test_resume_with_nothing_left_to_train_says_so(char_data, tmp_path):
+    """Regression: resuming with max_iters at or below the checkpoint's iteration evaluated once and exited 0."""
+    train(tiny_config(tmp_path, char_data, max_iters=4, eval_interval=2))
+    with pytest.raises(ConfigError, match=r"max_iters=3, and the checkpoint in .* is at iteration 4 already: raise "
+                                          r"--max_iters to train on, or evaluate it with --eval_only=True"):
+        train(tiny_config(tmp_path, char_data, max_iters=3, init_from='resume'))
+
+
+def test_ckpt_pt_that_is_a_directory_is_named(char_data, tmp_path):
+    """Regression: training from scratch failed at the first save with IsADirectoryError (a traceback) after the
+    training time was spent, and resume said there was no checkpoint."""
+    (tmp_path / 'ckpt.pt').mkdir()
+    with pytest.raises(ConfigError, match=r"ckpt\.pt is a directory, where checkpoints are saved: move it out of the "
+                                          r"way, or choose another --out_dir"):
+        train(tiny_config(tmp_path, char_data, max_iters=2, eval_interval=2))
+    with pytest.raises(CheckpointError, match=r"ckpt\.pt is a directory, not a checkpoint"):  # what sample.py loads
+        load_checkpoint(str(tmp_path), 'cpu')
+
+
+def test_out_dir_that_is_a_file_is_named(char_data, tmp_path):
+    (tmp_path / 'a_file').write_text('keep me')
+    with pytest.raises(ConfigError, match=r"out_dir .*a_file' is a file, not a directory: choose another --out_dir"):
+        train(tiny_config(tmp_path / 'a_file', char_data))
+    assert (tmp_path / 'a_file').read_text() == 'keep me'
+
+
+def test_a_save_that_fails_leaves_the_checkpoint_and_no_temporary_file(char_data, tmp_path):
+    """Regression: a full disk during a save ended in an OSError traceback and left a partial ckpt.pt.tmp. Here the
+    write fails because ckpt.pt.tmp is a directory; a full disk fails at the same point of save_checkpoint."""
+    train(tiny_config(tmp_path, char_data, max_iters=2, eval_interval=2))
+    good = (tmp_path / 'ckpt.pt').read_bytes()
+    (tmp_path / 'ckpt.pt.tmp').mkdir()
+    ckpt = torch.load(tmp_path / 'ckpt.pt', weights_only=True)
+    with pytest.raises(CheckpointError, match=r"could not save .*ckpt\.pt \(Is a directory\); the checkpoint there "
+                                              r"was left as it is: free space or fix the directory"):
+        save_checkpoint(ckpt, str(tmp_path))
+    assert (tmp_path / 'ckpt.pt').read_bytes() == good
+
+
+def test_a_checkpoint_with_non_finite_weights_is_not_loaded(char_data, tmp_path):
+    """Regression: sample.py printed empty samples from a NaN model, and resume blamed the learning rate."""
+    train(tiny_config(tmp_path, char_data, max_iters=2, eval_interval=2))
+    ckpt = torch.load(tmp_path / 'ckpt.pt', weights_only=True)
+    ckpt['model']['lm_head.weight'] = torch.full_like(ckpt['model']['lm_head.weight'], float('nan'))
+    torch.save(ckpt, tmp_path / 'ckpt.pt')  # bypassing save_checkpoint, which refuses it
+    with pytest.raises(CheckpointError, match=r"holds NaN or inf weights \((transformer\.wte\.weight|lm_head\.weight)"
+                                              r".*diverged.*restore an earlier copy"):
+        train(tiny_config(tmp_path, char_data, max_iters=4, init_from='resume'))
+
+
+def test_a_checkpoint_whose_model_args_do_not_fit_its_weights_is_one_line(char_data, tmp_path, capsys):
+    """Regression: resume printed load_state_dict's multi-line RuntimeError (sample.py already made it one line)."""
+    train(tiny_config(tmp_path, char_data, max_iters=2, eval_interval=2))
+    ckpt = torch.load(tmp_path / 'ckpt.pt', weights_only=True)
+    ckpt['model_args']['n_embd'] = 64
+    ckpt['model_args']['n_mystery'] = 1
+    torch.save(ckpt, tmp_path / 'ckpt.pt')
+    with pytest.raises(SystemExit) as stop:
+        main([f'--out_dir={tmp_path}', f'--data_dir={char_data}', '--init_from=resume', '--device=cpu',
+              '--compile=False', '--attn=sdpa', '--max_iters=4'])
+    assert re.fullmatch(r"error: checkpoint .*ckpt\.pt does not hold a model this repo can build \(TypeError: .*"
+                        r"n_mystery.*\)", stop.value.code)
+
+
+@pytest.mark.parametrize('setting,expected', [
+    (dict(seed=2**64), "seed must be in [0, 2**32), got 18446744073709551616"),
+    (dict(seed=-1), "seed must be in [0, 2**32), got -1"),
+    (dict(n_head=0), "n_head must be a positive integer, got 0"),
+], ids=str)
+def test_settings_that_crashed_are_one_line(setting, expected, tmp_path):
+    """Regression: a seed past 2**64 overflowed inside torch.manual_seed, and n_head=0 divided by zero."""
+    with pytest.raises(ConfigError) as e:
+        TrainConfig(out_dir=str(tmp_path), device='cpu', attn='sdpa', **setting)
+    assert expected in str(e.value)
+
+
+def test_a_model_too_big_for_the_device_is_refused_before_it_is_built(char_data, tmp_path):
+    """Regression: n_layer=100000000 was still building its model after two minutes; n_embd=4194304 ended in the
+    CPU allocator's traceback. The weights, gradients and AdamW state alone (16 bytes a parameter) are checked
+    against the memory first: 12 * 1e8 * 32**2 = 1,228.8B parameters need 18,311 GiB, more than any machine has."""
+    with pytest.raises(ConfigError, match=r"n_layer=100000000, n_embd=32 makes about 1,228\.8B parameters, whose "
+                                          r"weights, gradients and AdamW state alone need 18,311 GiB, and this cpu has "
+                                          r"[\d,]+ GiB: make the model smaller"):
+        train(tiny_config(tmp_path, char_data, n_layer=100_000_000))
+    with pytest.raises(ConfigError, match=r"n_layer=2, n_embd=4194304 makes about 422,212\.8B parameters"):
+        train(tiny_config(tmp_path, char_data, n_embd=4194304))
+    assert not (tmp_path / 'metrics.jsonl').exists()
+
+
+def test_the_cpu_running_out_of_memory_is_one_line(monkeypatch):
+    """torch's CPU allocator raises a plain RuntimeError; main names it and what to lower."""
+    import train as train_module
+
+    def out_of_memory(cfg):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 70368744177664 bytes.")
+    monkeypatch.setattr(train_module, 'train', out_of_memory)
+    with pytest.raises(SystemExit) as stop:
+        main(['--device=cpu'])
+    assert re.fullmatch(r"error: the CPU ran out of memory \(.*can't allocate memory.*\): lower --batch_size .*",
+                        stop.value.code)
+
+
+@pytest.mark.parametrize('body,expected', [
+    ('import sys\nsys.exit(0)\n', "called exit(0): a config file only assigns settings"),
+    ('import sys\nsys.exit(3)\n', "called exit(3)"),
+], ids=['exit0', 'exit3'])
+def test_a_config_file_that_exits_is_refused(body, expected, tmp_path):
+    """Regression: a config file calling sys.exit ended the program silently (exit 0: nothing trained)."""
+    (tmp_path / 'cfg.py').write_text(body)
+    with pytest.raises(ConfigError) as e:
+        parse_config([str(tmp_path / 'cfg.py')], TrainConfig)
+    assert expected in str(e.value)
+
+
+def test_a_config_path_that_is_a_directory_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"config file .* is a directory: give the path of a \.py file in it"):
+        parse_config([str(tmp_path)], TrainConfig)

@@ -290,7 +290,8 @@ def char_ckpt(tmp_path_factory) -> str:
     model = peaky_model('sdpa')
     save_checkpoint({'model': model.state_dict(), 'optimizer': {}, 'model_args': args, 'iter_num': 0,
                      'best_val_loss': 0.0, 'config': {'dataset': 'chars'},
-                     'meta': {'stoi': {c: i for i, c in enumerate(chars)}, 'itos': dict(enumerate(chars))}}, str(out))
+                     'meta': {'tokenizer': 'char', 'vocab_size': len(chars), 'stoi': {c: i for i, c in enumerate(chars)},
+                              'itos': dict(enumerate(chars))}}, str(out))
     return str(out)
 
 

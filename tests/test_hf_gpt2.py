@@ -207,6 +207,30 @@ def test_export_never_overwrites_a_model(tmp_path):
     assert (tmp_path / 'model.safetensors').read_bytes() == before
 
 
+def snapshot(directory) -> dict[str, bytes]:
+    return {name: (directory / name).read_bytes() for name in sorted(os.listdir(directory))}
+
+
+def test_export_never_writes_into_a_dataset_directory(tmp_path):
+    """Regression: exporting a character model into a dataset directory (train.bin, val.bin, meta.pkl and no
+    config.json) replaced the dataset's meta.pkl with the model's. Any directory that is not empty is refused."""
+    data = tmp_path / 'data'
+    data.mkdir()
+    np.arange(300, dtype=np.uint16).tofile(data / 'train.bin')
+    np.arange(30, dtype=np.uint16).tofile(data / 'val.bin')
+    with open(data / 'meta.pkl', 'wb') as f:
+        pickle.dump({**CHAR_META, 'itos': {}, 'stoi': {'x': 0}}, f)  # not the model's: a rewrite would show
+    before = snapshot(data)
+    save_ours(our_model(), tmp_path / 'out', CHAR_META)
+    with pytest.raises(SystemExit) as e:
+        hf_gpt2.main(['export', f'--out_dir={tmp_path / "out"}', f'--hf_dir={data}'])
+    assert str(e.value.code) == (f"error: {data} is not empty (it holds meta.pkl, train.bin, val.bin): export into "
+                                 f"a new or empty directory")
+    with pytest.raises(CheckpointError, match=r"is not empty \(it holds meta.pkl, train.bin, val.bin\)"):
+        hf_gpt2.export(our_model(), str(data), CHAR_META)
+    assert snapshot(data) == before
+
+
 def test_export_into_a_file_is_a_clear_error(tmp_path):
     (tmp_path / 'a-file').write_text('keep me')
     with pytest.raises(CheckpointError, match=r"cannot write into .*a-file \(FileExistsError.*choose another"):
@@ -256,6 +280,14 @@ def test_wrong_shape_names_the_tensor_and_both_shapes(exported):
 def test_missing_tensor_is_named(exported):
     rewrite_weights(exported, lambda t: t.pop('transformer.h.1.ln_2.bias'))
     with pytest.raises(CheckpointError, match=r"model.safetensors lacks the tensor 'h.1.ln_2.bias'"):
+        hf_gpt2.load(exported)
+
+
+def test_non_finite_weights_are_refused(exported):
+    """A GPT-2 directory with NaN weights would sample only garbage (as a NaN checkpoint of ours printed empty lines)."""
+    rewrite_weights(exported, lambda t: t['transformer.h.1.mlp.c_proj.weight'].fill_(float('nan')))
+    with pytest.raises(CheckpointError, match=r"model.safetensors holds NaN or inf weights \(transformer\.h\.1\.mlp\."
+                                              r"c_proj\.weight\)"):
         hf_gpt2.load(exported)
 
 
@@ -317,6 +349,28 @@ def test_init_from_must_be_a_name_or_a_directory(tmp_path):
     with pytest.raises(ConfigError, match=r"init_from must be one of \('resume', 'gpt2'"):
         from sample import SampleConfig
         SampleConfig(init_from='scratch')
+
+
+@pytest.mark.parametrize('settings', [False, True], ids=['ckpt-only', 'with-train-config-json'])
+def test_init_from_a_training_out_dir_says_to_use_out_dir(settings, tmp_path):
+    """Regression: --init_from=<a training out_dir> said "config.json not found", or, with the config.json of
+    train.py's settings beside ckpt.pt, "model_type=None: only GPT-2 loads here"."""
+    save_ours(our_model(), tmp_path, CHAR_META)
+    if settings:  # what train.py writes into its out_dir
+        (tmp_path / 'config.json').write_text(json.dumps({'out_dir': str(tmp_path), 'n_layer': 2}))
+    before = snapshot(tmp_path)
+    what = (f"{tmp_path} is a training out_dir of this repo (it holds ckpt.pt and no Hugging Face weights), not "
+            f"a Hugging Face GPT-2 directory")
+    with pytest.raises(ConfigError) as e:
+        hf_gpt2.check_init_from(str(tmp_path), own=('resume',))  # sample.py's
+    assert str(e.value) == f"{what}: use --out_dir={tmp_path} (init_from='resume' is the default)"
+    with pytest.raises(ConfigError) as e:
+        hf_gpt2.check_init_from(str(tmp_path), own=('scratch', 'resume'))  # train.py's
+    assert str(e.value) == f"{what}: use --out_dir={tmp_path} --init_from=resume"
+    with pytest.raises(CheckpointError) as e:
+        hf_gpt2.load(str(tmp_path))
+    assert str(e.value) == f"{what}: read it with init_from='resume' and --out_dir={tmp_path} (utils.load_checkpoint)"
+    assert snapshot(tmp_path) == before
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -126,9 +126,15 @@ def test_readme_cpu_quick_start(tmp_path):
         assert line in out, f"prepare.py does not print the README's expected {line!r}:\n{out}"
 
     assert CPU_CONFIG in train_cmd
-    out = run(train_cmd + TRAIN_OVERRIDES, repo, env)
+    # the decoy stands for an earlier run's model there: train.py refuses to replace it, as the README says
+    refused = subprocess.run(train_cmd + TRAIN_OVERRIDES, cwd=repo, env=env, capture_output=True, text=True,
+                             timeout=600)
+    assert refused.returncode == 1 and '--overwrite=True' in refused.stderr, refused.stderr[-2000:]
+    assert (default_out / 'ckpt.pt').read_bytes() == decoy
+    assert '`--overwrite=True`' in readme
+    out = run(train_cmd + TRAIN_OVERRIDES + ['--overwrite=True'], repo, env)
     assert f"saved checkpoint to {default_out.name}" in out
-    ckpt = load_ckpt(default_out)  # the decoy is replaced by this run's model, as train.py said it would be
+    ckpt = load_ckpt(default_out)  # the decoy is replaced by this run's model, as asked
     assert ckpt['config']['max_iters'] == 20 and ckpt['meta']['vocab_size'] == int(vocab)
 
     assert f'--out_dir={default_out.name}' in sample_cmd, "the by-hand sample reads the config's out_dir"

@@ -2,6 +2,7 @@
 tokens do not mean what the checkpoint's do; the data loader's checks on the token files."""
 
 import json
+import os
 import pickle
 import shutil
 
@@ -12,7 +13,7 @@ import torch
 from helpers import SHAKESPEARE, char_data, load_script, tiny_config  # noqa: F401 (fixture)
 from train import ARCH_KEYS, RUNTIME_KEYS, TrainConfig, train
 from model import GPT, GPTConfig
-from utils import ConfigError, load_checkpoint, tokenizer_of
+from utils import ConfigError, load_checkpoint, meta_problem, read_meta, tokenizer_of
 
 
 def step_losses(out_dir) -> dict:
@@ -104,7 +105,7 @@ def test_data_files_are_checked_when_opened(char_data, tmp_path, corruption):
         (data / 'train.bin').write_bytes(raw if corruption == 'random bytes' else raw[:-1])
     expected = {'random bytes': r"train\.bin holds token id \d+, outside the model's vocabulary of 65 ids \(0\.\.64\)",
                 'odd size': r"train\.bin is not a file of uint16 token ids",
-                'meta.pkl': r"meta\.pkl is unreadable \(\w+\): prepare the dataset first"}[corruption]
+                'meta.pkl': r"meta\.pkl is unreadable \(\w+: [^)]*\): prepare the dataset first"}[corruption]
     with pytest.raises(ConfigError, match=expected):
         train(tiny_config(tmp_path / 'out', data))
 
@@ -136,3 +137,48 @@ def test_arch_keys_are_the_fields_a_checkpoint_fixes():
         assert fixed == (key in ARCH_KEYS), key
     settings = set(TrainConfig.__dataclass_fields__)
     assert set(ARCH_KEYS) | set(RUNTIME_KEYS) <= settings and 'vocab_size' not in settings
+
+
+GOOD_META = {'tokenizer': 'char', 'vocab_size': 3, 'stoi': {'a': 0, 'b': 1, 'c': 2}, 'itos': {0: 'a', 1: 'b', 2: 'c'}}
+
+
+@pytest.mark.parametrize('change,expected', [
+    (dict(vocab_size='3'), "vocab_size is '3', not a whole number >= 1"),
+    (dict(vocab_size=0), "vocab_size is 0, not a whole number >= 1"),
+    (dict(tokenizer='bpe'), "tokenizer 'bpe' is neither 'char' nor 'gpt2'"),
+    (dict(stoi=None), "a character vocabulary without its stoi and itos tables"),
+    (dict(vocab_size=100), "its 3 characters do not map one to one onto the ids 0..99"),
+    (dict(itos={0: 'a', 1: 'c', 2: 'b'}), "stoi and itos disagree"),
+], ids=str)
+def test_a_meta_that_would_mislead_is_refused_when_the_data_is_opened(change, expected, char_data, tmp_path):
+    """Regression: train.py accepted meta.pkl files with a string vocab_size (then a TypeError), an unknown
+    tokenizer (trained as GPT-2 BPE), no stoi, or vocab_size 100 for 65 characters; sample.py failed on them later."""
+    assert meta_problem(GOOD_META) is None
+    data = tmp_path / 'data'
+    shutil.copytree(char_data, data)
+    (data / 'meta.pkl').write_bytes(pickle.dumps({**GOOD_META, **change}))
+    with pytest.raises(ConfigError) as e:
+        train(tiny_config(tmp_path / 'out', data))
+    assert "meta.pkl is not a sound dataset meta (" in str(e.value) and expected in str(e.value), str(e.value)
+    assert not (tmp_path / 'out' / 'ckpt.pt').exists()
+
+
+class _Payload:
+    """A pickle that runs code when loaded: it calls os.mkdir on a path (a harmless stand-in for worse)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
+
+
+def test_a_meta_pkl_that_would_run_code_is_refused_unloaded(tmp_path):
+    """Regression: read_meta used pickle.load, so a meta.pkl from anywhere could run any code; checkpoints were
+    already loaded with weights_only=True."""
+    marker = tmp_path / 'ran'
+    (tmp_path / 'meta.pkl').write_bytes(pickle.dumps(_Payload(str(marker))))
+    with pytest.raises(ConfigError, match=r"meta\.pkl is unreadable \(UnpicklingError: it names posix\.mkdir, and "
+                                          r"a meta\.pkl holds plain values only\)"):
+        read_meta(str(tmp_path))
+    assert not marker.exists()

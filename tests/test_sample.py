@@ -89,6 +89,8 @@ def test_cli_prints_samples_and_errors_cleanly(char_ckpt, tmp_path, capsys):
     ('--attn=flash', "attn must be one of ('', 'triton', 'sdpa', 'naive'), got 'flash'"),
     ('--num_samples=two', "num_samples expects int"),
     ('--max_new_token=5', "unknown config key 'max_new_token' (on the command line); did you mean 'max_new_tokens'?"),
+    ('--seed=18446744073709551616', "seed must be in [0, 2**32), got 18446744073709551616"),
+    ('--seed=-1', "seed must be in [0, 2**32), got -1"),
 ], ids=lambda x: str(x))
 def test_bad_settings_are_refused_before_any_work(arg, expected, tmp_path):
     # out_dir has no checkpoint: had the setting not been checked first, the error would be "no checkpoint"
@@ -292,3 +294,35 @@ def test_a_checkpoint_whose_weights_do_not_fit_is_one_line(tmp_path):
     torch.save(ckpt, tmp_path / 'ckpt.pt')
     message = _error([f'--out_dir={tmp_path}', '--device=cpu', '--start=0'])
     assert f"checkpoint {tmp_path}/ckpt.pt does not hold a model this repo can build (RuntimeError: " in message
+
+
+def test_a_prompt_file_that_is_a_directory_is_named(char_ckpt, tmp_path):
+    message = _error([f'--out_dir={char_ckpt}', '--device=cpu', f'--start=FILE:{tmp_path}'])
+    assert f"prompt file '{tmp_path}' (from start=FILE:...) is a directory" in message
+
+
+def _with_meta(ckpt_dir, tmp_path, meta) -> str:
+    """A copy of the checkpoint in ckpt_dir whose own vocabulary is meta; returns its directory."""
+    ckpt = torch.load(os.path.join(ckpt_dir, 'ckpt.pt'), weights_only=True)
+    ckpt['meta'] = meta
+    torch.save(ckpt, tmp_path / 'ckpt.pt')
+    return str(tmp_path)
+
+
+def test_a_checkpoint_with_a_damaged_vocabulary_is_refused(char_ckpt, tmp_path):
+    """Regression: a character checkpoint whose meta lost its stoi table ended in KeyError: 'stoi'."""
+    meta = torch.load(os.path.join(char_ckpt, 'ckpt.pt'), weights_only=True)['meta']
+    out = _with_meta(char_ckpt, tmp_path, {k: v for k, v in meta.items() if k != 'stoi'})
+    message = _error([f'--out_dir={out}', '--device=cpu'])
+    assert "carries a damaged vocabulary (a character vocabulary without its stoi and itos tables)" in message
+
+
+def test_a_checkpoint_whose_vocabulary_does_not_fit_its_model_is_not_sent_to_data_dir(char_ckpt, tmp_path):
+    """Regression: the advice was to point --data_dir at the dataset, which then failed with 'leave it out'. A
+    checkpoint's own vocabulary cannot be replaced by a dataset's: it is the checkpoint that is damaged."""
+    chars = 'abc'
+    meta = {'tokenizer': 'char', 'vocab_size': 3, 'stoi': {c: i for i, c in enumerate(chars)},
+            'itos': dict(enumerate(chars))}
+    message = _error([f'--out_dir={_with_meta(char_ckpt, tmp_path, meta)}', '--device=cpu'])
+    assert "has 3 characters and the model in" in message and "the checkpoint is damaged" in message
+    assert '--data_dir' not in message

@@ -32,7 +32,8 @@ def make_random_checkpoint(out_dir: str, shape: str, attn: str = 'triton', seed:
     torch.manual_seed(seed)
     model = GPT(GPTConfig(**args))
     chars = [chr(i) for i in range(args['vocab_size'])]
-    meta = {'stoi': {c: i for i, c in enumerate(chars)}, 'itos': dict(enumerate(chars))}
+    meta = {'tokenizer': 'char', 'vocab_size': len(chars), 'stoi': {c: i for i, c in enumerate(chars)},
+            'itos': dict(enumerate(chars))}
     save_checkpoint({'model': model.state_dict(), 'optimizer': {}, 'model_args': args, 'iter_num': 0,
                      'best_val_loss': 0.0, 'config': {'dataset': f'random-{shape}'}, 'meta': meta}, out_dir)
     return os.path.join(out_dir, 'ckpt.pt')

@@ -6,7 +6,7 @@ Prepare Tiny Shakespeare as GPT-2 BPE tokens (tiktoken's 'gpt2' encoding).
 Writes train.bin and val.bin (uint16 token ids; GPT-2's 50257 ids fit) and meta.pkl ({'tokenizer': 'gpt2',
 'vocab_size': 50257}) next to this script, or into --out_dir. Without --input it uses input.txt next to this
 script if present, else tries to download it. As in the character-level script, the new files replace the old
-ones only once they are complete and pass their checks.
+ones only once they are complete and pass their checks, and an --out_dir that holds a model is refused.
 Expected: train 301,966 tokens, val 36,059 tokens.
 """
 
@@ -27,8 +27,10 @@ _char_prepare = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_char_prepare)
 read_input = _char_prepare.read_input
 check_splits = _char_prepare.check_splits
+check_out_dir = _char_prepare.check_out_dir
 write_dataset = _char_prepare.write_dataset
 shown = _char_prepare.shown
+ArgumentParser = _char_prepare.ArgumentParser
 
 
 def get_gpt2_encoding():
@@ -59,8 +61,7 @@ def prepare(text: str, out_dir: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.strip(),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__.strip(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--input', metavar='PATH', default=None,
                         help='a local copy of Tiny Shakespeare input.txt, UTF-8 text (default: input.txt next to '
                              'this script, downloaded when absent)')
@@ -68,10 +69,14 @@ def main(argv: list[str] | None = None) -> None:
                         help='where to write train.bin, val.bin and meta.pkl (default: this script\'s directory)')
     args = parser.parse_args(argv)
     try:
+        check_out_dir(args.out_dir)  # before a download, which a wrong --out_dir would waste
         text = read_input(args.input, HERE)
         stats = prepare(text, args.out_dir)
     except ValueError as e:
         sys.exit(f"error: {e} (nothing in {shown(args.out_dir)} was changed)")
+    except KeyboardInterrupt:  # Ctrl-C: the writes are all or nothing, and write_dataset removed its temporary files
+        print(f"interrupted: {shown(args.out_dir)} was left as it was", file=sys.stderr)
+        sys.exit(130)  # 128 + SIGINT, what a shell reports for a command that Ctrl-C stopped
     print(f"length of dataset in characters: {len(text):,}")
     print(f"vocab size: {stats['vocab_size']} (GPT-2 BPE)")
     print(f"train has {stats['train_tokens']:,} tokens")

@@ -6,14 +6,18 @@ Prepare Tiny Shakespeare for character-level language modeling: every distinct c
 Writes train.bin and val.bin (uint16 token ids) and meta.pkl ({'tokenizer': 'char', 'vocab_size', 'stoi',
 'itos'}) next to this script, or into --out_dir. Without --input it uses input.txt next to this script if present,
 else tries to download it. The new files replace the old ones only once they are complete and pass their checks:
-an empty, too short, binary or non-UTF-8 input stops with an error and leaves the dataset as it was.
+an empty, too short, binary or non-UTF-8 input stops with an error and leaves the dataset as it was, and so does
+Ctrl-C. An --out_dir that holds a model (config.json, model.safetensors, pytorch_model.bin or ckpt.pt) is refused:
+its meta.pkl is the model's vocabulary.
 Expected: vocab 65, train 1,003,854 tokens, val 111,540 tokens.
 """
 
 import argparse
 import os
 import pickle
+import signal
 import sys
+import threading
 import urllib.request
 
 import numpy as np
@@ -25,6 +29,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # (block_size = 256 in config/train_shakespeare_char.py and config/train_shakespeare.py); train.py checks the
 # block_size of the run itself when it starts.
 MIN_SPLIT_TOKENS = 257
+# a model's files: a Hugging Face export (hf_gpt2.py) or a training out_dir. Its meta.pkl is the model's vocabulary,
+# which a dataset's meta.pkl must never replace
+MODEL_FILES = ('config.json', 'model.safetensors', 'pytorch_model.bin', 'ckpt.pt')
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser with its errors as one `error:` line, like every other script here, instead of the usage
+    followed by the error."""
+
+    def error(self, message: str):
+        sys.exit(f"error: {message} (--help lists the options)")
 
 
 def shown(path: str) -> str:
@@ -65,8 +80,19 @@ def read_input(input_path: str | None, here: str = HERE) -> str:
                              f"input.txt: python {script} --input PATH/TO/input.txt, or place the file at "
                              f"{os.path.relpath(local)} and run the script again") from None
         text = decode_text(raw, DATA_URL)
-        with open(local, 'w', encoding='utf-8') as f:
-            f.write(text)
+        # through a temporary file: a run interrupted mid-write must not leave a truncated input.txt that the next
+        # run would take for the whole text
+        tmp = f'{local}.{os.getpid()}.tmp'
+        try:
+            with open(tmp, 'w', encoding='utf-8') as f:
+                f.write(text)
+            os.replace(tmp, local)
+        except OSError as e:
+            raise ValueError(f"could not save the download as {local} ({e.strerror or e}): download input.txt "
+                             f"yourself and pass --input PATH/TO/input.txt") from e
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
     with open(local, 'rb') as f:
         return decode_text(f.read(), local)
 
@@ -86,12 +112,31 @@ def check_splits(splits: dict[str, np.ndarray], vocab_size: int, chars: int) -> 
             raise ValueError(f"{name} holds token id {int(ids.max())}, outside the vocabulary of {vocab_size}")
 
 
+def check_out_dir(out_dir: str) -> None:
+    """ValueError unless out_dir can hold a dataset: a directory (or a path to create) that holds no model."""
+    there = os.path.abspath(out_dir)
+    while not os.path.exists(there):  # the part of the path that exists: out_dir itself, or the parent to create it in
+        there = os.path.dirname(there)
+    if not os.path.isdir(there):
+        where = '' if there == os.path.abspath(out_dir) else f" cannot be created: {there}"
+        raise ValueError(f"--out_dir {out_dir}{where} is a file, not a directory: give a directory for the dataset")
+    found = [n for n in MODEL_FILES if os.path.exists(os.path.join(out_dir, n))]
+    if found:
+        raise ValueError(f"--out_dir {out_dir} holds a model ({', '.join(found)}), not a dataset: its meta.pkl "
+                         f"would be replaced; prepare into a dataset directory (a new one, or the dataset to replace)")
+
+
 def write_dataset(out_dir: str, splits: dict[str, np.ndarray], meta: dict) -> None:
     """Write <split>.bin for each split and meta.pkl into out_dir, each through a temporary file in out_dir that
     is renamed over the old one only after all of them are written in full. Until then, and if writing fails
-    (e.g. a full disk), the old files stay as they were. The renames are three steps, not one: a crash in the
-    microseconds between them could pair new token files with the old meta.pkl, which train.py refuses."""
-    os.makedirs(out_dir, exist_ok=True)
+    (e.g. a full disk) or Ctrl-C stops it, the old files stay as they were and the temporary files are removed.
+    The renames are three steps, not one: a crash in the microseconds between them could pair new token files with
+    the old meta.pkl, which train.py refuses; Ctrl-C is held off while they run (replace_all)."""
+    check_out_dir(out_dir)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"could not create --out_dir {out_dir} ({e.strerror or e})") from e
     payloads = {f'{name}.bin': ids.tobytes() for name, ids in splits.items()}
     payloads['meta.pkl'] = pickle.dumps(meta)
     tmp_paths = {}
@@ -102,14 +147,26 @@ def write_dataset(out_dir: str, splits: dict[str, np.ndarray], meta: dict) -> No
                 f.write(payload)
                 f.flush()
                 os.fsync(f.fileno())
-        for name, tmp in tmp_paths.items():
-            os.replace(tmp, os.path.join(out_dir, name))
+        replace_all({tmp: os.path.join(out_dir, name) for name, tmp in tmp_paths.items()})
     except OSError as e:
         raise ValueError(f"could not write the dataset into {out_dir} ({e.strerror or e})") from e
     finally:
         for tmp in tmp_paths.values():
             if os.path.exists(tmp):
                 os.remove(tmp)
+
+
+def replace_all(renames: dict[str, str]) -> None:
+    """os.replace each source over its destination, with Ctrl-C ignored until all are done: stopped halfway, the
+    dataset would be half new. Only the main thread can set a signal handler; elsewhere Ctrl-C never arrives."""
+    hold = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if hold else None
+    try:
+        for src, dst in renames.items():
+            os.replace(src, dst)
+    finally:
+        if hold:  # None: a handler set outside Python, which cannot be put back; Python's default then
+            signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
 
 
 def prepare(text: str, out_dir: str) -> dict:
@@ -131,8 +188,7 @@ def prepare(text: str, out_dir: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.strip(),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__.strip(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--input', metavar='PATH', default=None,
                         help='a local copy of Tiny Shakespeare input.txt, UTF-8 text (default: input.txt next to '
                              'this script, downloaded when absent)')
@@ -140,10 +196,14 @@ def main(argv: list[str] | None = None) -> None:
                         help='where to write train.bin, val.bin and meta.pkl (default: this script\'s directory)')
     args = parser.parse_args(argv)
     try:
+        check_out_dir(args.out_dir)  # before a download, which a wrong --out_dir would waste
         text = read_input(args.input)
         stats = prepare(text, args.out_dir)
     except ValueError as e:
         sys.exit(f"error: {e} (nothing in {shown(args.out_dir)} was changed)")
+    except KeyboardInterrupt:  # Ctrl-C: the writes are all or nothing, and write_dataset removed its temporary files
+        print(f"interrupted: {shown(args.out_dir)} was left as it was", file=sys.stderr)
+        sys.exit(130)  # 128 + SIGINT, what a shell reports for a command that Ctrl-C stopped
     print(f"length of dataset in characters: {len(text):,}")
     print(f"vocab size: {stats['vocab_size']}")
     print(f"train has {stats['train_tokens']:,} tokens")
