@@ -367,7 +367,8 @@ def sweep_table(rows: dict) -> str:
     for (cache, batch), times in rows.items():
         best = min(times, key=times.get)
         block_n = flash_decode._config(1, torch.bfloat16)[1]
-        default = flash_decode._default_num_splits(batch * H, triton.cdiv(cache, block_n), torch.device("cuda"))
+        default = flash_decode._default_num_splits(batch * H, triton.cdiv(cache, block_n),
+                                                   flash_decode._multiprocessors(torch.device("cuda")))
         lines.append(f"| {cache} | {batch} | {default} | " + " | ".join(
             fmt(times[n], ".1f") + ("*" if n == best else "") if n in times else "–" for n in splits) + " |")
     return "\n".join(lines)

@@ -219,13 +219,11 @@ def _multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _default_num_splits(programs: int, key_blocks: int, device: torch.device) -> int:
+def _default_num_splits(programs: int, key_blocks: int, multiprocessors: int) -> int:
     """Splits that give about PROGRAMS_PER_SM programs per multiprocessor, with MIN_BLOCKS_PER_SPLIT key blocks of
     the cache's capacity in each, rounded down to a power of two. One where programs without splits already fill
-    the GPU, and off the GPU (the interpreter runs programs one after another, so splitting only adds work there)."""
-    if device.type != "cuda":
-        return 1
-    want = PROGRAMS_PER_SM * _multiprocessors(device) // programs
+    the GPU."""
+    want = PROGRAMS_PER_SM * multiprocessors // programs
     n = max(1, min(want, key_blocks // MIN_BLOCKS_PER_SPLIT, MAX_SPLITS))
     return 1 << (n.bit_length() - 1)
 
@@ -298,7 +296,12 @@ def _decode_fwd(q, k_cache, v_cache, cache_seqlens, softmax_scale, num_splits):
         B, Tq, H, D = q.shape
         BLOCK_M, BLOCK_N, _, _ = _config(Tq, q.dtype)
         programs = B * H * triton.cdiv(Tq, BLOCK_M)
-        num_splits = _default_num_splits(programs, triton.cdiv(k_cache.shape[1], BLOCK_N), q.device)
+        key_blocks = triton.cdiv(k_cache.shape[1], BLOCK_N)
+        # off the GPU, one: the interpreter runs programs one after another, so splitting only adds work there
+        if q.device.type == "cuda":
+            num_splits = _default_num_splits(programs, key_blocks, _multiprocessors(q.device))
+        else:
+            num_splits = 1
     return _decode_attn(q, k_cache, v_cache, cache_seqlens, softmax_scale, num_splits)
 
 

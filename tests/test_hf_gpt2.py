@@ -286,8 +286,8 @@ def test_missing_tensor_is_named(exported):
 def test_non_finite_weights_are_refused(exported):
     """A GPT-2 directory with NaN weights would sample only garbage (as a NaN checkpoint of ours printed empty lines)."""
     rewrite_weights(exported, lambda t: t['transformer.h.1.mlp.c_proj.weight'].fill_(float('nan')))
-    with pytest.raises(CheckpointError, match=r"model.safetensors holds NaN or inf weights \(transformer\.h\.1\.mlp\."
-                                              r"c_proj\.weight\)"):
+    with pytest.raises(CheckpointError,
+                       match=r"model.safetensors holds NaN or inf weights \(transformer\.h\.1\.mlp\.c_proj\.weight\)"):
         hf_gpt2.load(exported)
 
 
