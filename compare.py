@@ -67,8 +67,10 @@ def _run_one(cfg: TrainConfig, result_path: str) -> None:
 
 def run_config(cfg: TrainConfig, impl: str, report_dir: str, wandb_group: str = '') -> TrainConfig:
     """cfg for one implementation's run: only attn, the checkpoint directory and the W&B run name and group
-    change. A comparison run again into the same report_dir replaces its own runs there (overwrite)."""
-    return dataclasses.replace(cfg, attn=impl, out_dir=os.path.join(report_dir, impl), overwrite=True,
+    change. A comparison run again into the same report_dir replaces its own runs there: those whose result file
+    (report_dir/<impl>.json) an earlier comparison wrote; any other checkpoint there train.py refuses to replace."""
+    ours = os.path.isfile(os.path.join(report_dir, f'{impl}.json'))
+    return dataclasses.replace(cfg, attn=impl, out_dir=os.path.join(report_dir, impl), overwrite=cfg.overwrite or ours,
                                wandb_run_name=f"{cfg.wandb_run_name or cfg.dataset}-{impl}", wandb_group=wandb_group)
 
 
@@ -245,8 +247,11 @@ def main(argv: list[str] | None = None) -> None:
         options = parse_config(own, CompareOptions)
         impls = [s for s in options.impls.split(',') if s]
         unknown = [i for i in impls if i not in IMPLS]
-        if unknown or not impls:
-            raise ConfigError(f"--impls takes a comma-separated subset of {IMPLS}, got {impls}")
+        if unknown or not impls or len(set(impls)) < len(impls):
+            raise ConfigError(f"--impls takes a comma-separated subset of {IMPLS}, each once, got {impls}")
+        if 'out_dir' in read_settings(rest, TrainConfig):  # each run's out_dir is report_dir/<impl>
+            raise ConfigError("compare.py does not use out_dir: each run goes into report_dir/<impl>; give "
+                              "--report_dir instead")
         cfg = parse_config(rest, TrainConfig)
         if cfg.wandb_log:
             try:

@@ -49,6 +49,12 @@ def check_device(device: str) -> str:
     return kind
 
 
+MAX_NEW_TOKENS = 1_000_000
+# logits / temperature is taken in fp32: far below this the quotient overflows to inf and sampling breaks (NaN),
+# while any temperature this low already picks the most likely token every time
+MIN_TEMPERATURE = 1e-4
+
+
 @dataclass
 class SampleConfig:
     init_from: str = 'resume'  # 'resume' (out_dir/ckpt.pt) | 'gpt2'... 'gpt2-xl' | a Hugging Face GPT-2 directory
@@ -74,8 +80,11 @@ class SampleConfig:
         for key in ('num_samples', 'max_new_tokens'):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ConfigError(f"temperature must be a number > 0, got {self.temperature} "
+        if self.max_new_tokens > MAX_NEW_TOKENS:
+            raise ConfigError(f"max_new_tokens must be <= {MAX_NEW_TOKENS:,} (a sample's tokens are held in memory "
+                              f"and printed at its end), got {self.max_new_tokens:,}")
+        if not (math.isfinite(self.temperature) and self.temperature >= MIN_TEMPERATURE):
+            raise ConfigError(f"temperature must be a number >= {MIN_TEMPERATURE:g}, got {self.temperature} "
                               f"(for the most likely token at every step use --top_k=1)")
         if self.top_k < 0:
             raise ConfigError(f"top_k must be >= 0 (0 = sample among all tokens), got {self.top_k}")
@@ -166,14 +175,6 @@ def checkpoint_meta(ckpt: dict, ckpt_path: str, data_dir: str = '') -> dict | No
     return meta
 
 
-def load_model(ckpt: dict, attn: str) -> GPT:
-    """The GPT a checkpoint of this repo's or of nanoGPT's train.py holds, set up to run with attn."""
-    # nanoGPT on a torch without flash attention kept its causal mask as a buffer named attn.bias; this model
-    # builds the mask itself (model.py), and its own parameters are never named that (they are attn.c_attn.*)
-    state_dict = {k: v for k, v in ckpt['model'].items() if not k.endswith('.attn.bias')}
-    return model_from_checkpoint({**ckpt, 'model': state_dict}, attn=attn)
-
-
 def generate_samples(cfg: SampleConfig, timings: list[float] | None = None) -> list[str]:
     """Generate cfg.num_samples texts (prompt included) from the checkpoint in cfg.out_dir (or the GPT-2 that
     cfg.init_from names). Appends each sample's wall time in seconds (generation and the read-back of its tokens) to
@@ -194,7 +195,7 @@ def generate_samples(cfg: SampleConfig, timings: list[float] | None = None) -> l
                           f"any implementation can run it)") from None
     encode, decode = get_codec(checkpoint_meta(ckpt, ckpt_path, cfg.data_dir))
     start_ids = encode(prompt)
-    model = load_model(ckpt, attn)
+    model = model_from_checkpoint(ckpt, attn=attn)  # this repo's or nanoGPT's
     model.eval()
     model.to(cfg.device)
     if cfg.compile and not cfg.kv_cache:  # with the cache, generate compiles its decode step itself

@@ -112,6 +112,9 @@ class TrainConfig:
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
         hf_gpt2.check_init_from(self.init_from, own=('scratch', 'resume'))
+        if self.eval_only and self.init_from == 'scratch':
+            raise ConfigError("eval_only=True evaluates a trained model, and init_from='scratch' has none: add "
+                              "--init_from=resume (out_dir's checkpoint) or a GPT-2 (--init_from=gpt2 or a directory)")
         # (key, valid?, the valid range in words); written so that NaN is never valid
         ranges = [(key, lambda v: v >= 1, '>= 1') for key in
                   ('eval_interval', 'log_interval', 'eval_iters', 'gradient_accumulation_steps', 'batch_size')]
@@ -280,8 +283,12 @@ def lock_out_dir(out_dir: str):
     """Hold out_dir for the run's life: checks that it is writable, and that no other run is writing to it.
     The lock is an flock on out_dir/train.lock, which the OS drops when its process dies: a killed run leaves
     nothing behind that blocks the next one. (The file stays: deleting a lock file races with its next user.)"""
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ConfigError(f"out_dir {out_dir!r} is a file, not a directory: choose another --out_dir")
+    there = os.path.abspath(out_dir)
+    while not os.path.exists(there):  # out_dir, or the part of its path that exists and it would be made in
+        there = os.path.dirname(there)
+    if not os.path.isdir(there):
+        what = 'is a file' if there == os.path.abspath(out_dir) else f'lies under {there}, which is a file'
+        raise ConfigError(f"out_dir {out_dir!r} {what}, not a directory: choose another --out_dir")
     if os.path.isdir(os.path.join(out_dir, 'ckpt.pt')):
         raise ConfigError(f"{os.path.join(out_dir, 'ckpt.pt')} is a directory, where checkpoints are saved: move "
                           f"it out of the way, or choose another --out_dir")
@@ -325,7 +332,8 @@ def resume_from(cfg: TrainConfig, procs: Processes) -> tuple[TrainConfig, dict |
         raise ConfigError(f"max_iters={cfg.max_iters}, and the checkpoint in {cfg.out_dir} is at iteration "
                           f"{ckpt['iter_num']} already: raise --max_iters to train on, or evaluate it with "
                           f"--eval_only=True")
-    arch = {k: ckpt['model_args'][k] for k in ARCH_KEYS}
+    # settings a checkpoint predates (nanoGPT's lack gelu_approximate) take GPTConfig's default, as its model does
+    arch = {k: ckpt['model_args'].get(k, getattr(GPTConfig, k)) for k in ARCH_KEYS}
     changed = {k: v for k, v in arch.items() if getattr(cfg, k) != v}
     if changed and procs.master:
         print(f"resume: the architecture is the checkpoint's, using {changed}")
@@ -476,13 +484,20 @@ def build_model(cfg: TrainConfig, ckpt: dict | None, weights: dict | None, vocab
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
                                            procs.device_type)
     scaler = torch.amp.GradScaler('cuda', enabled=(procs.dtype == 'float16'))  # a no-op unless float16
-    if ckpt is not None:
+    if ckpt is not None and ckpt.get('optimizer'):
         fresh = [{k: g[k] for k in ('fused', 'foreach')} for g in optimizer.param_groups]
-        optimizer.load_state_dict(ckpt['optimizer'])
+        try:
+            optimizer.load_state_dict(ckpt['optimizer'])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {ckpt['source']} holds optimizer state that does not fit its model "
+                                  f"({type(e).__name__}: {str(e)[:200]}): restore it from a copy") from None
         for g, keep in zip(optimizer.param_groups, fresh):
             g.update(keep)  # a checkpoint from a GPU must not turn on the fused CUDA kernel in a CPU run
         if 'scaler' in ckpt:
             scaler.load_state_dict(ckpt['scaler'])
+    elif ckpt is not None and procs.master:
+        # a checkpoint stripped for sharing, or nanoGPT's: the weights go on, AdamW's moments start from zero
+        print(f"resume: {ckpt['source']} holds no optimizer state: AdamW starts afresh from its weights")
     return model, optimizer, scaler
 
 
@@ -529,10 +544,15 @@ def seed_random_state(cfg: TrainConfig, ckpt: dict | None, procs: Processes, ite
     if saved is not None and len(saved) == procs.world_size:
         # exactly where the saved run was: N iterations + resume M are N + M straight
         state = saved[procs.rank]
-        torch.set_rng_state(state['torch'].cpu())
-        if procs.device_type == 'cuda' and 'cuda' in state:
-            torch.cuda.set_rng_state(state['cuda'].cpu(), procs.device)
-        train_gen.set_state(state['data'].cpu())
+        try:
+            torch.set_rng_state(state['torch'].cpu())
+            if procs.device_type == 'cuda' and 'cuda' in state:
+                torch.cuda.set_rng_state(state['cuda'].cpu(), procs.device)
+            train_gen.set_state(state['data'].cpu())
+        except (KeyError, TypeError, AttributeError, RuntimeError) as e:
+            raise CheckpointError(f"checkpoint {ckpt['source']} holds a random state this torch cannot restore "
+                                  f"({type(e).__name__}: {str(e).splitlines()[0][:160]}): restore it from a copy"
+                                  ) from None
         return train_gen
     if ckpt is not None:
         log.print(f"resume: the checkpoint has no random state for {procs.world_size} process(es): data order "

@@ -82,6 +82,7 @@ def read_settings(argv: list[str], config_cls: type) -> dict:
                 raise ConfigError(f"config file {arg!r} is a directory: give the path of a .py file in it")
             if not os.path.isfile(arg):
                 raise ConfigError(f"config file {arg!r} not found")
+            _check_config_source(arg)
             try:
                 namespace = runpy.run_path(arg)
             except SyntaxError as e:
@@ -111,6 +112,27 @@ def read_settings(argv: list[str], config_cls: type) -> dict:
                 value = raw  # --wandb_run_name=2024 means the string '2024'
             values[key] = _check_type(key, value, fields[key], "on the command line")
     return values
+
+
+def _check_config_source(path: str) -> None:
+    """A config file is Python that assigns settings (key = value). YAML's `key: value` parses as an annotation that
+    assigns nothing, and a JSON or YAML file's text as an expression: both would run and set nothing, silently."""
+    if not path.endswith('.py'):
+        raise ConfigError(f"config file {path!r} is not a .py file: a config file is Python, key = value per line "
+                          f"(settings can also be given as --key=value)")
+    try:
+        with open(path, encoding='utf-8') as f:
+            tree = ast.parse(f.read(), filename=path)
+    except (SyntaxError, UnicodeDecodeError, ValueError):
+        return  # runpy reports it, with the line
+    for node in tree.body:
+        if isinstance(node, ast.AnnAssign) and node.value is None:
+            raise ConfigError(f"config file {path!r} line {node.lineno} sets nothing (`{ast.unparse(node)}`): write "
+                              f"key = value")
+        is_text = isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)  # a docstring or comment string
+        if isinstance(node, ast.Expr) and not is_text and not isinstance(node.value, ast.Call):
+            raise ConfigError(f"config file {path!r} line {node.lineno} is an expression that sets nothing: write "
+                              f"key = value")
 
 
 HELP_FLAGS = ('-h', '--help')
@@ -305,6 +327,10 @@ def load_checkpoint(out_dir: str, device: str) -> dict:
     if os.path.isdir(path):
         raise CheckpointError(f"{path} is a directory, not a checkpoint: move it out of the way, or point --out_dir "
                               f"at the directory that has ckpt.pt")
+    if not os.path.isfile(path) and os.path.isfile(os.path.join(out_dir, 'config.json')) and any(
+            os.path.isfile(os.path.join(out_dir, w)) for w in ('model.safetensors', 'pytorch_model.bin')):
+        raise FileNotFoundError(f"{out_dir} is a Hugging Face GPT-2 directory, not a training out_dir (no ckpt.pt): "
+                                f"load it with --init_from={out_dir}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}: train one first (python train.py CONFIG "
                                 f"--out_dir={out_dir}), or point --out_dir at the directory that has ckpt.pt")
@@ -319,6 +345,14 @@ def load_checkpoint(out_dir: str, device: str) -> dict:
     missing = [k for k in ('model', 'model_args', 'config', 'iter_num', 'best_val_loss') if k not in ckpt]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {missing}: it was not written by this repo's train.py")
+    if isinstance(ckpt['best_val_loss'], torch.Tensor) and ckpt['best_val_loss'].numel() == 1:
+        ckpt['best_val_loss'] = ckpt['best_val_loss'].item()  # nanoGPT's train.py saves the loss tensor itself
+    kinds = {'model': dict, 'model_args': dict, 'iter_num': int, 'best_val_loss': (int, float)}
+    wrong = [f"{k} is a {type(ckpt[k]).__name__}" for k, kind in kinds.items()
+             if not isinstance(ckpt[k], kind) or isinstance(ckpt[k], bool)]
+    if wrong or ckpt['iter_num'] < 0:
+        raise CheckpointError(f"checkpoint {path} is damaged ({', '.join(wrong) or 'iter_num < 0'}): restore it "
+                              f"from a copy")
     bad = non_finite_tensors(ckpt['model'])
     if bad:
         raise CheckpointError(f"checkpoint {path} holds NaN or inf weights ({bad}): it was saved by a run that "
@@ -340,8 +374,10 @@ def non_finite_tensors(state_dict: dict) -> str:
 def model_from_checkpoint(ckpt: dict, **overrides) -> GPT:
     """Rebuild the GPT a checkpoint holds. overrides replace its model_args, e.g. attn='sdpa' to run it with
     another attention implementation than it was trained with, or dropout=0.0."""
-    # a model saved after torch.compile carries this prefix on every key
-    state_dict = {k.removeprefix('_orig_mod.'): v for k, v in ckpt['model'].items()}
+    # a model saved after torch.compile carries this prefix on every key. nanoGPT on a torch without flash attention
+    # kept its causal mask as a buffer named attn.bias; this model builds the mask itself (model.py), and its own
+    # parameters are never named that (they are attn.c_attn.*)
+    state_dict = {k.removeprefix('_orig_mod.'): v for k, v in ckpt['model'].items() if not k.endswith('.attn.bias')}
     try:
         model = GPT(GPTConfig(**{**ckpt['model_args'], **overrides}))
         model.load_state_dict(state_dict)

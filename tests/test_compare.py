@@ -186,6 +186,35 @@ def test_a_comparison_runs_again_into_its_own_report_dir(char_data, tmp_path):
         assert json.loads((tmp_path / 'report' / 'compare.json').read_text())['results']['sdpa']['status'] == 'ok'
 
 
+@pytest.mark.parametrize('args,expected', [
+    (['--impls=sdpa,sdpa'], "--impls takes a comma-separated subset of ('triton', 'sdpa', 'naive'), each once, got "
+                            "['sdpa', 'sdpa']"),
+    (['--impls=sdpa', '--out_dir=elsewhere'], "compare.py does not use out_dir: each run goes into "
+                                              "report_dir/<impl>; give --report_dir instead"),
+], ids=['duplicate', 'out_dir'])
+def test_settings_compare_would_drop_are_refused(args, expected, tmp_path):
+    """Regression: --impls=sdpa,sdpa trained sdpa twice into one directory for one row, and --out_dir was ignored."""
+    with pytest.raises(SystemExit) as e:
+        compare.main([f'--report_dir={tmp_path / "report"}', *args, *TINY])
+    assert str(e.value.code) == f"error: {expected}"
+    assert not (tmp_path / 'report').exists()
+
+
+def test_a_checkpoint_no_comparison_wrote_is_not_replaced(char_data, tmp_path, capfd):
+    """Regression: a train.py out_dir named like an implementation inside report_dir lost its checkpoint to the
+    comparison's run. Only runs whose result file (report_dir/<impl>.json) a comparison wrote are replaced."""
+    from helpers import tiny_config
+    from train import train
+    train(tiny_config(tmp_path / 'report' / 'sdpa', char_data, max_iters=2, eval_interval=2))
+    kept = (tmp_path / 'report' / 'sdpa' / 'ckpt.pt').read_bytes()
+    with pytest.raises(SystemExit) as e:
+        compare.main([f'--report_dir={tmp_path / "report"}', '--impls=sdpa', f'--data_dir={char_data}', *TINY,
+                      '--max_iters=2', '--eval_interval=2', '--lr_decay_iters=2'])
+    assert 'no implementation finished (sdpa failed)' in str(e.value.code)
+    assert 'holds a trained model, which this run (init_from=scratch) would replace' in capfd.readouterr().err
+    assert (tmp_path / 'report' / 'sdpa' / 'ckpt.pt').read_bytes() == kept
+
+
 def test_unknown_impl_is_refused():
     with pytest.raises(SystemExit) as e:
         compare.main(['--impls=triton,flash2'])

@@ -267,6 +267,13 @@ def test_bad_option_is_one_line(script, capsys):
     assert capsys.readouterr() == ('', '')
 
 
+@pytest.mark.parametrize('script', SCRIPTS, ids=['char', 'bpe'])
+def test_an_empty_out_dir_is_one_line(script):
+    """Regression: --out_dir "" ended in os.path.relpath's ValueError traceback inside the error handler."""
+    message = _run_main(load_script(script), ['--out_dir', ''])
+    assert message == "error: --out_dir is empty: give the directory to write the dataset into (--help lists the options)"
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Ctrl-C: one line, exit status 130, and the old dataset as it was
 

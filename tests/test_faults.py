@@ -108,7 +108,8 @@ def test_a_checkpoint_with_non_finite_weights_is_never_written(char_data, tmp_pa
 def test_unwritable_out_dir_is_refused_before_training(char_data, tmp_path):
     """Regression: an unwritable out_dir failed only at the first save, after the training time was spent."""
     (tmp_path / 'a_file').write_text('')
-    with pytest.raises(ConfigError, match=r"out_dir .*a_file/out.* is not writable .*choose another --out_dir"):
+    with pytest.raises(ConfigError, match=r"out_dir .*a_file/out.* lies under .*a_file, which is a file, not a "
+                                          r"directory: choose another --out_dir"):
         train(tiny_config(tmp_path / 'a_file' / 'out', char_data))
 
 
@@ -342,3 +343,52 @@ def test_a_config_file_that_exits_is_refused(body, expected, tmp_path):
 def test_a_config_path_that_is_a_directory_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"config file .* is a directory: give the path of a \.py file in it"):
         parse_config([str(tmp_path)], TrainConfig)
+
+
+@pytest.mark.parametrize('name,body,expected', [
+    ('yaml_style.py', 'seed: 7\ndropout: 0.0\n', "line 1 sets nothing (`seed: 7`): write key = value"),
+    ('conf.yaml', 'seed: 7\n', "is not a .py file: a config file is Python, key = value per line"),
+    ('conf.py', '{"seed": 7, "dropout": 0.0}\n', "line 1 is an expression that sets nothing: write key = value"),
+], ids=['yaml-in-py', 'yaml', 'json-in-py'])
+def test_a_config_file_that_sets_nothing_is_refused(name, body, expected, tmp_path):
+    """Regression: YAML's `key: value` in a .py file is an annotation, and a JSON dict an expression: both ran,
+    set nothing, and the run trained with the defaults (seed 1337, dropout 0.2) and exit 0."""
+    (tmp_path / name).write_text(body)
+    with pytest.raises(ConfigError) as e:
+        parse_config([str(tmp_path / name)], TrainConfig)
+    assert expected in str(e.value)
+
+
+def test_eval_only_needs_a_model_to_evaluate(tmp_path):
+    """Regression: --eval_only=True with init_from='scratch' evaluated a random model and exited 0."""
+    with pytest.raises(ConfigError, match=r"eval_only=True evaluates a trained model, and init_from='scratch' has "
+                                          r"none: add --init_from=resume"):
+        TrainConfig(out_dir=str(tmp_path), device='cpu', attn='sdpa', eval_only=True)
+
+
+@pytest.mark.parametrize('edit,expected', [
+    (lambda c: c.update(iter_num='4'), r"is damaged \(iter_num is a str\)"),
+    (lambda c: c.update(best_val_loss=None), r"is damaged \(best_val_loss is a NoneType\)"),
+    (lambda c: c['rng'][0].update(torch=torch.zeros(7, dtype=torch.uint8)), r"holds a random state this torch cannot "
+                                                                            r"restore"),
+], ids=['iter_num', 'best_val_loss', 'rng'])
+def test_a_damaged_checkpoint_is_one_line_on_resume(edit, expected, char_data, tmp_path):
+    """Regression: each ended in a TypeError or RuntimeError traceback, one of them only after the first eval."""
+    train(tiny_config(tmp_path, char_data, max_iters=2, eval_interval=2))
+    ckpt = torch.load(tmp_path / 'ckpt.pt', weights_only=True)
+    edit(ckpt)
+    torch.save(ckpt, tmp_path / 'ckpt.pt')
+    kept = (tmp_path / 'ckpt.pt').read_bytes()
+    with pytest.raises(CheckpointError, match=expected):
+        train(tiny_config(tmp_path, char_data, max_iters=4, init_from='resume'))
+    assert (tmp_path / 'ckpt.pt').read_bytes() == kept
+
+
+def test_a_checkpoint_without_optimizer_state_resumes_with_a_fresh_optimizer(char_data, tmp_path, capsys):
+    """Regression: KeyError: 'optimizer'. A checkpoint stripped for sharing (or nanoGPT's) holds weights only."""
+    train(tiny_config(tmp_path, char_data, max_iters=2, eval_interval=2))
+    ckpt = torch.load(tmp_path / 'ckpt.pt', weights_only=True)
+    del ckpt['optimizer']
+    torch.save(ckpt, tmp_path / 'ckpt.pt')
+    assert train(tiny_config(tmp_path, char_data, max_iters=4, init_from='resume'))['iter_num'] == 4
+    assert "holds no optimizer state: AdamW starts afresh from its weights" in capsys.readouterr().out

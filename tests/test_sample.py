@@ -80,8 +80,10 @@ def test_cli_prints_samples_and_errors_cleanly(char_ckpt, tmp_path, capsys):
 @pytest.mark.parametrize('arg,expected', [
     ('--num_samples=0', "num_samples must be >= 1, got 0"),
     ('--max_new_tokens=-5', "max_new_tokens must be >= 1, got -5"),
-    ('--temperature=0', "temperature must be a number > 0, got 0.0"),
-    ('--temperature=-1.5', "temperature must be a number > 0, got -1.5"),
+    ('--temperature=0', "temperature must be a number >= 0.0001, got 0.0"),
+    ('--temperature=-1.5', "temperature must be a number >= 0.0001, got -1.5"),
+    ('--temperature=1e-300', "temperature must be a number >= 0.0001, got 1e-300"),  # NaN probabilities before
+    ('--max_new_tokens=1000000000000', "max_new_tokens must be <= 1,000,000"),  # an 8 TB allocation before
     ('--top_k=-1', "top_k must be >= 0"),
     ('--device=foo', "device must be 'cpu', 'cuda' or 'cuda:N', got 'foo'"),
     ('--device=mps', "device must be 'cpu', 'cuda' or 'cuda:N', got 'mps'"),
@@ -326,3 +328,12 @@ def test_a_checkpoint_whose_vocabulary_does_not_fit_its_model_is_not_sent_to_dat
     message = _error([f'--out_dir={_with_meta(char_ckpt, tmp_path, meta)}', '--device=cpu'])
     assert "has 3 characters and the model in" in message and "the checkpoint is damaged" in message
     assert '--data_dir' not in message
+
+
+def test_a_hugging_face_directory_given_as_out_dir_says_init_from(tmp_path):
+    """Regression: it said "no checkpoint ... train one first"."""
+    for name in ('config.json', 'model.safetensors'):
+        (tmp_path / name).write_text('{}')
+    message = _error([f'--out_dir={tmp_path}', '--device=cpu'])
+    assert f"{tmp_path} is a Hugging Face GPT-2 directory, not a training out_dir (no ckpt.pt): load it with " \
+           f"--init_from={tmp_path}" in message

@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--out_dir', metavar='DIR', default=HERE,
                         help='where to write train.bin, val.bin and meta.pkl (default: this script\'s directory)')
     args = parser.parse_args(argv)
+    if not args.out_dir.strip():
+        parser.error("--out_dir is empty: give the directory to write the dataset into")
     try:
         check_out_dir(args.out_dir)  # before a download, which a wrong --out_dir would waste
         text = read_input(args.input, HERE)
