@@ -30,9 +30,9 @@ import torch
 
 import hf_gpt2
 from model import ATTN_IMPLS, GPT, GPTConfig, check_attn_device
-from utils import (REPO_DIR, CheckpointError, ConfigError, autocast_context, gpu_peak_flops, load_checkpoint,
-                   load_tokens, meta_mismatch, model_from_checkpoint, parse_config, prepare_hint, read_meta,
-                   resolve_dtype, save_checkpoint, tokenizer_of)
+from utils import (REPO_DIR, CheckpointError, ConfigError, autocast_context, describe_meta, gpu_peak_flops,
+                   load_checkpoint, load_tokens, meta_mismatch, model_from_checkpoint, parse_config, prepare_hint,
+                   read_meta, resolve_dtype, save_checkpoint, tokenizer_of)
 
 try:
     import fcntl
@@ -371,7 +371,16 @@ def open_data(cfg: TrainConfig, device: str, ckpt: dict | None) -> Data:
     meta = read_meta(data_dir)
     if ckpt is not None:
         source = ckpt.get('source', f'{cfg.out_dir}/ckpt.pt')  # hf_gpt2.load says where GPT-2's weights came from
-        mismatch = meta_mismatch(ckpt.get('meta'), meta, f'the checkpoint {source}', f'the data {data_dir}')
+        ckpt_meta = ckpt.get('meta')
+        if 'meta' not in ckpt:  # nanoGPT's checkpoints record no vocabulary: the data's, if its size fits the model
+            model_vocab = ckpt['model_args']['vocab_size']
+            fits = (meta['vocab_size'] == model_vocab if tokenizer_of(meta) == 'char' else model_vocab >= 50257)
+            if not fits:
+                raise ConfigError(f"the checkpoint {source} records no vocabulary (nanoGPT's do not) and its model "
+                                  f"has {model_vocab} token ids, which the data {data_dir} ({describe_meta(meta)}) "
+                                  f"does not fit: train on the dataset it was trained on (--data_dir, --dataset)")
+            ckpt_meta = meta
+        mismatch = meta_mismatch(ckpt_meta, meta, f'the checkpoint {source}', f'the data {data_dir}')
         if mismatch:
             raise ConfigError(f"{mismatch}: train on data with the checkpoint's tokens (--data_dir, --dataset), "
                               f"or train from scratch into another --out_dir")

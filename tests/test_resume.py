@@ -182,3 +182,35 @@ def test_a_meta_pkl_that_would_run_code_is_refused_unloaded(tmp_path):
                                           r"a meta\.pkl holds plain values only\)"):
         read_meta(str(tmp_path))
     assert not marker.exists()
+
+
+def _as_nanogpt(out_dir) -> None:
+    """Rewrite out_dir/ckpt.pt as nanoGPT's train.py saves one: no meta, rng or scaler, model_args without this
+    repo's later settings, torch.compile's key prefix, best_val_loss as a tensor."""
+    ckpt = torch.load(out_dir / 'ckpt.pt', weights_only=True)
+    for key in ('meta', 'rng', 'scaler'):
+        del ckpt[key]
+    for key in ('attn', 'gelu_approximate'):
+        del ckpt['model_args'][key]
+    ckpt['model'] = {f'_orig_mod.{k}': v for k, v in ckpt['model'].items()}
+    ckpt['best_val_loss'] = torch.tensor(ckpt['best_val_loss'])
+    torch.save(ckpt, out_dir / 'ckpt.pt')
+
+
+def test_a_nanogpt_checkpoint_resumes_on_data_that_fits_it(char_data, tmp_path):
+    """Regression: KeyError: 'gelu_approximate', then (without its meta) the checkpoint was called GPT-2 BPE."""
+    train(tiny_config(tmp_path, char_data, max_iters=2, eval_interval=2))
+    _as_nanogpt(tmp_path)
+    assert train(tiny_config(tmp_path, char_data, max_iters=4, init_from='resume'))['iter_num'] == 4
+    assert load_checkpoint(str(tmp_path), 'cpu')['meta']['vocab_size'] == 65  # the data's, recorded from now on
+
+
+def test_a_nanogpt_checkpoint_on_data_that_does_not_fit_names_both_sizes(char_data, tmp_path):
+    train(tiny_config(tmp_path, char_data, max_iters=2, eval_interval=2))
+    _as_nanogpt(tmp_path)
+    other = tmp_path / 'other'
+    load_script('data/shakespeare_char/prepare.py').prepare(SHAKESPEARE.read_text(encoding='utf-8').upper(),
+                                                             str(other))
+    with pytest.raises(ConfigError, match=r"records no vocabulary \(nanoGPT's do not\) and its model has 65 token ids, "
+                                          r"which the data .*other \(characters \(39 ids\)\) does not fit"):
+        train(tiny_config(tmp_path, other, max_iters=4, init_from='resume'))
