@@ -62,7 +62,7 @@ class SampleConfig:
     start: str = '\n'  # the prompt, or FILE:path to read it from a file
     num_samples: int = 10  # how many samples, >= 1
     max_new_tokens: int = 500  # tokens generated per sample, >= 1
-    temperature: float = 0.8  # > 0: 1.0 = the model's distribution; lower is more conservative
+    temperature: float = 0.8  # >= 1e-4: 1.0 = the model's distribution; lower is more conservative
     top_k: int = 200  # sample among the top_k most likely tokens only; 0 = all of them
     seed: int = 1337  # the same seed, checkpoint and settings give the same samples
     device: str = field(default_factory=_default_device)  # 'cpu' | 'cuda' | 'cuda:N'; cuda when there is a GPU

@@ -142,7 +142,7 @@ def test_help_lists_every_setting_with_its_comment(capsys):
     assert out.startswith('Sample from a trained model.')
     out = ' '.join(out.split())  # the column widths follow the longest setting name
     assert "--num_samples=int default 10 how many samples, >= 1" in out
-    assert "--temperature=float default 0.8 > 0: 1.0 = the model's distribution" in out
+    assert "--temperature=float default 0.8 >= 1e-4: 1.0 = the model's distribution" in out
     assert "--data_dir=str default '' a dataset whose meta.pkl must agree with the checkpoint" in out
 
 
