@@ -29,7 +29,7 @@ import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from flash_kernel import attention_ref, flash_attn
-from utils import git_commit
+from utils import check_writable, git_commit, require_gpu
 
 SWEEP_T = [512, 1024, 2048, 4096, 8192, 16384]
 MODEL_SHAPES = [("char model", 64, 6, 256, 64), ("GPT-2 124M", 12, 12, 1024, 64)]  # name, B, H, T, D
@@ -274,8 +274,9 @@ def main() -> None:
                         help="bthd: the model's (B, T, H, D) views (default); bhtd: contiguous (B, H, T, D)")
     parser.add_argument("--out", help="also write the Markdown tables to this file")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("bench.py needs a CUDA GPU: it times GPU kernels. The CPU tests are `python -m pytest tests`.")
+    require_gpu('bench.py')
+    if args.out:
+        check_writable(args.out)
 
     found, notes = providers()
     print(protocol(args.layout, notes), flush=True)

@@ -41,7 +41,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 import flash_decode
 from flash_decode import attention_with_kvcache_ref, flash_attn_with_kvcache
 from model import ATTN_IMPLS, GPT, GPTConfig
-from utils import git_commit
+from utils import check_writable, git_commit, require_gpu
 
 MODEL_SHAPES = {
     "char 6x384": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65),
@@ -386,12 +386,16 @@ def main() -> None:
     parser.add_argument("--out", help="also write the Markdown tables to this file")
     parser.add_argument("--sweep", action="store_true", help="only the decode kernel's time at each num_splits")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("bench_generate.py needs a CUDA GPU: it times GPU kernels and CUDA graphs. The CPU tests "
-                         "are `python -m pytest tests`.")
+    require_gpu('bench_generate.py')
+    if args.out:
+        check_writable(args.out)
     if args.sweep:
         rows = {(cache, batch): split_sweep(cache, batch) for cache in CACHE_SIZES for batch in KERNEL_BATCHES}
-        print(header(copy_bandwidth()) + "\n\n" + sweep_table(rows))
+        text = header(copy_bandwidth()) + "\n\n" + sweep_table(rows)
+        print(text)
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write(text + "\n")
         return
     copy_bps = copy_bandwidth()
     print("decode kernel:", flush=True)

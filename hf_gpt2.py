@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from model import GPT, GPTConfig
-from utils import (CheckpointError, ConfigError, load_checkpoint, model_from_checkpoint, non_finite_tensors,
+from utils import (HELP_FLAGS, CheckpointError, ConfigError, load_checkpoint, model_from_checkpoint, non_finite_tensors,
                    parse_config, read_meta)
 
 GPT2_NAMES = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')  # OpenAI's four, by their hub names
@@ -212,8 +212,8 @@ def _read_weights(hf_dir: str) -> tuple[dict[str, torch.Tensor], str]:
     if not name.endswith('.index.json'):
         return _read_tensor_file(path), path
     weight_map = _read_json(path).get('weight_map')
-    if not isinstance(weight_map, dict):
-        raise CheckpointError(f"{path} has no weight_map: download or export it again")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{path} has no weight_map of tensor names to file names: download or export it again")
     tensors = {}
     for shard in sorted(set(weight_map.values())):
         tensors.update(_read_tensor_file(os.path.join(hf_dir, shard)))
@@ -400,6 +400,9 @@ USAGE = "python hf_gpt2.py export --out_dir=OUT_DIR --hf_dir=HF_DIR"
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in HELP_FLAGS:
+        print(f"{__doc__.strip()}\n\nusage: {USAGE}")
+        return
     try:
         if not argv or argv[0] != 'export':
             raise ConfigError(f"usage: {USAGE} (loading needs no command: --init_from=gpt2 or "

@@ -33,6 +33,11 @@ else
     PY=.venv/bin/python
 fi
 
+if ! "$PY" -c 'import torch' 2>/dev/null; then
+    echo "error: $PY cannot import torch: give PYTHON=path/to/python with requirements.txt installed, or leave PYTHON unset to make .venv" >&2
+    exit 1
+fi
+
 data=data/shakespeare_char
 if [ -f $data/train.bin ] && [ -f $data/val.bin ] && [ -f $data/meta.pkl ]; then
     echo "$data is prepared (delete its train.bin to prepare it again)"

@@ -102,7 +102,7 @@ def read_prompt(start: str) -> str:
         path = start[len('FILE:'):]
         if os.path.isdir(path):
             raise ValueError(f"prompt file {path!r} (from start=FILE:...) is a directory: give a text file")
-        if not os.path.isfile(path):
+        if not os.path.exists(path):  # exists, not isfile: /dev/stdin and a shell's <(...) are not regular files
             raise FileNotFoundError(f"prompt file {path!r} (from start=FILE:...) not found")
         with open(path, 'rb') as f:
             raw = f.read()

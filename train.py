@@ -203,8 +203,8 @@ def setup_processes(cfg: TrainConfig) -> Processes:
     except RuntimeError as e:
         cpu_hint = " Without a GPU, config/train_shakespeare_char_cpu.py trains a small model in minutes."
         raise ConfigError(str(e) + (cpu_hint if device_type == 'cpu' else '')) from None
-    ddp = int(os.environ.get('RANK', -1)) != -1  # started by torchrun?
-    world_size = int(os.environ['WORLD_SIZE']) if ddp else 1
+    ddp = 'RANK' in os.environ  # started by torchrun, which sets RANK, LOCAL_RANK, WORLD_SIZE and MASTER_ADDR/PORT
+    world_size = _torchrun_env()['WORLD_SIZE'] if ddp else 1
     if cfg.gradient_accumulation_steps % world_size != 0:
         raise ConfigError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be divisible by "
                           f"the number of processes ({world_size}): each rank does gradient_accumulation_steps / "
@@ -219,7 +219,7 @@ def setup_processes(cfg: TrainConfig) -> Processes:
     import torch.distributed as dist
     if cfg.backend == 'nccl' and device_type != 'cuda':
         raise ConfigError(f"backend='nccl' needs CUDA and device is {cfg.device!r}: use --backend=gloo on the CPU")
-    local_rank = int(os.environ['LOCAL_RANK'])
+    local_rank = _torchrun_env()['LOCAL_RANK']
     device = f'cuda:{local_rank}' if device_type == 'cuda' else cfg.device
     if device_type == 'cuda':
         torch.cuda.set_device(device)
@@ -227,9 +227,30 @@ def setup_processes(cfg: TrainConfig) -> Processes:
     if own_group:
         # the timeout bounds every collective: a hung rank ends the run (an error on each waiting rank) within
         # ddp_timeout instead of blocking the others for torch's default of 10 (nccl) or 30 (gloo) minutes
-        dist.init_process_group(backend=cfg.backend, timeout=datetime.timedelta(seconds=cfg.ddp_timeout))
+        try:
+            dist.init_process_group(backend=cfg.backend, timeout=datetime.timedelta(seconds=cfg.ddp_timeout))
+        except (RuntimeError, ValueError) as e:  # the store's timeout (DistStoreError is a RuntimeError), bad env
+            raise TrainingError(f"rank {os.environ['RANK']} could not join the other processes "
+                                f"({str(e).strip().splitlines()[0][:160]}): start every process with torchrun, e.g. "
+                                f"torchrun --nproc_per_node=2 train.py ...; if they start far apart, raise "
+                                f"--ddp_timeout (now {cfg.ddp_timeout:g} s)") from None
     return Processes(True, dist.get_rank(), local_rank, dist.get_world_size(), device, device_type, dtype,
                      grad_accum, own_group)
+
+
+def _torchrun_env() -> dict[str, int]:
+    """RANK, LOCAL_RANK and WORLD_SIZE as torchrun sets them; ConfigError when one is missing or not a number (set
+    by hand, or left over in the shell from another run)."""
+    try:
+        env = {k: int(os.environ[k]) for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE')}
+    except (KeyError, ValueError):
+        shown = ', '.join(f"{k}={os.environ.get(k, '(unset)')}" for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE'))
+        raise ConfigError(f"RANK is set, so this is one process of a distributed run, but {shown}: start it with "
+                          f"torchrun (which sets all three), or unset RANK to train in one process") from None
+    if not 0 <= env['RANK'] < env['WORLD_SIZE'] or env['LOCAL_RANK'] < 0:
+        raise ConfigError(f"RANK={env['RANK']}, LOCAL_RANK={env['LOCAL_RANK']}, WORLD_SIZE={env['WORLD_SIZE']} do not "
+                          f"describe a process of a distributed run: start it with torchrun, or unset RANK")
+    return env
 
 
 def end_processes(procs: Processes) -> None:
@@ -365,6 +386,10 @@ def open_data(cfg: TrainConfig, device: str, ckpt: dict | None) -> Data:
     """Both splits on the device, after checking that they are prepared, that the checkpoint (on resume, or GPT-2's
     weights) was trained on tokens that mean the same, and that every token id fits the model's vocabulary."""
     data_dir = cfg.data_dir or os.path.join(REPO_DIR, 'data', cfg.dataset)
+    folders = [f for f in ('train.bin', 'val.bin', 'meta.pkl') if os.path.isdir(os.path.join(data_dir, f))]
+    if folders:
+        raise ConfigError(f"{' and '.join(folders)} in {data_dir} is a directory, not a data file: move it away, "
+                          f"then {prepare_hint(data_dir)}")
     missing = [f for f in ('train.bin', 'val.bin', 'meta.pkl') if not os.path.isfile(os.path.join(data_dir, f))]
     if missing:
         raise FileNotFoundError(f"{' and '.join(missing)} not found in {data_dir}: {prepare_hint(data_dir)}")
@@ -385,10 +410,15 @@ def open_data(cfg: TrainConfig, device: str, ckpt: dict | None) -> Data:
             raise ConfigError(f"{mismatch}: train on data with the checkpoint's tokens (--data_dir, --dataset), "
                               f"or train from scratch into another --out_dir")
         vocab_size = ckpt['model_args']['vocab_size']
+        blame = None
+        if tokenizer_of(ckpt_meta) == 'gpt2' and vocab_size < 50257:  # a small model said to speak GPT-2 BPE
+            blame = (f"the model from {source} has only {vocab_size} token ids; train it on data whose ids fit, or, "
+                     f"for a character model, put its meta.pkl beside its config.json (hf_gpt2.py export writes it)")
     else:
         # GPT-2 BPE gets GPTConfig's default, GPT-2's 50257 padded up to a multiple of 64 for faster matmuls
         vocab_size = meta['vocab_size'] if tokenizer_of(meta) == 'char' else GPTConfig.vocab_size
-    splits = {split: load_tokens(data_dir, split, device, vocab_size) for split in ('train', 'val')}
+        blame = None
+    splits = {split: load_tokens(data_dir, split, device, vocab_size, blame) for split in ('train', 'val')}
     for split, tokens in splits.items():
         if len(tokens) <= cfg.block_size:
             raise ConfigError(f"the {split} split has {len(tokens)} tokens, not more than block_size={cfg.block_size}")

@@ -272,6 +272,23 @@ GPU_PEAK_TFLOPS = [
 ]
 
 
+def require_gpu(script: str) -> None:
+    """Exit with one line when a script that times or profiles GPU kernels starts without a CUDA GPU."""
+    if not torch.cuda.is_available():
+        raise SystemExit(f"error: {script} times GPU kernels and needs a CUDA GPU, which torch does not see here "
+                         f"(the CPU tests are `python -m pytest tests`)")
+
+
+def check_writable(path: str) -> None:
+    """Exit with one line unless path can be written: checked before a long benchmark, whose results would
+    otherwise be lost to an error at its end. Creates the file (empty) when it is absent."""
+    try:
+        with open(path, 'a'):
+            pass
+    except OSError as e:
+        raise SystemExit(f"error: cannot write {path} ({e.strerror or e}): give another --out") from None
+
+
 def gpu_peak_flops(device_name: str) -> float | None:
     for pattern, tflops in GPU_PEAK_TFLOPS:
         if re.search(pattern, device_name):
@@ -502,10 +519,12 @@ def read_meta(data_dir: str) -> dict | None:
     return meta
 
 
-def load_tokens(data_dir: str, split: str, device: str, vocab_size: int | None = None) -> torch.Tensor:
+def load_tokens(data_dir: str, split: str, device: str, vocab_size: int | None = None,
+                blame: str | None = None) -> torch.Tensor:
     """The whole split as one int64 tensor on the device: the Shakespeare splits are a few MB, and
     gathering batches on the device avoids a host->device copy and its Python overhead every step.
-    With vocab_size, every token id is checked to be below it, once, here."""
+    With vocab_size, every token id is checked to be below it, once, here; an id past it is the data's fault
+    unless blame says what else is (a pretrained model with a smaller vocabulary)."""
     path = os.path.join(data_dir, f'{split}.bin')
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found: {prepare_hint(data_dir)}")
@@ -514,6 +533,7 @@ def load_tokens(data_dir: str, split: str, device: str, vocab_size: int | None =
                           f"{prepare_hint(data_dir)}")
     ids = np.fromfile(path, dtype=np.uint16)
     if vocab_size is not None and len(ids) and int(ids.max()) >= vocab_size:
+        why = blame or f"it is not this dataset's tokens; {prepare_hint(data_dir)}"
         raise ConfigError(f"{path} holds token id {int(ids.max())}, outside the model's vocabulary of {vocab_size} "
-                          f"ids (0..{vocab_size - 1}): it is not this dataset's tokens; {prepare_hint(data_dir)}")
+                          f"ids (0..{vocab_size - 1}): {why}")
     return torch.from_numpy(ids.astype(np.int64)).to(device)

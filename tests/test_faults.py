@@ -392,3 +392,31 @@ def test_a_checkpoint_without_optimizer_state_resumes_with_a_fresh_optimizer(cha
     torch.save(ckpt, tmp_path / 'ckpt.pt')
     assert train(tiny_config(tmp_path, char_data, max_iters=4, init_from='resume'))['iter_num'] == 4
     assert "holds no optimizer state: AdamW starts afresh from its weights" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('env,expected', [
+    ({'RANK': '0'}, r"RANK is set, so this is one process of a distributed run, but RANK=0, LOCAL_RANK=\(unset\), "
+                    r"WORLD_SIZE=\(unset\): start it with torchrun"),
+    ({'RANK': 'abc', 'LOCAL_RANK': '0', 'WORLD_SIZE': '1'}, r"but RANK=abc, LOCAL_RANK=0, WORLD_SIZE=1"),
+    ({'RANK': '0', 'LOCAL_RANK': '0', 'WORLD_SIZE': '0'}, r"RANK=0, LOCAL_RANK=0, WORLD_SIZE=0 do not describe a "
+                                                          r"process of a distributed run"),
+], ids=['rank-only', 'not-a-number', 'no-world'])
+def test_torchrun_variables_set_by_hand_are_one_line(env, expected, char_data, tmp_path, monkeypatch):
+    """Regression: RANK without WORLD_SIZE was a KeyError, RANK=abc a ValueError, WORLD_SIZE=0 a ZeroDivisionError."""
+    for key in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE'):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError, match=expected):
+        train(tiny_config(tmp_path, char_data, backend='gloo'))
+
+
+def test_a_process_group_that_cannot_form_is_one_line(char_data, tmp_path, monkeypatch):
+    """Regression: without MASTER_ADDR (torchrun sets it), init_process_group's ValueError was a traceback."""
+    for key, value in {'RANK': '0', 'LOCAL_RANK': '0', 'WORLD_SIZE': '1'}.items():
+        monkeypatch.setenv(key, value)
+    for key in ('MASTER_ADDR', 'MASTER_PORT'):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(TrainingError, match=r"rank 0 could not join the other processes \(.*MASTER_ADDR.*\): start "
+                                            r"every process with torchrun"):
+        train(tiny_config(tmp_path, char_data, backend='gloo'))

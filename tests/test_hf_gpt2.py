@@ -5,6 +5,8 @@ dependency); the rest need only safetensors."""
 
 import json
 import os
+import re
+import shutil
 import pickle
 import socket
 import subprocess
@@ -486,6 +488,27 @@ def test_train_cli_errors_for_bad_hf_files(exported, bpe_like_data, tmp_path):
     assert '\n' not in str(e.value)
     with pytest.raises(SystemExit, match=r"^error: init_from must be one of"):
         main(args[1:] + [f'--init_from={tmp_path / "nowhere"}'])
+
+
+def test_bpe_data_past_a_small_models_vocabulary_blames_the_model(exported, bpe_like_data, tmp_path):
+    """Regression: a small model without its meta.pkl (so taken as GPT-2 BPE) on BPE data was told to prepare the
+    dataset again; the data is what was asked for, the model is what falls short."""
+    from train import main
+    data = tmp_path / 'data'
+    shutil.copytree(bpe_like_data, data)
+    np.full(1000, 50255, dtype=np.uint16).tofile(data / 'train.bin')
+    with pytest.raises(SystemExit) as e:
+        main([f'--init_from={exported}', f'--data_dir={data}', f'--out_dir={tmp_path / "out"}', '--device=cpu',
+              '--compile=False', '--attn=sdpa', '--block_size=16', '--batch_size=2', '--eval_iters=1'])
+    assert re.fullmatch(rf"error: .*train\.bin holds token id 50255, outside the model's vocabulary of {len(CHARS)} ids "
+                        rf"\(0\.\.{len(CHARS) - 1}\): the model from .* has only {len(CHARS)} token ids; train it on "
+                        r"data whose ids fit, or, for a character model, put its meta\.pkl beside its config\.json.*",
+                        str(e.value.code))
+
+
+def test_help_prints_the_usage(capsys):
+    hf_gpt2.main(['--help'])
+    assert "usage: python hf_gpt2.py export --out_dir=OUT_DIR --hf_dir=HF_DIR" in capsys.readouterr().out
 
 
 def test_sample_from_an_exported_character_model(tmp_path):

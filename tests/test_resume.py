@@ -214,3 +214,13 @@ def test_a_nanogpt_checkpoint_on_data_that_does_not_fit_names_both_sizes(char_da
     with pytest.raises(ConfigError, match=r"records no vocabulary \(nanoGPT's do not\) and its model has 65 token ids, "
                                           r"which the data .*other \(characters \(39 ids\)\) does not fit"):
         train(tiny_config(tmp_path, other, max_iters=4, init_from='resume'))
+
+
+def test_a_data_file_that_is_a_directory_is_named(char_data, tmp_path):
+    """Regression: train.bin as a directory was "not found ... prepare the dataset first", which then failed."""
+    data = tmp_path / 'data'
+    shutil.copytree(char_data, data)
+    (data / 'train.bin').unlink()
+    (data / 'train.bin').mkdir()
+    with pytest.raises(ConfigError, match=r"train\.bin in .*data is a directory, not a data file: move it away"):
+        train(tiny_config(tmp_path / 'out', data))

@@ -337,3 +337,8 @@ def test_a_hugging_face_directory_given_as_out_dir_says_init_from(tmp_path):
     message = _error([f'--out_dir={tmp_path}', '--device=cpu'])
     assert f"{tmp_path} is a Hugging Face GPT-2 directory, not a training out_dir (no ckpt.pt): load it with " \
            f"--init_from={tmp_path}" in message
+
+
+def test_a_prompt_from_a_file_that_is_not_regular_is_read(char_ckpt):
+    """Regression: FILE:/dev/null (and /dev/stdin, a shell's <(...)) said "not found"; /dev/null is an empty prompt."""
+    assert "the prompt is empty" in _error([f'--out_dir={char_ckpt}', '--device=cpu', '--start=FILE:/dev/null'])

@@ -27,6 +27,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 
 import flash_kernel as new  # noqa: E402
+from utils import require_gpu  # noqa: E402
 
 SHAPES = [(64, 6, 256, 64), (12, 12, 1024, 64), (4, 32, 4096, 64), (1, 32, 16384, 64), (4, 16, 4096, 128), (1, 16, 16384, 128)]
 SWEEP = [(16384 // T, 2048 // D, T, D) for D in (64, 128) for T in (512, 1024, 2048, 4096, 8192, 16384)]
@@ -94,6 +95,7 @@ def main():
     parser.add_argument("old", help="a git revision (e.g. HEAD~1) or a folder with the old flash_kernel.py")
     parser.add_argument("--sweep", action="store_true", help="bench.py's sweep, dropout off")
     args = parser.parse_args()
+    require_gpu('tools/ab_kernel.py')
     old = load_old(args.old)
     print(f"{torch.cuda.get_device_name()} | triton {triton.__version__} | bf16 causal | median ms, {args.old} -> "
           "this tree (new/old speed)")

@@ -143,6 +143,8 @@ def main() -> None:
     parser.add_argument('--extra', default='', help='more train.py arguments, e.g. "--backend=gloo --device=cpu"')
     parser.add_argument('--out_root', default='ddp-check')
     opts = parser.parse_args()
+    if opts.nproc < 2:  # the checks compare several processes with one, and kill one of several
+        parser.error(f"--nproc must be >= 2, got {opts.nproc}")
     r = run_checks(opts)
     k = r['kill']
     print(f"| check | result |\n|---|---|\n"

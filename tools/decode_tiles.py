@@ -8,6 +8,7 @@ One query per (batch, head), H=12, D=64, bf16, full caches of 1k to 32k tokens; 
 replay over L2-flushing copies of the cache, as bench_generate.py times its kernel table. Prints a Markdown table of
 microseconds per call; times() returns the rows.
 """
+import argparse
 import os
 import sys
 
@@ -17,6 +18,7 @@ import torch  # noqa: E402
 
 import bench_generate as bg  # noqa: E402
 from flash_decode import _decode_attn  # noqa: E402
+from utils import require_gpu  # noqa: E402
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages): the default and its neighbours
 CONFIGS = [(16, 64, 4, 3), (16, 128, 4, 3), (16, 128, 4, 4), (16, 64, 4, 4)]
@@ -55,4 +57,6 @@ def table(rows: list[dict]) -> str:
 
 
 if __name__ == '__main__':
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    require_gpu('tools/decode_tiles.py')
     print(table(times()))

@@ -6,6 +6,7 @@ CUDA graph, as in a CUDA-graphed training step, with dropout_p 0 and 0.2, ours a
 
 dropout_cost() returns the times; main prints them.
 """
+import argparse
 import os
 import sys
 
@@ -16,6 +17,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from bench import graph_ms  # noqa: E402
 from flash_kernel import flash_attn  # noqa: E402
+from utils import require_gpu  # noqa: E402
 
 B, H, T, D = 64, 6, 256, 64
 
@@ -34,6 +36,8 @@ def dropout_cost(ps: tuple = (0.0, 0.2)) -> list:
 
 
 def main():
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    require_gpu('tools/dropout_cost.py')
     print(f"{torch.cuda.get_device_name()} | fwd+bwd from a CUDA graph, ms, B={B} H={H} T={T} D={D} bf16 causal")
     for p, ours, sdpa in dropout_cost():
         print(f"dropout_p={p}: ours {ours:.3f}  sdpa {sdpa:.3f}  ours/sdpa speed {sdpa / ours:.2f}x")

@@ -22,7 +22,7 @@ import triton  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 import flash_kernel as fk  # noqa: E402
-from utils import git_commit  # noqa: E402
+from utils import git_commit, require_gpu  # noqa: E402
 
 SHAPES = [(64, 6, 256, 64), (12, 12, 1024, 64)] + [(16384 // T, 2048 // D, T, D) for D in (64, 128)
                                                     for T in (512, 1024, 2048, 4096, 8192, 16384)]
@@ -60,6 +60,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out")
     args = parser.parse_args()
+    require_gpu('tools/hopper_ab.py')
     lines = [f"{torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__} | bf16 "
              f"causal | commit {git_commit()}", "",
              "| shape | fwd: triton ms | hopper ms | cuDNN ms | hopper/triton | hopper/cuDNN | bwd: triton ms | "

@@ -44,6 +44,10 @@ def main() -> None:
     parser.add_argument('out_root', help="writes OUT_ROOT/char/ckpt.pt and OUT_ROOT/gpt2/ckpt.pt")
     parser.add_argument('--attn', default='triton', choices=ATTN_IMPLS)
     args = parser.parse_args()
+    taken = [os.path.join(args.out_root, shape) for shape in SHAPES if os.path.exists(os.path.join(args.out_root, shape))]
+    if taken or (os.path.exists(args.out_root) and not os.path.isdir(args.out_root)):
+        # random weights must never replace a trained model (or anything else) that happens to be there
+        raise SystemExit(f"error: {', '.join(taken) or args.out_root} exists already: give a new OUT_ROOT")
     for shape in SHAPES:
         print(make_random_checkpoint(os.path.join(args.out_root, shape), shape, args.attn))
 

@@ -21,12 +21,14 @@ import torch.nn.functional as F  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 import flash_kernel as fk  # noqa: E402
+from utils import require_gpu  # noqa: E402
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--T", type=int, default=4096)
     args = parser.parse_args()
+    require_gpu('tools/ncu_attention.py')
     for D in (64, 128):
         B, H, T = 16384 // args.T, 2048 // D, args.T  # the sweep's shapes: 16384 tokens, hidden 2048
         q, k, v, do = (torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16) for _ in range(4))

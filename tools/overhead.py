@@ -8,6 +8,7 @@ layer_costs() and backward_thread_costs() return the numbers; main prints them, 
 body on autograd's device thread and on the calling thread.
 """
 import cProfile
+import argparse
 import os
 import pstats
 import sys
@@ -21,6 +22,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 import flash_kernel as fk  # noqa: E402
+from utils import require_gpu  # noqa: E402
 
 B, H, T, D = 64, 6, 256, 64
 SCALE = D ** -0.5
@@ -162,6 +164,8 @@ def backward_thread_costs(threads: bool, prof=None, n=210) -> dict:
 
 
 def main():
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    require_gpu('tools/overhead.py')
     print(f"host time per call at B={B} H={H} T={T} D={D} bf16 on {torch.cuda.get_device_name()}")
     for name, us in layer_costs().items():
         print(f"{name:40s} {us:8.1f} us")

@@ -22,6 +22,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 
 import flash_kernel as fk  # noqa: E402
+from utils import require_gpu  # noqa: E402
 
 # (B, H, T) per head dim: the model shapes and points of the B*T=16384, hidden-2048 sweep
 SHAPES = {64: [(64, 6, 256), (12, 12, 1024), (32, 32, 512), (4, 32, 4096), (1, 32, 16384)],
@@ -92,6 +93,7 @@ def main():
     parser.add_argument("--kinds", default="fwd,bwd")
     parser.add_argument("--out")
     args = parser.parse_args()
+    require_gpu('tools/tune_blocks.py')
     results = sweep([int(d) for d in args.dims.split(",")], args.kinds.split(","))
     if args.out:
         with open(args.out, "w") as f:
