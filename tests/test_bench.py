@@ -3,12 +3,16 @@ bench.py without a GPU: its provider list with and without FlashAttention-4 (fla
 layout and its correctness check, and its tables.
 """
 import math
+import subprocess
 import sys
 import types
 
+import pytest
+import torch
 import torch.nn.functional as F
 
 import bench
+from helpers import ROOT
 
 
 def test_providers_without_fa4(monkeypatch):
@@ -80,3 +84,15 @@ def test_shapes_keep_the_sweep_protocol():
         assert B * T == 16384 and H * D == 2048 and not graph
     assert {T for _, _, _, T, _, _ in bench.shapes(quick=True)[2:]} == {1024, 4096}
 
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the message a machine without a GPU gets")
+@pytest.mark.parametrize('command', [['bench.py'], ['bench_generate.py', '--out=x.md'], ['tools/decode_tiles.py'],
+                                     ['tools/ab_kernel.py', 'HEAD']], ids=lambda c: c[0])
+def test_gpu_benchmarks_without_a_gpu_say_so_in_one_line(command, tmp_path):
+    """Regression: the tools ended in torch's "no NVIDIA driver" traceback."""
+    proc = subprocess.run([sys.executable, str(ROOT / command[0]), *command[1:]], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env={'CUDA_VISIBLE_DEVICES': '', 'PATH': '/usr/bin:/bin'})
+    message = proc.stderr.strip()
+    assert proc.returncode == 1 and '\n' not in message, message
+    assert message.startswith(f"error: {command[0]} times GPU kernels and needs a CUDA GPU"), message
