@@ -189,10 +189,12 @@ def _write(folder: str, files: dict) -> None:
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--head-dim", type=int, default=64, choices=(64, 128), help="the Hopper kernels' head dims")
     parser.add_argument("--dump", help="also write each variant's TTGIR and PTX (and the Hopper kernels' SASS) to "
                                        "this folder")
     args = parser.parse_args()
+    if args.dump and os.path.exists(args.dump) and not os.path.isdir(args.dump):
+        parser.error(f"--dump {args.dump} is a file: give a folder (it is made when absent)")
     rows = counts(args.head_dim, args.dump)
     print(f"sm_90, triton {triton.__version__}, bf16, head dim {args.head_dim}, tiles for T={T_TILES}")
     print("| kernel | dropout | convert_layout | st.shared | ld.shared | mul.hi | wgmma.wait_group | shared bytes |")

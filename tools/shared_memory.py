@@ -73,10 +73,21 @@ def main():
     parser.add_argument("--head-dims", default="64,128")
     parser.add_argument("--lengths", default="1024,16384", help="T; the tuned tiles change with it")
     args = parser.parse_args()
+    try:
+        archs, lengths = [int(a) for a in args.archs.split(",")], [int(t) for t in args.lengths.split(",")]
+        head_dims = [int(d) for d in args.head_dims.split(",")]
+    except ValueError:
+        parser.error("--archs, --head-dims and --lengths take comma-separated whole numbers")
+    dtypes = args.dtypes.split(",")
+    for name, values, known in (("--archs", archs, sorted(LIMITS)), ("--dtypes", dtypes, list(DTYPES)),
+                                ("--head-dims", head_dims, list(fk.SUPPORTED_HEAD_DIMS))):
+        if not set(values) <= set(known):
+            parser.error(f"{name} takes values of {known}, got {values}")
+    if min(lengths) < 1:
+        parser.error(f"--lengths must be >= 1, got {lengths}")
     print("| arch | limit | dtype | head dim | T | kernel | tuned | runs | shared bytes |")
     print("|---|---|---|---|---|---|---|---|---|")
-    rows = fitted_tiles([int(a) for a in args.archs.split(",")], args.dtypes.split(","),
-                        [int(d) for d in args.head_dims.split(",")], [int(t) for t in args.lengths.split(",")])
+    rows = fitted_tiles(archs, dtypes, head_dims, lengths)
     for r in rows:
         print(f"| {r['arch']} | {r['limit']} | {r['dtype']} | {r['D']} | {r['T']} | {r['kind']} | {r['tuned']} | "
               f"{r['runs']} | {r['shared']} |")

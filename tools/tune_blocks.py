@@ -93,6 +93,8 @@ def main():
     parser.add_argument("--kinds", default="fwd,bwd")
     parser.add_argument("--out")
     args = parser.parse_args()
+    if not set(args.kinds.split(",")) <= {"fwd", "bwd"}:
+        parser.error(f"--kinds takes fwd, bwd or both, got {args.kinds}")
     require_gpu('tools/tune_blocks.py')
     results = sweep([int(d) for d in args.dims.split(",")], args.kinds.split(","))
     if args.out:
