@@ -249,7 +249,9 @@ def main(argv: list[str] | None = None) -> None:
         unknown = [i for i in impls if i not in IMPLS]
         if unknown or not impls or len(set(impls)) < len(impls):
             raise ConfigError(f"--impls takes a comma-separated subset of {IMPLS}, each once, got {impls}")
-        if 'out_dir' in read_settings(rest, TrainConfig):  # each run's out_dir is report_dir/<impl>
+        # each run's out_dir is report_dir/<impl>: a config file's out_dir (every training config sets one) is
+        # left unused, as its comment says, but asking for one on the command line is refused
+        if any(arg.startswith('--out_dir=') for arg in rest):
             raise ConfigError("compare.py does not use out_dir: each run goes into report_dir/<impl>; give "
                               "--report_dir instead")
         cfg = parse_config(rest, TrainConfig)

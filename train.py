@@ -339,7 +339,7 @@ def lock_out_dir(out_dir: str):
 def resume_from(cfg: TrainConfig, procs: Processes) -> tuple[TrainConfig, dict | None]:
     """The checkpoint to resume from (None from scratch), and cfg with the architecture the checkpoint fixes."""
     if cfg.init_from != 'resume':
-        if os.path.exists(os.path.join(cfg.out_dir, 'ckpt.pt')):
+        if os.path.exists(os.path.join(cfg.out_dir, 'ckpt.pt')) and not cfg.eval_only:  # eval_only never saves
             if not cfg.overwrite:
                 raise ConfigError(f"{cfg.out_dir}/ckpt.pt holds a trained model, which this run (init_from="
                                   f"{cfg.init_from}) would replace: continue it with --init_from=resume, train into "

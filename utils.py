@@ -93,8 +93,9 @@ def read_settings(argv: list[str], config_cls: type) -> dict:
             except Exception as e:
                 raise ConfigError(f"config file {arg!r} failed to run: {type(e).__name__}: {e}") from e
             for key, value in namespace.items():
-                if key.startswith('_') or isinstance(value, types.ModuleType):
-                    continue  # dunders and `import math` in a config file are not settings
+                if key.startswith('_') or isinstance(value, (types.ModuleType, types.FunctionType,
+                                                              types.BuiltinFunctionType, type)):
+                    continue  # dunders, `import math`, `from math import sqrt` and helper functions are not settings
                 if key not in fields:
                     raise _unknown_key(key, list(fields), f"in {arg}")
                 values[key] = _check_type(key, value, fields[key], f"in {arg}")

@@ -11,7 +11,7 @@ import torch
 
 import compare
 import flash_kernel
-from helpers import char_data, tiny_config  # noqa: F401 (fixture)
+from helpers import ROOT, char_data, tiny_config  # noqa: F401 (fixture)
 from train import TrainConfig
 from utils import ConfigError
 
@@ -175,6 +175,14 @@ def test_one_failed_run_keeps_the_others_and_the_exit_status_is_1(tmp_path, char
 ], ids=str)
 def test_the_exit_status_policy(statuses, problem):
     assert compare.failures({impl: {'status': s} for impl, s in zip(('sdpa', 'naive'), statuses)}) == problem
+
+
+def test_a_training_config_file_is_taken_as_the_readme_shows(char_data, tmp_path):
+    """Regression: every config sets out_dir, and refusing out_dir from config files refused all of them."""
+    compare.main([str(ROOT / 'config' / 'train_shakespeare_char_cpu.py'), '--impls=sdpa',
+                  f'--report_dir={tmp_path / "report"}', f'--data_dir={char_data}', *TINY, '--max_iters=2',
+                  '--eval_interval=2', '--lr_decay_iters=2'])
+    assert json.loads((tmp_path / 'report' / 'compare.json').read_text())['results']['sdpa']['status'] == 'ok'
 
 
 def test_a_comparison_runs_again_into_its_own_report_dir(char_data, tmp_path):

@@ -420,3 +420,12 @@ def test_a_process_group_that_cannot_form_is_one_line(char_data, tmp_path, monke
     with pytest.raises(TrainingError, match=r"rank 0 could not join the other processes \(.*MASTER_ADDR.*\): start "
                                             r"every process with torchrun"):
         train(tiny_config(tmp_path, char_data, backend='gloo'))
+
+
+def test_a_config_file_may_import_and_define_helpers(tmp_path):
+    """Regression of the stricter config files: `from math import sqrt` and a helper function were taken for
+    unknown settings. A config file may compute its values; only its assignments are settings."""
+    (tmp_path / 'cfg.py').write_text('"""a config"""\nfrom math import sqrt\n\n\ndef half(x):\n    return x // 2\n\n\n'
+                                     'n_embd = int(sqrt(4096)) * 6\nbatch_size = half(64)\nprint("read")\n')
+    cfg = parse_config([str(tmp_path / 'cfg.py')], TrainConfig)
+    assert (cfg.n_embd, cfg.batch_size) == (384, 32)
