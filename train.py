@@ -451,8 +451,9 @@ class RunLog:
         print(textwrap.fill(' '.join(f"{f.name}={getattr(cfg, f.name)!r}" for f in dataclasses.fields(cfg)),
                             width=118, initial_indent='config: ', subsequent_indent='  ', break_long_words=False,
                             break_on_hyphens=False))
-        with open(os.path.join(cfg.out_dir, 'config.json'), 'w') as f:
-            json.dump(dataclasses.asdict(cfg), f, indent=1)
+        if not cfg.eval_only:  # config.json stays the settings the checkpoint was trained with
+            with open(os.path.join(cfg.out_dir, 'config.json'), 'w') as f:
+                json.dump(dataclasses.asdict(cfg), f, indent=1)
         # a scratch run replaces the file along with the checkpoint; resume (and a look with eval_only) add to it
         append = cfg.init_from == 'resume' or cfg.eval_only
         self.metrics = open(os.path.join(cfg.out_dir, 'metrics.jsonl'), 'a' if append else 'w')

@@ -126,7 +126,7 @@ def _check_config_source(path: str) -> None:
             tree = ast.parse(f.read(), filename=path)
     except (SyntaxError, UnicodeDecodeError, ValueError):
         return  # runpy reports it, with the line
-    for node in tree.body:
+    for node in _module_statements(tree.body):
         if isinstance(node, ast.AnnAssign) and node.value is None:
             raise ConfigError(f"config file {path!r} line {node.lineno} sets nothing (`{ast.unparse(node)}`): write "
                               f"key = value")
@@ -134,6 +134,18 @@ def _check_config_source(path: str) -> None:
         if isinstance(node, ast.Expr) and not is_text and not isinstance(node.value, ast.Call):
             raise ConfigError(f"config file {path!r} line {node.lineno} is an expression that sets nothing: write "
                               f"key = value")
+
+
+def _module_statements(body: list):
+    """The statements a module runs at its top level, those inside if/for/with/try blocks included (not those of a
+    function or class it defines)."""
+    for node in body:
+        yield node
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            for block in ('body', 'orelse', 'finalbody'):
+                yield from _module_statements(getattr(node, block, []))
+            for handler in getattr(node, 'handlers', []):
+                yield from _module_statements(handler.body)
 
 
 HELP_FLAGS = ('-h', '--help')

@@ -349,7 +349,8 @@ def test_a_config_path_that_is_a_directory_is_named(tmp_path):
     ('yaml_style.py', 'seed: 7\ndropout: 0.0\n', "line 1 sets nothing (`seed: 7`): write key = value"),
     ('conf.yaml', 'seed: 7\n', "is not a .py file: a config file is Python, key = value per line"),
     ('conf.py', '{"seed": 7, "dropout": 0.0}\n', "line 1 is an expression that sets nothing: write key = value"),
-], ids=['yaml-in-py', 'yaml', 'json-in-py'])
+    ('nested.py', 'if True:\n    max_iters: 3\n', "line 2 sets nothing (`max_iters: 3`): write key = value"),
+], ids=['yaml-in-py', 'yaml', 'json-in-py', 'nested'])
 def test_a_config_file_that_sets_nothing_is_refused(name, body, expected, tmp_path):
     """Regression: YAML's `key: value` in a .py file is an annotation, and a JSON dict an expression: both ran,
     set nothing, and the run trained with the defaults (seed 1337, dropout 0.2) and exit 0."""
@@ -429,3 +430,12 @@ def test_a_config_file_may_import_and_define_helpers(tmp_path):
                                      'n_embd = int(sqrt(4096)) * 6\nbatch_size = half(64)\nprint("read")\n')
     cfg = parse_config([str(tmp_path / 'cfg.py')], TrainConfig)
     assert (cfg.n_embd, cfg.batch_size) == (384, 32)
+
+
+def test_eval_only_leaves_the_runs_settings_and_checkpoint(char_data, tmp_path):
+    """Regression: a look with --eval_only rewrote config.json, which then no longer described the trained run."""
+    train(tiny_config(tmp_path, char_data, max_iters=2, eval_interval=2))
+    kept = {name: (tmp_path / name).read_bytes() for name in ('ckpt.pt', 'config.json')}
+    result = train(tiny_config(tmp_path, char_data, max_iters=2, init_from='resume', eval_only=True))
+    assert result['val_loss'] is not None
+    assert {name: (tmp_path / name).read_bytes() for name in kept} == kept
