@@ -253,9 +253,14 @@ def _torchrun_env() -> dict[str, int]:
     return env
 
 
-def end_processes(procs: Processes) -> None:
+def end_processes(procs: Processes, finished: bool = False) -> None:
+    """Leave the process group this process made. After a run every rank finished, first wait for the others:
+    a rank that tore gloo down while another was still in its last steps (the master saving) sometimes aborted
+    ("terminate called without an active exception"). After a failure, no wait: the others may never come."""
     if procs.own_group:
         import torch.distributed as dist
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -841,7 +846,7 @@ def train(cfg: TrainConfig) -> dict:
                 iter_num += 1
             ok = True
     finally:
-        end_processes(procs)
+        end_processes(procs, ok)
     if not procs.master:
         return {}
     return {
