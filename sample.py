@@ -122,17 +122,7 @@ def _dataset_meta(data_dir: str, asked: bool) -> dict | None:
             raise ConfigError(f"--data_dir={data_dir} has no meta.pkl: run that dataset's prepare.py, which writes "
                               f"one, or leave --data_dir out")
         return None
-    path = os.path.join(data_dir, 'meta.pkl')
-    try:
-        meta = read_meta(data_dir)
-    except ConfigError:
-        raise
-    except Exception as e:  # unpickling a damaged or foreign file fails in many ways
-        raise ConfigError(f"{path} cannot be read ({type(e).__name__}): run the dataset's prepare.py again") from e
-    if not isinstance(meta, dict):
-        raise ConfigError(f"{path} is not a dataset's meta.pkl (it holds a {type(meta).__name__}): "
-                          f"run the dataset's prepare.py again")
-    return meta
+    return read_meta(data_dir)  # ConfigError, saying what to run, for a damaged or foreign file
 
 
 def checkpoint_meta(ckpt: dict, ckpt_path: str, data_dir: str = '') -> dict | None:

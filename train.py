@@ -401,20 +401,19 @@ def open_data(cfg: TrainConfig, device: str, ckpt: dict | None) -> Data:
     meta = read_meta(data_dir)
     if ckpt is not None:
         source = ckpt.get('source', f'{cfg.out_dir}/ckpt.pt')  # hf_gpt2.load says where GPT-2's weights came from
+        vocab_size = ckpt['model_args']['vocab_size']
         ckpt_meta = ckpt.get('meta')
         if 'meta' not in ckpt:  # nanoGPT's checkpoints record no vocabulary: the data's, if its size fits the model
-            model_vocab = ckpt['model_args']['vocab_size']
-            fits = (meta['vocab_size'] == model_vocab if tokenizer_of(meta) == 'char' else model_vocab >= 50257)
+            fits = (meta['vocab_size'] == vocab_size if tokenizer_of(meta) == 'char' else vocab_size >= 50257)
             if not fits:
                 raise ConfigError(f"the checkpoint {source} records no vocabulary (nanoGPT's do not) and its model "
-                                  f"has {model_vocab} token ids, which the data {data_dir} ({describe_meta(meta)}) "
+                                  f"has {vocab_size} token ids, which the data {data_dir} ({describe_meta(meta)}) "
                                   f"does not fit: train on the dataset it was trained on (--data_dir, --dataset)")
             ckpt_meta = meta
         mismatch = meta_mismatch(ckpt_meta, meta, f'the checkpoint {source}', f'the data {data_dir}')
         if mismatch:
             raise ConfigError(f"{mismatch}: train on data with the checkpoint's tokens (--data_dir, --dataset), "
                               f"or train from scratch into another --out_dir")
-        vocab_size = ckpt['model_args']['vocab_size']
         blame = None
         if tokenizer_of(ckpt_meta) == 'gpt2' and vocab_size < 50257:  # a small model said to speak GPT-2 BPE
             blame = (f"the model from {source} has only {vocab_size} token ids; train it on data whose ids fit, or, "

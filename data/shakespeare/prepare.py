@@ -10,27 +10,22 @@ ones only once they are complete and pass their checks, and an --out_dir that ho
 Expected: train 301,966 tokens, val 36,059 tokens.
 """
 
-import argparse
 import importlib.util
 import os
-import sys
 
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-# reading the input (download, local copy, UTF-8 checks) and the checked, all-or-nothing write are the
-# character-level script's; load it by path rather than repeat them
+# reading the input (download, local copy, UTF-8 checks), the checked, all-or-nothing write and the command
+# line are the character-level script's; load it by path rather than repeat them
 _spec = importlib.util.spec_from_file_location(
     'shakespeare_char_prepare', os.path.join(HERE, '..', 'shakespeare_char', 'prepare.py'))
 _char_prepare = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_char_prepare)
-read_input = _char_prepare.read_input
+read_input = _char_prepare.read_input  # the tests read through it too
 check_splits = _char_prepare.check_splits
-check_out_dir = _char_prepare.check_out_dir
 write_dataset = _char_prepare.write_dataset
-shown = _char_prepare.shown
-ArgumentParser = _char_prepare.ArgumentParser
 
 
 def get_gpt2_encoding():
@@ -61,29 +56,7 @@ def prepare(text: str, out_dir: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = ArgumentParser(description=__doc__.strip(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--input', metavar='PATH', default=None,
-                        help='a local copy of Tiny Shakespeare input.txt, UTF-8 text (default: input.txt next to '
-                             'this script, downloaded when absent)')
-    parser.add_argument('--out_dir', metavar='DIR', default=HERE,
-                        help='where to write train.bin, val.bin and meta.pkl (default: this script\'s directory)')
-    args = parser.parse_args(argv)
-    if not args.out_dir.strip():
-        parser.error("--out_dir is empty: give the directory to write the dataset into")
-    try:
-        check_out_dir(args.out_dir)  # before a download, which a wrong --out_dir would waste
-        text = read_input(args.input, HERE)
-        stats = prepare(text, args.out_dir)
-    except ValueError as e:
-        sys.exit(f"error: {e} (nothing in {shown(args.out_dir)} was changed)")
-    except KeyboardInterrupt:  # Ctrl-C: the writes are all or nothing, and write_dataset removed its temporary files
-        print(f"interrupted: {shown(args.out_dir)} was left as it was", file=sys.stderr)
-        sys.exit(130)  # 128 + SIGINT, what a shell reports for a command that Ctrl-C stopped
-    print(f"length of dataset in characters: {len(text):,}")
-    print(f"vocab size: {stats['vocab_size']} (GPT-2 BPE)")
-    print(f"train has {stats['train_tokens']:,} tokens")
-    print(f"val has {stats['val_tokens']:,} tokens")
-    print(f"wrote train.bin, val.bin, meta.pkl to {shown(args.out_dir)}")
+    _char_prepare.run(argv, __doc__, HERE, prepare, ' (GPT-2 BPE)')
 
 
 if __name__ == '__main__':

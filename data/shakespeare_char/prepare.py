@@ -187,30 +187,37 @@ def prepare(text: str, out_dir: str) -> dict:
     return {'vocab_size': vocab_size, 'train_tokens': len(splits['train']), 'val_tokens': len(splits['val'])}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = ArgumentParser(description=__doc__.strip(), formatter_class=argparse.RawDescriptionHelpFormatter)
+def run(argv: list[str] | None, doc: str, here: str, prepare_fn, tokens: str = '') -> None:
+    """The command line of a prepare script (this one's, and the GPT-2 BPE one's): read the input, prepare_fn(text,
+    out_dir), print what was written; every failure one `error:` line that leaves out_dir as it was. tokens names
+    the tokenizer after the vocabulary size."""
+    parser = ArgumentParser(description=doc.strip(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--input', metavar='PATH', default=None,
                         help='a local copy of Tiny Shakespeare input.txt, UTF-8 text (default: input.txt next to '
                              'this script, downloaded when absent)')
-    parser.add_argument('--out_dir', metavar='DIR', default=HERE,
+    parser.add_argument('--out_dir', metavar='DIR', default=here,
                         help='where to write train.bin, val.bin and meta.pkl (default: this script\'s directory)')
     args = parser.parse_args(argv)
     if not args.out_dir.strip():
         parser.error("--out_dir is empty: give the directory to write the dataset into")
     try:
         check_out_dir(args.out_dir)  # before a download, which a wrong --out_dir would waste
-        text = read_input(args.input)
-        stats = prepare(text, args.out_dir)
+        text = read_input(args.input, here)
+        stats = prepare_fn(text, args.out_dir)
     except ValueError as e:
         sys.exit(f"error: {e} (nothing in {shown(args.out_dir)} was changed)")
     except KeyboardInterrupt:  # Ctrl-C: the writes are all or nothing, and write_dataset removed its temporary files
         print(f"interrupted: {shown(args.out_dir)} was left as it was", file=sys.stderr)
         sys.exit(130)  # 128 + SIGINT, what a shell reports for a command that Ctrl-C stopped
     print(f"length of dataset in characters: {len(text):,}")
-    print(f"vocab size: {stats['vocab_size']}")
+    print(f"vocab size: {stats['vocab_size']}{tokens}")
     print(f"train has {stats['train_tokens']:,} tokens")
     print(f"val has {stats['val_tokens']:,} tokens")
     print(f"wrote train.bin, val.bin, meta.pkl to {shown(args.out_dir)}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(argv, __doc__, HERE, prepare)
 
 
 if __name__ == '__main__':
