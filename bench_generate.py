@@ -26,7 +26,8 @@ the cache that together exceed the L2 cache, so every call reads K and V from de
 real model (whose weights flush L2 between layers) does. GB/s counts the K and V bytes read. Beside it, two copy
 bandwidths measured in the same run, bytes read plus written: a 1 GiB device-to-device copy (the ceiling), and a
 copy of the K and V bytes themselves timed as the kernels are (what a kernel that only moves that much data
-reaches, launch and ramp-up included).
+reaches, launch and ramp-up included), and a Triton kernel that only reads them (the floor for any kernel that
+must read the cache once: a decode kernel does that and the attention besides).
 """
 import argparse
 import math
@@ -36,6 +37,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 import triton
+import triton.language as tl
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import flash_decode
@@ -205,6 +207,29 @@ def copy_bandwidth() -> float:
     return 2 * src.numel() / (ms * 1e-3)
 
 
+@triton.jit
+def _read_kernel(X, OUT, N, BLOCK: tl.constexpr):
+    # Sums X, program p taking blocks p, p + programs, ...: the grid sweeps memory front to back, one window of
+    # programs x BLOCK elements at a time, and does nothing but read.
+    pid = tl.program_id(0)
+    offs = tl.arange(0, BLOCK)
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in range(pid * BLOCK, N, tl.num_programs(0) * BLOCK):
+        acc += tl.load(X + start + offs, mask=start + offs < N, other=0.0).to(tl.float32)
+    tl.store(OUT + pid, tl.sum(acc, 0))
+
+
+def read_only(x: torch.Tensor) -> torch.Tensor:
+    """One partial sum of contiguous x per program: a kernel that reads x once and does nothing else. Two programs
+    per multiprocessor, 16384 elements a load, 8 warps: the fastest of 132 to 528 programs x (8192 elements, 4
+    warps | 16384, 8) on caches of 8k to 32k tokens at batch 1, one run on an H200 (docs/design.md, "Decode at
+    batch 1: the fixed cost")."""
+    programs = 2 * flash_decode._multiprocessors(x.device) if x.is_cuda else 4
+    out = torch.empty(programs, dtype=torch.float32, device=x.device)
+    _read_kernel[(programs,)](x, out, x.numel(), BLOCK=16384, num_warps=8, num_stages=3)
+    return out
+
+
 def _providers() -> dict:
     def ours(q, kv, seqlens):
         return flash_attn_with_kvcache(q, kv[:, 0].transpose(1, 2), kv[:, 1].transpose(1, 2), seqlens)
@@ -246,7 +271,8 @@ def decode_kernel_times(cache: int, batch: int) -> list[KernelResult]:
     want = attention_with_kvcache_ref(qs[0][:1], kvs[0][:1, 0].transpose(1, 2), kvs[0][:1, 1].transpose(1, 2),
                                       seqlens[:1])
     dst = torch.empty_like(kvs[0])
-    results = [KernelResult(cache, batch, "copy", graph_us([lambda kv=kv: dst.copy_(kv) for kv in kvs]))]
+    results = [KernelResult(cache, batch, "copy", graph_us([lambda kv=kv: dst.copy_(kv) for kv in kvs])),
+               KernelResult(cache, batch, "read", graph_us([lambda kv=kv: read_only(kv) for kv in kvs]))]
     for name, fn in _providers().items():
         res = KernelResult(cache, batch, name)
         try:
@@ -330,8 +356,9 @@ def kernel_table(results: list[KernelResult], copy_bps: float) -> str:
     lines = [f"### Decode kernel alone: one query per (batch, head), H={H}, D={D}, bf16, GPU time from CUDA-graph "
              f"replay; copy bandwidth {copy_bps / 1e9:.0f} GB/s", "",
              "| cache tokens | batch | K+V MB | ours us | ours GB/s | % of 1 GiB copy | same-size copy GB/s | "
-             "% of it | " + " | ".join(f"{p} us" for p in others) + " | fastest SDPA / ours |",
-             "|---" * (9 + len(others)) + "|"]
+             "% of it | read-only us | read-only / ours | " + " | ".join(f"{p} us" for p in others)
+             + " | fastest SDPA / ours |",
+             "|---" * (11 + len(others)) + "|"]
     cells = {}
     for r in results:
         cells.setdefault((r.cache, r.batch), {})[r.provider] = r
@@ -341,7 +368,8 @@ def kernel_table(results: list[KernelResult], copy_bps: float) -> str:
         best = min(sdpa_us) if sdpa_us else float("nan")
         lines.append(f"| {cache} | {batch} | {ours.kv_bytes / 1e6:.1f} | {fmt(ours.us, '.1f')} | {fmt(ours.gbps)} | "
                      f"{fmt(100 * ours.gbps * 1e9 / copy_bps)}% | {fmt(copy_gbps)} | "
-                     f"{fmt(100 * ours.gbps / copy_gbps)}% | "
+                     f"{fmt(100 * ours.gbps / copy_gbps)}% | {fmt(row['read'].us, '.1f')} | "
+                     f"{fmt(row['read'].us / ours.us, '.2f')} | "
                      + " | ".join(fmt(row[p].us, ".1f") if row[p].status == "ok" else row[p].status for p in others)
                      + f" | {fmt(best / ours.us, '.2f')}x |")
     return "\n".join(lines)
@@ -405,7 +433,7 @@ def main() -> None:
             kernel += decode_kernel_times(cache, batch)
             print(f"  cache {cache} batch {batch}: " + ", ".join(
                 f"{r.provider} {r.us:.1f} us" if r.status == "ok" else f"{r.provider} {r.status}"
-                for r in kernel[-len(SDPA_BACKENDS) - 2:]), flush=True)
+                for r in kernel[-len(SDPA_BACKENDS) - 3:]), flush=True)
     print("generation:", flush=True)
     gen = all_generation_speeds(batches=(1,) if args.quick else BATCHES, prompts=(16,) if args.quick else PROMPTS,
                                 attns=("triton",) if args.quick else ATTN_IMPLS)

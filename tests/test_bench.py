@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import bench
+import flash_kernel
 from helpers import ROOT
 
 
@@ -96,3 +97,18 @@ def test_gpu_benchmarks_without_a_gpu_say_so_in_one_line(command, tmp_path):
     message = proc.stderr.strip()
     assert proc.returncode == 1 and '\n' not in message, message
     assert message.startswith(f"error: {command[0]} times GPU kernels and needs a CUDA GPU"), message
+
+
+@pytest.mark.parametrize('n', [1, 16383, 40000], ids=str)
+def test_read_only_kernel_reads_every_element_once(n):
+    # bench_generate's read-only floor must read all of the cache and nothing past it: its partial sums add up to
+    # the tensor's sum. Lengths around its 16384-element loads check the tail mask.
+    import bench_generate
+    if not torch.cuda.is_available() and (problem := flash_kernel.interpreter_problem()):
+        pytest.skip(problem)
+    device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    x = torch.randn(n, dtype=torch.float16, device=device, generator=torch.Generator(device).manual_seed(0))
+    got = bench_generate.read_only(x).sum().item()
+    want = x.double().sum().item()
+    # fp32 additions in another order: each partial sum of up to n terms is off by at most n * 2^-24 * sum |x|
+    assert abs(got - want) <= n * 2.0**-24 * x.double().abs().sum().item()

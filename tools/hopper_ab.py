@@ -2,9 +2,11 @@
 The Hopper kernels (flash_hopper.py) against the Triton kernels they replace and against cuDNN, forward and
 backward apart, in one run on one Hopper GPU: the measurements behind the "hopper" rows of flash_kernel.TUNED.
 
-    python tools/hopper_ab.py [--out hopper_ab.md]
+    python tools/hopper_ab.py [--graph] [--out hopper_ab.md]
 
-Each pass is timed alone (triton.testing.do_bench, median, as bench.py). The backward rows include what each
+Each pass is timed alone (triton.testing.do_bench, median, as bench.py), eagerly, host cost included; with --graph
+as GPU time instead: ten calls captured in a CUDA graph and replayed, what a compiled training step replayed as
+CUDA graphs pays (cuDNN's backward is not captured there and shows as a dash). The backward rows include what each
 path runs besides its kernel (the delta pass, and for the Hopper kernel zeroing the fp32 dQ buffer and casting it).
 Before timing a shape, both paths' outputs are compared with each other (bf16, one rounding apart at most).
 measure() returns the times; main prints them.
@@ -22,7 +24,7 @@ import triton  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 import flash_kernel as fk  # noqa: E402
-from utils import git_commit, require_gpu  # noqa: E402
+from utils import check_writable, git_commit, require_gpu  # noqa: E402
 
 SHAPES = [(64, 6, 256, 64), (12, 12, 1024, 64)] + [(16384 // T, 2048 // D, T, D) for D in (64, 128)
                                                     for T in (512, 1024, 2048, 4096, 8192, 16384)]
@@ -32,8 +34,23 @@ def bench(fn):
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
-def measure(shapes: list = SHAPES) -> list:
-    """For each (B, H, T, D): the Triton and Hopper kernels' and cuDNN's forward and backward, ms, as one dict."""
+def graph_bench(fn, calls: int = 10):
+    """GPU time per call, ms: `calls` calls captured back to back in one CUDA graph, replayed."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # compile and allocate outside the capture, on a side stream as torch advises
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    return bench(graph.replay) / calls
+
+
+def measure(shapes: list = SHAPES, graph: bool = False) -> list:
+    """For each (B, H, T, D): the Triton and Hopper kernels' and cuDNN's forward and backward, ms, as one dict;
+    graph: GPU time from CUDA-graph replay (cuDNN's backward NaN)."""
     assert fk.flash_hopper is not None and torch.cuda.get_device_capability()[0] == 9, "needs a Hopper GPU"
     rows = []
     for B, H, T, D in shapes:
@@ -45,38 +62,46 @@ def measure(shapes: list = SHAPES) -> list:
         for a, b in zip((o, lse) + bwd("triton"), (o_h, lse_h) + bwd("hopper")):
             err = ((a.float() - b.float()).norm() / b.float().norm()).item()
             assert err < 2e-2, f"the Hopper and Triton kernels disagree at {(B, H, T, D)}: {err:.2e}"
+        timed = graph_bench if graph else bench
         qq, kk, vv = (t.detach().requires_grad_() for t in (q, k, v))
         with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
-            cudnn_f = bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True))
+            cudnn_f = timed(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True))
             out = F.scaled_dot_product_attention(qq, kk, vv, is_causal=True)
-            cudnn_b = bench(lambda: torch.autograd.grad(out, (qq, kk, vv), do, retain_graph=True))
-        rows.append(dict(B=B, H=H, T=T, D=D, fwd_triton=bench(lambda: fwd("triton")), fwd_hopper=bench(
-            lambda: fwd("hopper")), fwd_cudnn=cudnn_f, bwd_triton=bench(lambda: bwd("triton")),
-            bwd_hopper=bench(lambda: bwd("hopper")), bwd_cudnn=cudnn_b))
+            # autograd's backward of cuDNN's attention invalidates a capture: eager only
+            cudnn_b = float("nan") if graph else bench(
+                lambda: torch.autograd.grad(out, (qq, kk, vv), do, retain_graph=True))
+        rows.append(dict(B=B, H=H, T=T, D=D, fwd_triton=timed(lambda: fwd("triton")), fwd_hopper=timed(
+            lambda: fwd("hopper")), fwd_cudnn=cudnn_f, bwd_triton=timed(lambda: bwd("triton")),
+            bwd_hopper=timed(lambda: bwd("hopper")), bwd_cudnn=cudnn_b))
     return rows
 
 
 def main():
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--graph", action="store_true", help="GPU time from CUDA-graph replay instead of eager calls")
     parser.add_argument("--out")
     args = parser.parse_args()
     require_gpu('tools/hopper_ab.py')
+    if args.out:
+        check_writable(args.out)
+    timing = "GPU time, CUDA-graph replay" if args.graph else "eager calls"
     lines = [f"{torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__} | bf16 "
-             f"causal | commit {git_commit()}", "",
+             f"causal | {timing} | commit {git_commit()}", "",
              "| shape | fwd: triton ms | hopper ms | cuDNN ms | hopper/triton | hopper/cuDNN | bwd: triton ms | "
              "hopper ms | cuDNN ms | hopper/triton | hopper/cuDNN |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     for shape in SHAPES:
-        (r,) = measure([shape])
+        (r,) = measure([shape], graph=args.graph)
         tf, hf, cf, tb, hb, cb = (r[key] for key in ("fwd_triton", "fwd_hopper", "fwd_cudnn", "bwd_triton",
                                                      "bwd_hopper", "bwd_cudnn"))
-        line = (f"| B={r['B']} H={r['H']} T={r['T']} D={r['D']} | {tf:.3f} | {hf:.3f} | {cf:.3f} | {tf / hf:.2f}x | "
-                f"{cf / hf:.2f}x | {tb:.3f} | {hb:.3f} | {cb:.3f} | {tb / hb:.2f}x | {cb / hb:.2f}x |")
+        line = (f"| B={r['B']} H={r['H']} T={r['T']} D={r['D']} | {tf:.4f} | {hf:.4f} | {cf:.4f} | {tf / hf:.2f}x | "
+                f"{cf / hf:.2f}x | {tb:.4f} | {hb:.4f} | {cb:.4f} | {tb / hb:.2f}x | {cb / hb:.2f}x |")
+        line = line.replace("nanx", "–").replace("nan", "–")  # cuDNN's backward, not timed in a graph
         lines.append(line)
         print(line, flush=True)
     if args.out:
         with open(args.out, "w") as f:
-            f.write("`python tools/hopper_ab.py`\n\n" + "\n".join(lines) + "\n")
+            f.write(f"`python tools/hopper_ab.py{' --graph' if args.graph else ''}`\n\n" + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
