@@ -211,11 +211,15 @@ def copy_bandwidth() -> float:
 def _read_kernel(X, OUT, N, BLOCK: tl.constexpr):
     # Sums X, program p taking blocks p, p + programs, ...: the grid sweeps memory front to back, one window of
     # programs x BLOCK elements at a time, and does nothing but read.
+    # Whole blocks unmasked: a bounds mask in the loop made it run at half the speed on an H200.
     pid = tl.program_id(0)
     offs = tl.arange(0, BLOCK)
     acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for start in range(pid * BLOCK, N, tl.num_programs(0) * BLOCK):
-        acc += tl.load(X + start + offs, mask=start + offs < N, other=0.0).to(tl.float32)
+    whole = N // BLOCK * BLOCK
+    for start in range(pid * BLOCK, whole, tl.num_programs(0) * BLOCK):
+        acc += tl.load(X + start + offs).to(tl.float32)
+    if pid == 0:  # the tail
+        acc += tl.load(X + whole + offs, mask=whole + offs < N, other=0.0).to(tl.float32)
     tl.store(OUT + pid, tl.sum(acc, 0))
 
 

@@ -99,10 +99,10 @@ def test_gpu_benchmarks_without_a_gpu_say_so_in_one_line(command, tmp_path):
     assert message.startswith(f"error: {command[0]} times GPU kernels and needs a CUDA GPU"), message
 
 
-@pytest.mark.parametrize('n', [1, 16383, 40000], ids=str)
+@pytest.mark.parametrize('n', [1, 16384, 40000, 2 * 16384], ids=str)
 def test_read_only_kernel_reads_every_element_once(n):
     # bench_generate's read-only floor must read all of the cache and nothing past it: its partial sums add up to
-    # the tensor's sum. Lengths around its 16384-element loads check the tail mask.
+    # the tensor's sum. Lengths around its 16384-element loads check the whole blocks and the tail.
     import bench_generate
     if not torch.cuda.is_available() and (problem := flash_kernel.interpreter_problem()):
         pytest.skip(problem)
