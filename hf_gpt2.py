@@ -119,6 +119,11 @@ def _weights_in(hf_dir: str) -> str | None:
     return next((n for n in WEIGHT_FILES if os.path.isfile(os.path.join(hf_dir, n))), None)
 
 
+def is_hf_dir(path: str) -> bool:
+    """Whether path looks like a Hugging Face GPT-2 directory: config.json and one of WEIGHT_FILES."""
+    return os.path.isfile(os.path.join(path, 'config.json')) and _weights_in(path) is not None
+
+
 def _local_dir(source: str) -> str:
     """The directory holding source's files: source itself, or the hub cache's copy (downloaded when missing)."""
     if os.path.isdir(source):
@@ -136,7 +141,7 @@ def _local_dir(source: str) -> str:
             path = snapshot_download(repo_id, allow_patterns=HUB_FILES, local_files_only=True)
         except Exception:  # not cached (LocalEntryNotFoundError), or a cache entry that cannot be read
             continue
-        if os.path.isfile(os.path.join(path, 'config.json')) and _weights_in(path):
+        if is_hf_dir(path):
             return path
     if constants.HF_HUB_OFFLINE:
         raise CheckpointError(f"GPT-2 {source!r} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "

@@ -204,7 +204,8 @@ def setup_processes(cfg: TrainConfig) -> Processes:
         cpu_hint = " Without a GPU, config/train_shakespeare_char_cpu.py trains a small model in minutes."
         raise ConfigError(str(e) + (cpu_hint if device_type == 'cpu' else '')) from None
     ddp = 'RANK' in os.environ  # started by torchrun, which sets RANK, LOCAL_RANK, WORLD_SIZE and MASTER_ADDR/PORT
-    world_size = _torchrun_env()['WORLD_SIZE'] if ddp else 1
+    env = _torchrun_env() if ddp else {'LOCAL_RANK': 0, 'WORLD_SIZE': 1}
+    world_size = env['WORLD_SIZE']
     if cfg.gradient_accumulation_steps % world_size != 0:
         raise ConfigError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be divisible by "
                           f"the number of processes ({world_size}): each rank does gradient_accumulation_steps / "
@@ -219,7 +220,7 @@ def setup_processes(cfg: TrainConfig) -> Processes:
     import torch.distributed as dist
     if cfg.backend == 'nccl' and device_type != 'cuda':
         raise ConfigError(f"backend='nccl' needs CUDA and device is {cfg.device!r}: use --backend=gloo on the CPU")
-    local_rank = _torchrun_env()['LOCAL_RANK']
+    local_rank = env['LOCAL_RANK']
     device = f'cuda:{local_rank}' if device_type == 'cuda' else cfg.device
     if device_type == 'cuda':
         torch.cuda.set_device(device)

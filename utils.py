@@ -357,8 +357,8 @@ def load_checkpoint(out_dir: str, device: str) -> dict:
     if os.path.isdir(path):
         raise CheckpointError(f"{path} is a directory, not a checkpoint: move it out of the way, or point --out_dir "
                               f"at the directory that has ckpt.pt")
-    if not os.path.isfile(path) and os.path.isfile(os.path.join(out_dir, 'config.json')) and any(
-            os.path.isfile(os.path.join(out_dir, w)) for w in ('model.safetensors', 'pytorch_model.bin')):
+    from hf_gpt2 import is_hf_dir  # here, not at the top: hf_gpt2 imports this module
+    if not os.path.isfile(path) and is_hf_dir(out_dir):
         raise FileNotFoundError(f"{out_dir} is a Hugging Face GPT-2 directory, not a training out_dir (no ckpt.pt): "
                                 f"load it with --init_from={out_dir}")
     if not os.path.isfile(path):

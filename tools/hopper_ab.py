@@ -5,9 +5,10 @@ backward apart, in one run on one Hopper GPU: the measurements behind the "hoppe
     python tools/hopper_ab.py [--graph] [--out hopper_ab.md]
 
 Each pass is timed alone (triton.testing.do_bench, median, as bench.py), eagerly, host cost included; with --graph
-as GPU time instead: ten calls captured in a CUDA graph and replayed, what a compiled training step replayed as
-CUDA graphs pays (cuDNN's backward is not captured there and shows as a dash). The backward rows include what each
-path runs besides its kernel (the delta pass, and for the Hopper kernel zeroing the fp32 dQ buffer and casting it).
+as GPU time instead: 20 calls captured in a CUDA graph and replayed (bench_generate.graph_us), what a compiled
+training step replayed as CUDA graphs pays (cuDNN's backward is not captured there and shows as a dash). The
+backward rows include what each path runs besides its kernel (the delta pass, and for the Hopper kernel zeroing
+the fp32 dQ buffer and casting it).
 Before timing a shape, both paths' outputs are compared with each other (bf16, one rounding apart at most).
 measure() returns the times; main prints them.
 """
@@ -24,6 +25,7 @@ import triton  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 import flash_kernel as fk  # noqa: E402
+from bench_generate import graph_us  # noqa: E402
 from utils import check_writable, git_commit, require_gpu  # noqa: E402
 
 SHAPES = [(64, 6, 256, 64), (12, 12, 1024, 64)] + [(16384 // T, 2048 // D, T, D) for D in (64, 128)
@@ -34,18 +36,9 @@ def bench(fn):
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
-def graph_bench(fn, calls: int = 10):
-    """GPU time per call, ms: `calls` calls captured back to back in one CUDA graph, replayed."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):  # compile and allocate outside the capture, on a side stream as torch advises
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    return bench(graph.replay) / calls
+def graph_bench(fn) -> float:
+    """GPU time per call, ms: bench_generate's CUDA-graph replay of calls back to back."""
+    return graph_us([fn]) / 1e3
 
 
 def measure(shapes: list = SHAPES, graph: bool = False) -> list:
