@@ -338,37 +338,34 @@ def _attn_fwd_hopper_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, BH, H,
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Backward: FlashAttention-3's five products per tile. One program holds 128 keys (64 per MMA warpgroup, with
-# their dK and dV in registers) and sweeps the query blocks that see them, QROWS queries per step: S^T = K Q^T,
-# dP^T = V dO^T, dV += P^T dO, dK += dS^T Q, and dQ += dS K, added into an fp32 buffer by TMA reductions (other
-# programs add into the same rows). Head dim 128 comes as two 64-column halves, so dK, dV and each dQ product are
-# 64 x 64 at both head dims.
+# Backward: FlashAttention-3's five products per tile. One program holds 128 keys (64 per softmax warpgroup, with
+# their dK and dV in registers) and sweeps the 64-row query blocks that see them: S^T = K Q^T, dP^T = V dO^T,
+# dV += P^T dO, dK += dS^T Q, and dQ += dS K, added into an fp32 buffer by TMA reductions (other programs add
+# into the same rows). All tiles are 64 x 64 (head dim 128 comes as two column halves), so every product is one
+# wgmma shape.
 
 TILE = gl.constexpr(64)
-# The backward's partitions after MMA group 0 (the kernel's own 4 warps): MMA group 1, the loader and the reduce
-# warp, which share the third warpgroup; 12 warps, 240 registers for each MMA group
-BWD_WORKER_WARPS = gl.constexpr((4, 1, 1))
-BWD_WORKER_REGS = gl.constexpr((240, 24, 24))
-
-
-def _bwd_rows(D: int) -> int:
-    """Query rows per backward step. At head dim 64 the two MMA groups' registers hold S^T and dP^T for 128 queries
-    (64 registers each), so every product is twice as wide and each step's synchronisation serves twice the work
-    (docs/design.md, "Hopper backward, head dim 64: 128-query steps"); at 128, dK and dV take those registers."""
-    return 128 if D == 64 else 64
+# The backward's partitions after MMA group 0 (the kernel's own 4 warps), their warps and registers per thread.
+# Head dim 64, 16 warps: MMA group 1, the dQ group and the loader; 200 registers for each MMA group and 88 for the
+# dQ group do not spill (168 for every group spilled)
+BWD_WORKER_WARPS_D64 = gl.constexpr((4, 4, 1))
+BWD_WORKER_REGS_D64 = gl.constexpr((200, 88, 24))
+# Head dim 128, 12 warps: MMA group 1, the loader and the reduce warp, which share the third warpgroup; 240
+# registers for each MMA group
+BWD_WORKER_WARPS_D128 = gl.constexpr((4, 1, 1))
+BWD_WORKER_REGS_D128 = gl.constexpr((240, 24, 24))
 
 
 @gluon.jit
 def _bwd_load_partition(q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, lse_smem, delta_smem,
                         kv_bar, q_ready, q_free, LSE, DELTA, b, h, bh, T, start_n, start_m, n_steps):
     # K and V once, then each query block's Q and dO tiles, LSE and delta into a ring of STAGES. LSE and delta go
-    # through shared memory too: loaded by the MMA groups straight from global memory, their address arithmetic,
+    # through shared memory too: loaded by the softmax groups straight from global memory, their address arithmetic,
     # predicated loads and L2 latency sat on every step's critical path (docs/design.md, "Hopper backward: LSE and
     # delta through shared memory": 1.04-1.10x the backward).
     NCOL: gl.constexpr = k_smem.shape[0] // 2
     STAGES: gl.constexpr = q_smem.shape[0] // NCOL
-    QROWS: gl.constexpr = q_smem.shape[3]
-    vec: gl.constexpr = gl.BlockedLayout([QROWS // 32], [32], [1], [0])
+    vec: gl.constexpr = gl.BlockedLayout([TILE // 32], [32], [1], [0])
     mbarrier.expect(kv_bar, 4 * NCOL * k_desc.block_type.nbytes)
     for g in gl.static_range(2):
         for c in gl.static_range(NCOL):
@@ -378,7 +375,7 @@ def _bwd_load_partition(q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem,
                                             v_smem.index(g * NCOL + c))
     for i in range(n_steps):
         s = i % STAGES
-        rows = start_m + i * QROWS + gl.arange(0, QROWS, layout=vec)
+        rows = start_m + i * TILE + gl.arange(0, TILE, layout=vec)
         lse = gl.load(LSE + bh.to(gl.int64) * T + rows, mask=rows < T, other=float("inf"))
         delta = gl.load(DELTA + bh.to(gl.int64) * T + rows, mask=rows < T, other=0.0)
         mbarrier.wait(q_free.index(s), ((i // STAGES) & 1) ^ 1)
@@ -387,100 +384,10 @@ def _bwd_load_partition(q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem,
         # the arrive in expect() publishes these stores with the TMA copies
         mbarrier.expect(q_ready.index(s), 2 * NCOL * q_desc.block_type.nbytes)
         for c in gl.static_range(NCOL):
-            tma.async_copy_global_to_shared(q_desc, [b, h, start_m + i * QROWS, c * TILE], q_ready.index(s),
+            tma.async_copy_global_to_shared(q_desc, [b, h, start_m + i * TILE, c * TILE], q_ready.index(s),
                                             q_smem.index(s * NCOL + c))
-            tma.async_copy_global_to_shared(do_desc, [b, h, start_m + i * QROWS, c * TILE], q_ready.index(s),
+            tma.async_copy_global_to_shared(do_desc, [b, h, start_m + i * TILE, c * TILE], q_ready.index(s),
                                             do_smem.index(s * NCOL + c))
-
-
-@gluon.jit
-def _bwd_step(i, q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar, q_ready, q_free, ds_ready, ds_free,
-              lse_smem, delta_smem, dk0, dk1, dv0, dv1, start_n, start_m, qk_scale, sm_scale, GROUP: gl.constexpr,
-              MASKED: gl.constexpr):
-    # One query block against this group's 64 keys: the five products, dK and dV accumulated in registers, this
-    # group's piece of dQ handed to the reduce warp
-    NCOL: gl.constexpr = k_smem.shape[0] // 2
-    STAGES: gl.constexpr = q_smem.shape[0] // NCOL
-    QROWS: gl.constexpr = q_smem.shape[3]
-    # S^T and dP^T are [64 keys, QROWS queries]: one wgmma wide; dK, dV and dQ are 64 x 64
-    mma_s: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                    instr_shape=[16, QROWS, 16])
-    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16])
-    op_a: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
-    dtype: gl.constexpr = q_smem.dtype
-    zero_s = gl.zeros([TILE, QROWS], gl.float32, layout=mma_s)
-    zero = gl.zeros([TILE, TILE], gl.float32, layout=mma)
-
-    s = i % STAGES
-    buf = i % 2
-    k0 = k_smem.index(GROUP * NCOL).reshape([TILE, TILE])
-    v0 = v_smem.index(GROUP * NCOL).reshape([TILE, TILE])
-    k1 = k_smem.index(GROUP * NCOL + NCOL - 1).reshape([TILE, TILE])
-    v1 = v_smem.index(GROUP * NCOL + NCOL - 1).reshape([TILE, TILE])
-    mbarrier.wait(q_ready.index(s), (i // STAGES) & 1)
-    q0 = q_smem.index(s * NCOL).reshape([QROWS, TILE])
-    do0 = do_smem.index(s * NCOL).reshape([QROWS, TILE])
-    q1 = q_smem.index(s * NCOL + NCOL - 1).reshape([QROWS, TILE])
-    do1 = do_smem.index(s * NCOL + NCOL - 1).reshape([QROWS, TILE])
-    # S^T and dP^T, keys on rows: [64 keys, QROWS queries]
-    st = warpgroup_mma(k0, q0.permute((1, 0)), zero_s, use_acc=False, is_async=True)
-    dpt = warpgroup_mma(v0, do0.permute((1, 0)), zero_s, use_acc=False, is_async=True)
-    if NCOL == 2:
-        st = warpgroup_mma(k1, q1.permute((1, 0)), st, is_async=True)
-        dpt = warpgroup_mma(v1, do1.permute((1, 0)), dpt, is_async=True)
-    # LSE and delta one after the other: at 128 queries each takes 32 registers per thread beside S^T's and dP^T's
-    # 64. (Waiting for S^T alone while dP^T runs made triton 3.6's ptxas serialize every wgmma of the kernel.)
-    lse = lse_smem.index(s).load(gl.SliceLayout(0, mma_s))
-    st, dpt = warpgroup_mma_wait(0, deps=(st, dpt))
-    pt = gl.exp2(st * qk_scale - lse[None, :])
-    if MASKED:  # a query block that overlaps this program's 128 keys
-        keys = start_n + GROUP * TILE + gl.arange(0, TILE, layout=gl.SliceLayout(1, mma_s))
-        rows = start_m + i * QROWS + gl.arange(0, QROWS, layout=gl.SliceLayout(0, mma_s))  # the queries
-        pt = _causal(pt, rows[None, :], keys[:, None], 0.0)
-    delta = delta_smem.index(s).load(gl.SliceLayout(0, mma_s))
-    dst = (pt * (dpt - delta[None, :]) * sm_scale).to(dtype)  # dS = scale * dP' (S = scale * Q K^T)
-    pt = gl.convert_layout(pt.to(dtype), op_a)
-    # dV += P^T dO and dK += dS^T Q, per column half
-    dv0 = warpgroup_mma(pt, do0, dv0, is_async=True)
-    dk0 = warpgroup_mma(gl.convert_layout(dst, op_a), q0, dk0, is_async=True)
-    if NCOL == 2:
-        dv1 = warpgroup_mma(pt, do1, dv1, is_async=True)
-        dk1 = warpgroup_mma(gl.convert_layout(dst, op_a), q1, dk1, is_async=True)
-    # dQ = dS K needs both groups' dS: swap them through shared memory, then each group makes a 64 x 64 piece of
-    # dQ from all 128 keys: column half GROUP at head dim 128, query half GROUP at 64
-    mbarrier.wait(ds_free.index(buf), ((i // 2) & 1) ^ 1)
-    ds_smem.index(buf * 2 + GROUP).store(dst)
-    fence_async_shared()
-    mbarrier.arrive(ds_ready.index(buf), count=1)
-    mbarrier.wait(ds_ready.index(buf), (i // 2) & 1)
-    if NCOL == 2:
-        ds0 = ds_smem.index(buf * 2).permute((1, 0))
-        ds1 = ds_smem.index(buf * 2 + 1).permute((1, 0))
-        kq0 = k_smem.index(GROUP).reshape([TILE, TILE])
-        kq1 = k_smem.index(NCOL + GROUP).reshape([TILE, TILE])
-    else:
-        ds0 = ds_smem.index(buf * 2).slice(GROUP * TILE, TILE, dim=1).permute((1, 0))
-        ds1 = ds_smem.index(buf * 2 + 1).slice(GROUP * TILE, TILE, dim=1).permute((1, 0))
-        kq0 = k_smem.index(0).reshape([TILE, TILE])
-        kq1 = k_smem.index(1).reshape([TILE, TILE])
-    dq = warpgroup_mma(ds0, kq0, zero, use_acc=False, is_async=True)
-    dq = warpgroup_mma(ds1, kq1, dq, is_async=True)
-    # P^T and dS^T leave the registers once dV and dK have them (dQ may still run); Q and dO go back to the loader
-    if NCOL == 2:
-        dv0, dv1, dk0, dk1 = warpgroup_mma_wait(1, deps=(dv0, dv1, dk0, dk1))
-    else:
-        dv0, dk0 = warpgroup_mma_wait(1, deps=(dv0, dk0))
-    mbarrier.arrive(q_free.index(s), count=1)
-    dq = warpgroup_mma_wait(0, deps=(dq, ))
-    mbarrier.arrive(ds_free.index(buf), count=1)
-    # hand the tile to _bwd_reduce_partition through one of this group's two staging buffers, once its reduction
-    # from two steps ago has read it (dq_bar: 4 "ready" then 4 "free" barriers)
-    idx = GROUP * 2 + buf
-    mbarrier.wait(dq_bar.index(4 + idx), ((i // 2) & 1) ^ 1)
-    dq_smem.index(idx).reshape([TILE, TILE]).store(dq)
-    fence_async_shared()
-    mbarrier.arrive(dq_bar.index(idx), count=1)
-    return dk0, dk1, dv0, dv1
 
 
 @gluon.jit
@@ -489,68 +396,138 @@ def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar
                        qk_scale, sm_scale, GROUP: gl.constexpr):
     NCOL: gl.constexpr = k_smem.shape[0] // 2
     STAGES: gl.constexpr = q_smem.shape[0] // NCOL
-    QROWS: gl.constexpr = q_smem.shape[3]
+    HEAD_DIM: gl.constexpr = NCOL * TILE
+    DQ_GROUP: gl.constexpr = NCOL == 1  # head dim 64: dQ is _bwd_dq_partition's job
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16])
+    op_a: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
     dtype: gl.constexpr = q_smem.dtype
+
+    keys = start_n + GROUP * TILE + gl.arange(0, TILE, layout=gl.SliceLayout(1, mma))
+    cols = gl.arange(0, TILE, layout=gl.SliceLayout(0, mma))
     zero = gl.zeros([TILE, TILE], gl.float32, layout=mma)
     dk0 = zero
     dk1 = zero
     dv0 = zero
     dv1 = zero
     mbarrier.wait(kv_bar, 0)
-    # The query blocks that overlap this program's 128 keys need the causal mask, the rest none. Two loops rather
-    # than a branch in one: the mask's column indices are the same in every step, and hoisted out of a single
-    # loop they held 32 registers through all of it (ptxas spilled 408 bytes per thread at head dim 64).
-    n_masked = gl.minimum(n_steps, 2 * TILE // QROWS)
-    for i in range(n_masked):
-        dk0, dk1, dv0, dv1 = _bwd_step(i, q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar, q_ready, q_free,
-                                       ds_ready, ds_free, lse_smem, delta_smem, dk0, dk1, dv0, dv1, start_n, start_m,
-                                       qk_scale, sm_scale, GROUP, True)
-    for i in range(n_masked, n_steps):
-        dk0, dk1, dv0, dv1 = _bwd_step(i, q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar, q_ready, q_free,
-                                       ds_ready, ds_free, lse_smem, delta_smem, dk0, dk1, dv0, dv1, start_n, start_m,
-                                       qk_scale, sm_scale, GROUP, False)
+    k0 = k_smem.index(GROUP * NCOL).reshape([TILE, TILE])
+    v0 = v_smem.index(GROUP * NCOL).reshape([TILE, TILE])
+    k1 = k_smem.index(GROUP * NCOL + NCOL - 1).reshape([TILE, TILE])
+    v1 = v_smem.index(GROUP * NCOL + NCOL - 1).reshape([TILE, TILE])
+
+    for i in range(n_steps):
+        s = i % STAGES
+        buf = i % 2
+        mbarrier.wait(q_ready.index(s), (i // STAGES) & 1)
+        q0 = q_smem.index(s * NCOL).reshape([TILE, TILE])
+        do0 = do_smem.index(s * NCOL).reshape([TILE, TILE])
+        q1 = q_smem.index(s * NCOL + NCOL - 1).reshape([TILE, TILE])
+        do1 = do_smem.index(s * NCOL + NCOL - 1).reshape([TILE, TILE])
+        # S^T and dP^T, keys on rows: [64 keys, 64 queries]
+        st = warpgroup_mma(k0, q0.permute((1, 0)), zero, use_acc=False, is_async=True)
+        dpt = warpgroup_mma(v0, do0.permute((1, 0)), zero, use_acc=False, is_async=True)
+        if NCOL == 2:
+            st = warpgroup_mma(k1, q1.permute((1, 0)), st, is_async=True)
+            dpt = warpgroup_mma(v1, do1.permute((1, 0)), dpt, is_async=True)
+        rows = start_m + i * TILE + cols  # the queries, on columns
+        lse = lse_smem.index(s).load(gl.SliceLayout(0, mma))
+        delta = delta_smem.index(s).load(gl.SliceLayout(0, mma))
+        st, dpt = warpgroup_mma_wait(0, deps=(st, dpt))
+        pt = gl.exp2(st * qk_scale - lse[None, :])
+        if i < 2:  # the two query blocks that overlap this program's 128 keys
+            pt = _causal(pt, rows[None, :], keys[:, None], 0.0)
+        dst = (pt * (dpt - delta[None, :]) * sm_scale).to(dtype)  # dS = scale * dP' (S = scale * Q K^T)
+        pt = gl.convert_layout(pt.to(dtype), op_a)
+        # dV += P^T dO and dK += dS^T Q, per column half
+        dv0 = warpgroup_mma(pt, do0, dv0, is_async=True)
+        dk0 = warpgroup_mma(gl.convert_layout(dst, op_a), q0, dk0, is_async=True)
+        if NCOL == 2:
+            dv1 = warpgroup_mma(pt, do1, dv1, is_async=True)
+            dk1 = warpgroup_mma(gl.convert_layout(dst, op_a), q1, dk1, is_async=True)
+        # dQ = dS K needs both groups' dS: swap halves through shared memory, then group g makes dQ's column
+        # half g from all 128 keys (at head dim 64 group 0 makes all of dQ)
+        mbarrier.wait(ds_free.index(buf), ((i // 2) & 1) ^ 1)
+        ds_smem.index(buf * 2 + GROUP).store(dst)
+        fence_async_shared()
+        mbarrier.arrive(ds_ready.index(buf), count=1)
+        # P^T and dS^T leave the registers once dV and dK have them; Q and dO go back to the loader
+        if NCOL == 2:
+            dv0, dv1, dk0, dk1 = warpgroup_mma_wait(0, deps=(dv0, dv1, dk0, dk1))
+        else:
+            dv0, dk0 = warpgroup_mma_wait(0, deps=(dv0, dk0))
+        mbarrier.arrive(q_free.index(s), count=1)
+        if GROUP < NCOL and not DQ_GROUP:
+            mbarrier.wait(ds_ready.index(buf), (i // 2) & 1)
+            dq = warpgroup_mma(ds_smem.index(buf * 2).permute((1, 0)), k_smem.index(GROUP).reshape([TILE, TILE]),
+                               zero, use_acc=False, is_async=True)
+            dq = warpgroup_mma(ds_smem.index(buf * 2 + 1).permute((1, 0)),
+                               k_smem.index(NCOL + GROUP).reshape([TILE, TILE]), dq, is_async=True)
+            dq = warpgroup_mma_wait(0, deps=(dq, ))
+            # hand the tile to _bwd_reduce_partition through one of this group's two staging buffers, once its
+            # reduction from two steps ago has read it (dq_bar: 4 "ready" then 4 "free" barriers)
+            idx = GROUP * 2 + buf
+            mbarrier.wait(dq_bar.index(4 + idx), ((i // 2) & 1) ^ 1)
+            dq_smem.index(idx).reshape([TILE, TILE]).store(dq)
+            fence_async_shared()
+            mbarrier.arrive(dq_bar.index(idx), count=1)
+        if not DQ_GROUP:
+            mbarrier.arrive(ds_free.index(buf), count=1)
 
     # dK and dV leave as the forward's O does, through shared memory with TMA stores: into the Q and dO ring, once
-    # both groups' products have read all of it (each group releases a stage on q_free after its dV and dK). A
-    # stage's first 64 rows hold one 64 x 64 tile.
+    # both groups' products have read all of it (each group releases a stage on q_free after its dV and dK)
     for s in gl.static_range(STAGES):
         if s < n_steps:
             last = n_steps - 1 - (n_steps - 1 - s) % STAGES  # the last step that used stage s
             mbarrier.wait(q_free.index(s), (last // STAGES) & 1)
-    dk_smem0 = q_smem.index(GROUP * NCOL).slice(0, TILE, dim=2)
-    dv_smem0 = do_smem.index(GROUP * NCOL).slice(0, TILE, dim=2)
-    dk_smem1 = q_smem.index(GROUP * NCOL + NCOL - 1).slice(0, TILE, dim=2)
-    dv_smem1 = do_smem.index(GROUP * NCOL + NCOL - 1).slice(0, TILE, dim=2)
-    q_smem.index(GROUP * NCOL).reshape([QROWS, TILE]).slice(0, TILE).store(dk0.to(dtype))
-    do_smem.index(GROUP * NCOL).reshape([QROWS, TILE]).slice(0, TILE).store(dv0.to(dtype))
+    q_smem.index(GROUP * NCOL).reshape([TILE, TILE]).store(dk0.to(dtype))
+    do_smem.index(GROUP * NCOL).reshape([TILE, TILE]).store(dv0.to(dtype))
     if NCOL == 2:
-        q_smem.index(GROUP * NCOL + 1).reshape([QROWS, TILE]).slice(0, TILE).store(dk1.to(dtype))
-        do_smem.index(GROUP * NCOL + 1).reshape([QROWS, TILE]).slice(0, TILE).store(dv1.to(dtype))
+        q_smem.index(GROUP * NCOL + 1).reshape([TILE, TILE]).store(dk1.to(dtype))
+        do_smem.index(GROUP * NCOL + 1).reshape([TILE, TILE]).store(dv1.to(dtype))
     fence_async_shared()
     first_key = start_n + GROUP * TILE
-    tma.async_copy_shared_to_global(dk_desc, [b, h, first_key, 0], dk_smem0)
-    tma.async_copy_shared_to_global(dv_desc, [b, h, first_key, 0], dv_smem0)
-    if NCOL == 2:
-        tma.async_copy_shared_to_global(dk_desc, [b, h, first_key, TILE], dk_smem1)
-        tma.async_copy_shared_to_global(dv_desc, [b, h, first_key, TILE], dv_smem1)
+    for c in gl.static_range(NCOL):
+        tma.async_copy_shared_to_global(dk_desc, [b, h, first_key, c * TILE], q_smem.index(GROUP * NCOL + c))
+        tma.async_copy_shared_to_global(dv_desc, [b, h, first_key, c * TILE], do_smem.index(GROUP * NCOL + c))
     tma.store_wait(0)  # the copies read shared memory, which must outlive them
 
 
 @gluon.jit
-def _bwd_reduce_partition(dq_smem, dq_bar, dq_desc, b, h, start_m, n_steps, QROWS: gl.constexpr,
-                          NCOL: gl.constexpr):
-    # One warp sends both groups' dQ pieces into the fp32 buffer with TMA reductions and frees their staging buffers
-    # once the reductions have read them, so the groups never wait on a reduction (docs/design.md, "Hopper backward,
-    # head dim 128: a reduce warp"). Group g's piece is dQ's column half g at head dim 128, its query half g at 64.
+def _bwd_dq_partition(k_smem, ds_smem, dq_smem, kv_bar, ds_ready, ds_free, dq_desc, b, h, start_m, n_steps):
+    # Head dim 64: a warpgroup of its own makes dQ = dS K from both groups' dS^T and sends it out, so storing the fp32
+    # tile and the TMA reduction leave the other two groups' critical path (docs/design.md, "Hopper backward: five
+    # products, dQ by TMA reduction"). At head dim 128 the two groups need all the registers, and each makes half of dQ
+    # itself.
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16])
+    zero = gl.zeros([TILE, TILE], gl.float32, layout=mma)
+    mbarrier.wait(kv_bar, 0)
+    for i in range(n_steps):
+        buf = i % 2
+        mbarrier.wait(ds_ready.index(buf), (i // 2) & 1)
+        dq = warpgroup_mma(ds_smem.index(buf * 2).permute((1, 0)), k_smem.index(0).reshape([TILE, TILE]), zero,
+                           use_acc=False, is_async=True)
+        dq = warpgroup_mma(ds_smem.index(buf * 2 + 1).permute((1, 0)), k_smem.index(1).reshape([TILE, TILE]), dq,
+                           is_async=True)
+        dq = warpgroup_mma_wait(0, deps=(dq, ))
+        mbarrier.arrive(ds_free.index(buf), count=1)
+        tma.store_wait(1)  # two staging buffers: the reduction sent two steps ago has read this one
+        dq_buf = dq_smem.index(buf)
+        dq_buf.reshape([TILE, TILE]).store(dq)
+        fence_async_shared()
+        _tma_add(dq_desc, [b, h, start_m + i * TILE, 0], dq_buf)
+    tma.store_wait(0)
+
+
+@gluon.jit
+def _bwd_reduce_partition(dq_smem, dq_bar, dq_desc, b, h, start_m, n_steps):
+    # Head dim 128: one warp sends both groups' dQ halves into the fp32 buffer with TMA reductions and frees their
+    # staging buffers once the reductions have read them, so the groups never wait on a reduction (docs/design.md,
+    # "Hopper backward, head dim 128: a reduce warp")
     for i in range(n_steps):
         for g in gl.static_range(2):
             idx = g * 2 + i % 2
             mbarrier.wait(dq_bar.index(idx), (i // 2) & 1)
-            if NCOL == 2:
-                _tma_add(dq_desc, [b, h, start_m + i * QROWS, g * TILE], dq_smem.index(idx))
-            else:
-                _tma_add(dq_desc, [b, h, start_m + i * QROWS + g * TILE, 0], dq_smem.index(idx))
+            _tma_add(dq_desc, [b, h, start_m + i * TILE, g * TILE], dq_smem.index(idx))
         tma.store_wait(2)  # the previous step's two reductions are done: their buffers can be refilled
         if i > 0:
             for g in gl.static_range(2):
@@ -577,22 +554,21 @@ def _attn_bwd_hopper_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, d
     h = bh % H
     start_n = gl.program_id(0) * 2 * TILE
     start_m = start_n  # the first query block that sees any of these keys
-    QROWS: gl.constexpr = q_desc.block_type.shape[2]
-    n_steps = gl.cdiv(T - start_m, QROWS)
+    n_steps = gl.cdiv(T - start_m, TILE)
     NCOL: gl.constexpr = HEAD_DIM // TILE
 
     dtype: gl.constexpr = q_desc.dtype
     layout: gl.constexpr = q_desc.layout
-    k_smem = gl.allocate_shared_memory(dtype, [2 * NCOL] + k_desc.block_type.shape, k_desc.layout)
-    v_smem = gl.allocate_shared_memory(dtype, [2 * NCOL] + k_desc.block_type.shape, k_desc.layout)
+    k_smem = gl.allocate_shared_memory(dtype, [2 * NCOL] + q_desc.block_type.shape, layout)
+    v_smem = gl.allocate_shared_memory(dtype, [2 * NCOL] + q_desc.block_type.shape, layout)
     q_smem = gl.allocate_shared_memory(dtype, [STAGES * NCOL] + q_desc.block_type.shape, layout)
     do_smem = gl.allocate_shared_memory(dtype, [STAGES * NCOL] + q_desc.block_type.shape, layout)
     vec_layout: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[0])
-    lse_smem = gl.allocate_shared_memory(gl.float32, [STAGES, QROWS], vec_layout)
-    delta_smem = gl.allocate_shared_memory(gl.float32, [STAGES, QROWS], vec_layout)
+    lse_smem = gl.allocate_shared_memory(gl.float32, [STAGES, TILE], vec_layout)
+    delta_smem = gl.allocate_shared_memory(gl.float32, [STAGES, TILE], vec_layout)
     ds_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
-    ds_smem = gl.allocate_shared_memory(dtype, [4, TILE, QROWS], ds_layout)  # 2 buffers x 2 groups
-    dq_smem = gl.allocate_shared_memory(gl.float32, [4] + dq_desc.block_type.shape, dq_desc.layout)  # 2 x 2 too
+    ds_smem = gl.allocate_shared_memory(dtype, [4, TILE, TILE], ds_layout)  # 2 buffers x 2 groups
+    dq_smem = gl.allocate_shared_memory(gl.float32, [2 * NCOL] + dq_desc.block_type.shape, dq_desc.layout)
     dq_bar = gl.allocate_shared_memory(gl.int64, [8, 1], mbarrier.MBarrierLayout())
     kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     q_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -605,7 +581,7 @@ def _attn_bwd_hopper_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, d
         mbarrier.init(q_free.index(i), count=2)
     for i in gl.static_range(2):
         mbarrier.init(ds_ready.index(i), count=2)
-        mbarrier.init(ds_free.index(i), count=2)  # both groups read both groups' dS
+        mbarrier.init(ds_free.index(i), count=1 if NCOL == 1 else 2)  # whoever reads dS for dQ frees it
     for i in gl.static_range(8):
         mbarrier.init(dq_bar.index(i), count=1)
 
@@ -613,12 +589,21 @@ def _attn_bwd_hopper_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, d
                 dk_desc, dv_desc, lse_smem, delta_smem, b, h, start_n, start_m, n_steps, qk_scale, sm_scale)
     load_args = (q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, lse_smem, delta_smem, kv_bar,
                  q_ready, q_free, LSE, DELTA, b, h, bh, T, start_n, start_m, n_steps)
-    gl.warp_specialize([
-        (_bwd_mma_partition, mma_args + (0, )),
-        (_bwd_mma_partition_1, mma_args),
-        (_bwd_load_partition, load_args),
-        (_bwd_reduce_partition, (dq_smem, dq_bar, dq_desc, b, h, start_m, n_steps, QROWS, NCOL)),
-    ], BWD_WORKER_WARPS, BWD_WORKER_REGS)
+    if NCOL == 1:
+        gl.warp_specialize([
+            (_bwd_mma_partition, mma_args + (0, )),
+            (_bwd_mma_partition_1, mma_args),
+            (_bwd_dq_partition, (k_smem, ds_smem, dq_smem, kv_bar, ds_ready, ds_free, dq_desc, b, h, start_m,
+                                 n_steps)),
+            (_bwd_load_partition, load_args),
+        ], BWD_WORKER_WARPS_D64, BWD_WORKER_REGS_D64)
+    else:
+        gl.warp_specialize([
+            (_bwd_mma_partition, mma_args + (0, )),
+            (_bwd_mma_partition_1, mma_args),
+            (_bwd_load_partition, load_args),
+            (_bwd_reduce_partition, (dq_smem, dq_bar, dq_desc, b, h, start_m, n_steps)),
+        ], BWD_WORKER_WARPS_D128, BWD_WORKER_REGS_D128)
 
 
 _GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}
@@ -644,9 +629,10 @@ def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, d
     return all(t.data_ptr() % 16 == 0 and all(st * size % 16 == 0 for st in t.stride()[:-1]) for t in tensors)
 
 
-# Both kernels' register cap: the whole register file (64K) over their 12 warps. warp_specialize then hands out each
-# partition's share with setmaxnreg.
-MAXNREG = 168
+def _maxnreg(kind: str, D: int) -> int:
+    """The kernel's register cap: the whole register file (64K) over its warps, 12, or 16 for the backward at head
+    dim 64 (BWD_WORKER_WARPS_D64). warp_specialize then hands out each partition's share with setmaxnreg."""
+    return 128 if (kind, D) == ("bwd", 64) else 168
 
 
 @functools.lru_cache(maxsize=None)
@@ -697,7 +683,7 @@ def _attn_fwd(q, k, v, o, lse, qk_scale: float, programs: Optional[int] = None,
         _descriptor(q, ROWS.value), _descriptor(k, BLOCK_N.value), _descriptor(v, BLOCK_N.value),
         _descriptor(o, ROWS.value), lse, torch.zeros(1, dtype=torch.int32, device=q.device), B * H, H,
         heads_per_section, T, qk_scale,
-        HEAD_DIM=D, STAGES=NUM_STAGES, num_warps=4, maxnreg=MAXNREG,
+        HEAD_DIM=D, STAGES=NUM_STAGES, num_warps=4, maxnreg=_maxnreg("fwd", D),
     )
 
 
@@ -706,10 +692,11 @@ def _attn_bwd(do, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, qk_scal
     _attn_fwd. dk and dv are written by TMA, like o in _attn_fwd."""
     B, H, T, D = q.shape
     dq_acc = torch.zeros((B, H, T, D), dtype=torch.float32, device=q.device)
-    tile, rows = TILE.value, _bwd_rows(D)
+    tile = TILE.value
     _attn_bwd_hopper_kernel[(triton.cdiv(T, 2 * tile), B * H)](
-        _descriptor(q, rows, tile), _descriptor(k, tile, tile), _descriptor(v, tile, tile), _descriptor(do, rows, tile),
+        _descriptor(q, tile, tile), _descriptor(k, tile, tile), _descriptor(v, tile, tile), _descriptor(do, tile, tile),
         _descriptor(dq_acc, tile, tile), _descriptor(dk, tile, tile), _descriptor(dv, tile, tile), lse, delta,
-        H, T, qk_scale, softmax_scale, HEAD_DIM=D, STAGES=NUM_STAGES, num_warps=4, maxnreg=MAXNREG,
+        H, T, qk_scale, softmax_scale, HEAD_DIM=D, STAGES=NUM_STAGES, num_warps=4,
+        maxnreg=_maxnreg("bwd", D),
     )
     dq.copy_(dq_acc)

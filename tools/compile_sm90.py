@@ -92,9 +92,9 @@ def compile_hopper(kind, D, dtype=torch.bfloat16):
         descs.update({name: fh._descriptor(q, fh.BLOCK_N.value) for name in ("k_desc", "v_desc")})
     else:
         kernel = fh._attn_bwd_hopper_kernel
-        tile, rows = fh.TILE.value, fh._bwd_rows(D)
-        descs = {name: fh._descriptor(q, tile, tile) for name in ("k_desc", "v_desc", "dk_desc", "dv_desc")}
-        descs.update({name: fh._descriptor(q, rows, tile) for name in ("q_desc", "do_desc")})
+        tile = fh.TILE.value
+        descs = {name: fh._descriptor(q, tile, tile) for name in ("q_desc", "k_desc", "v_desc", "do_desc", "dk_desc",
+                                                                  "dv_desc")}
         descs["dq_desc"] = fh._descriptor(torch.empty(B, H, T, D), tile, tile)
     pointers = {"COUNTER": "*i32", "LSE": "*fp32", "DELTA": "*fp32"}
 
@@ -107,7 +107,7 @@ def compile_hopper(kind, D, dtype=torch.bfloat16):
     src = GluonASTSource(kernel, *_specialize(kernel, constants, type_of,
                                               lambda name: name in pointers or name.startswith("stride")))
     return triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                          options=dict(num_warps=4, maxnreg=fh.MAXNREG))
+                          options=dict(num_warps=4, maxnreg=fh._maxnreg(kind, D)))
 
 
 def _cuobjdump(cubin: bytes, flag: str) -> str:
