@@ -25,7 +25,7 @@ import triton  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 import flash_kernel as fk  # noqa: E402
-from bench_generate import graph_us  # noqa: E402
+from bench_generate import fmt, graph_us  # noqa: E402
 from utils import check_writable, git_commit, require_gpu  # noqa: E402
 
 SHAPES = [(64, 6, 256, 64), (12, 12, 1024, 64)] + [(16384 // T, 2048 // D, T, D) for D in (64, 128)
@@ -69,6 +69,10 @@ def measure(shapes: list = SHAPES, graph: bool = False) -> list:
     return rows
 
 
+def _ratio(a: float, b: float) -> str:
+    return fmt(a / b, ".2f") + ("x" if a == a else "")  # a dash where a was not measured
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--graph", action="store_true", help="GPU time from CUDA-graph replay instead of eager calls")
@@ -87,9 +91,10 @@ def main():
         (r,) = measure([shape], graph=args.graph)
         tf, hf, cf, tb, hb, cb = (r[key] for key in ("fwd_triton", "fwd_hopper", "fwd_cudnn", "bwd_triton",
                                                      "bwd_hopper", "bwd_cudnn"))
-        line = (f"| B={r['B']} H={r['H']} T={r['T']} D={r['D']} | {tf:.4f} | {hf:.4f} | {cf:.4f} | {tf / hf:.2f}x | "
-                f"{cf / hf:.2f}x | {tb:.4f} | {hb:.4f} | {cb:.4f} | {tb / hb:.2f}x | {cb / hb:.2f}x |")
-        line = line.replace("nanx", "–").replace("nan", "–")  # cuDNN's backward, not timed in a graph
+        # fmt shows a time not measured (cuDNN's backward in a graph) as a dash
+        line = (f"| B={r['B']} H={r['H']} T={r['T']} D={r['D']} | {tf:.4f} | {hf:.4f} | {cf:.4f} | "
+                f"{_ratio(tf, hf)} | {_ratio(cf, hf)} | {tb:.4f} | {hb:.4f} | {fmt(cb, '.4f')} | {_ratio(tb, hb)} | "
+                f"{_ratio(cb, hb)} |")
         lines.append(line)
         print(line, flush=True)
     if args.out:
