@@ -3,7 +3,7 @@ Train one config with each attention implementation and compare loss, speed and 
 
     python compare.py config/train_shakespeare_char.py
     python compare.py config/train_shakespeare_char.py --impls=triton,sdpa --max_iters=1000 --report_dir=cmp
-    python compare.py config/train_shakespeare_char_cpu.py --max_iters=200      # a small run on the CPU
+    python compare.py config/train_shakespeare_char_cpu.py --impls=sdpa,naive --max_iters=200  # on a CPU
 
 Every run gets the same config, seed and data order; only `attn` (and out_dir, one per implementation) differ.
 Each runs in a fresh process, so peak memory and torch.compile state belong to it alone, and one that runs out

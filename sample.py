@@ -2,7 +2,7 @@
 Sample from a trained model.
 
     python sample.py --out_dir=out-shakespeare-char --start="ROMEO:" --num_samples=3
-    python sample.py config/some_sample_settings.py --start=FILE:prompt.txt --attn=sdpa
+    python sample.py my_settings.py --start=FILE:prompt.txt --attn=sdpa    # my_settings.py: your own assignments
     python sample.py --out_dir=../nanoGPT/out-shakespeare-char --data_dir=../nanoGPT/data/shakespeare_char
 
 Settings are the fields of SampleConfig, given as in train.py: config files of plain assignments, then

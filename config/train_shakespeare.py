@@ -14,7 +14,7 @@ wandb_log = False           # override on the command line if you like
 wandb_project = 'shakespeare'
 wandb_run_name = 'small-gpt-bpe'
 
-dataset = 'shakespeare'     # GPT-2 BPE tokens; no meta.pkl, so vocab_size is GPT-2's padded 50304
+dataset = 'shakespeare'     # GPT-2 BPE tokens: vocab_size is GPT-2's 50257 padded to 50304 (a multiple of 64)
 gradient_accumulation_steps = 1  # one micro-batch per optimizer step
 batch_size = 32             # sequences per step: 8,192 tokens, ~37 steps per epoch
 block_size = 256            # context of 256 BPE tokens (~1,000 characters)
