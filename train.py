@@ -351,8 +351,8 @@ def resume_from(cfg: TrainConfig, procs: Processes) -> tuple[TrainConfig, dict |
                                   f"{cfg.init_from}) would replace: continue it with --init_from=resume, train into "
                                   f"another --out_dir, or replace it with --overwrite=True")
             if procs.master:
-                print(f"note: --overwrite=True: this run's first save replaces {cfg.out_dir}/ckpt.pt, and its "
-                      f"metrics.jsonl starts afresh now")
+                print(f"note: --overwrite=True: this run's first save replaces {cfg.out_dir}/ckpt.pt, with its "
+                      f"config.json and metrics.jsonl")
         return cfg, None
     ckpt = load_checkpoint(cfg.out_dir, procs.device)
     if ckpt['iter_num'] >= cfg.max_iters and not cfg.eval_only:
@@ -445,9 +445,13 @@ class RunLog:
     on). metrics.jsonl has one JSON object per iteration that evaluated or logged (a scratch run starts it
     afresh, resume appends): iter, lr, elapsed_s; at an eval train/loss and val/loss; at a log step
     train/step_loss, grad_norm, ms_per_iter, tokens_per_sec, mfu and eta_s. W&B gets the same, once per such
-    iteration, with step=iter."""
+    iteration, with step=iter.
 
-    def __init__(self, cfg: TrainConfig, master: bool):
+    out_dir's config.json and metrics.jsonl go with its checkpoint: config.json is written at each save, and a run
+    that replaces another run's checkpoint (replaces: --overwrite=True) holds its rows until its first save, so a
+    run that fails before it leaves the other run's three files as they were."""
+
+    def __init__(self, cfg: TrainConfig, master: bool, replaces: bool):
         self.master, self.wandb, self.metrics = master, None, None
         if not master:
             return
@@ -456,12 +460,30 @@ class RunLog:
         print(textwrap.fill(' '.join(f"{f.name}={getattr(cfg, f.name)!r}" for f in dataclasses.fields(cfg)),
                             width=118, initial_indent='config: ', subsequent_indent='  ', break_long_words=False,
                             break_on_hyphens=False))
-        if not cfg.eval_only:  # config.json stays the settings the checkpoint was trained with
-            with open(os.path.join(cfg.out_dir, 'config.json'), 'w') as f:
-                json.dump(dataclasses.asdict(cfg), f, indent=1)
+        self.config = dataclasses.asdict(cfg)
+        self.path = os.path.join(cfg.out_dir, 'metrics.jsonl')
         # a scratch run replaces the file along with the checkpoint; resume (and a look with eval_only) add to it
-        append = cfg.init_from == 'resume' or cfg.eval_only
-        self.metrics = open(os.path.join(cfg.out_dir, 'metrics.jsonl'), 'a' if append else 'w')
+        self.mode = 'a' if cfg.init_from == 'resume' or cfg.eval_only else 'w'
+        self.held = [] if replaces else None  # rows not yet written, while the checkpoint is another run's
+
+    def _append(self, lines: list[str]) -> None:
+        if self.metrics is None:  # opened at the first row: a run that fails before one leaves no file behind
+            self.metrics = open(self.path, self.mode)
+        self.metrics.writelines(lines)
+        self.metrics.flush()
+
+    def saved(self) -> None:
+        """After a checkpoint save: config.json names the settings that trained it, and a replacing run's rows
+        start metrics.jsonl."""
+        if not self.master:
+            return
+        path = os.path.join(os.path.dirname(self.path), 'config.json')
+        with open(path + '.tmp', 'w') as f:  # renamed over the old one: never a half-written file
+            json.dump(self.config, f, indent=1)
+        os.replace(path + '.tmp', path)
+        if self.held is not None:
+            lines, self.held = self.held, None
+            self._append(lines)
 
     def print(self, *args) -> None:
         if self.master:
@@ -471,8 +493,11 @@ class RunLog:
         """One iteration's figures, once, to the metrics file and W&B (nothing when the iteration has none)."""
         if not (self.master and row):
             return
-        self.metrics.write(json.dumps({'iter': iter_num, **row}) + '\n')
-        self.metrics.flush()
+        line = json.dumps({'iter': iter_num, **row}) + '\n'
+        if self.held is not None:
+            self.held.append(line)
+        else:
+            self._append([line])
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in row.items() if v is not None}, step=iter_num)
 
@@ -794,7 +819,9 @@ def train(cfg: TrainConfig) -> dict:
             cfg, weights = pretrained_weights(cfg, procs)
             data = open_data(cfg, procs.device, ckpt or weights)
             check_model_fits(cfg, data.vocab_size, procs)
-            log = RunLog(cfg, procs.master)  # only now: a run refused above leaves out_dir's files as they were
+            # only now: a run refused above leaves out_dir's files as they were
+            replaces = ckpt is None and not cfg.eval_only and os.path.exists(os.path.join(cfg.out_dir, 'ckpt.pt'))
+            log = RunLog(cfg, procs.master, replaces)
             stack.callback(lambda: log.close(ok))
             tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
             log.print(f"device {procs.device} ({device_name(procs)}), dtype {procs.dtype}, attn {cfg.attn}, "
@@ -831,6 +858,7 @@ def train(cfg: TrainConfig) -> dict:
                             if rng is not None:
                                 save_checkpoint(checkpoint(raw_model, optimizer, scaler, iter_num, best_val_loss,
                                                            cfg, data, rng), cfg.out_dir)
+                                log.saved()
                                 log.print(f"saved checkpoint to {cfg.out_dir}")
                     timer.restart()  # the eval and the save are not training time
                 if iter_num >= cfg.max_iters or cfg.eval_only:

@@ -1,6 +1,8 @@
 """train.py under bad settings and faults: each is refused or stopped with one `error:` line that says what to do,
 and nothing already saved is lost (divergence, unwritable or shared out_dir, a hung DDP rank)."""
 
+import dataclasses
+import json
 import os
 import re
 import signal
@@ -78,6 +80,37 @@ def test_divergence_stops_the_run_and_keeps_the_good_checkpoint(char_data, tmp_p
                         r"the eval losses are .*, above 8\.35, twice what guessing uniformly scores\.) .*last "
                         r"checkpoint .* left as it is\. Try a lower --learning_rate \(now 1000\).*", stop.value.code)
     assert (tmp_path / 'ckpt.pt').read_bytes() == good
+
+
+@pytest.mark.parametrize('how', ['--overwrite=True', '--init_from=resume'])
+def test_a_diverging_run_leaves_out_dir_describing_its_checkpoint(char_data, tmp_path, how):
+    """Regression: a run that diverged before its first save kept ckpt.pt, but had written its own settings
+    (learning_rate=1000) to config.json at the start, and, replacing the run with --overwrite=True, had emptied
+    metrics.jsonl: out_dir no longer described the checkpoint it holds."""
+    train(tiny_config(tmp_path, char_data, max_iters=4, eval_interval=4))
+    kept = {name: (tmp_path / name).read_bytes() for name in ('ckpt.pt', 'config.json', 'metrics.jsonl')}
+    with pytest.raises(SystemExit) as stop:
+        main([str(ROOT / 'config' / 'train_shakespeare_char_cpu.py'), f'--data_dir={char_data}',
+              f'--out_dir={tmp_path}', how, '--learning_rate=1e3', '--min_lr=1.0', '--warmup_iters=0',
+              '--max_iters=40', '--eval_interval=4', '--log_interval=1', '--eval_iters=2', '--batch_size=8'])
+    assert 'training diverged' in stop.value.code, stop.value.code
+    assert (tmp_path / 'ckpt.pt').read_bytes() == kept['ckpt.pt']
+    assert (tmp_path / 'config.json').read_bytes() == kept['config.json']
+    metrics = (tmp_path / 'metrics.jsonl').read_bytes()
+    if how == '--overwrite=True':  # the replacing run's rows wait for its first save, which never came
+        assert metrics == kept['metrics.jsonl']
+    else:  # a resume adds to the same history: what happened after the checkpoint is kept for a look
+        assert metrics.startswith(kept['metrics.jsonl']) and len(metrics) > len(kept['metrics.jsonl'])
+
+
+def test_a_replacing_run_takes_over_out_dir_at_its_first_save(char_data, tmp_path):
+    """--overwrite=True: once the new run has saved, config.json and metrics.jsonl are its own, from its first row."""
+    train(tiny_config(tmp_path, char_data, max_iters=4, eval_interval=4))
+    cfg = tiny_config(tmp_path, char_data, max_iters=2, eval_interval=2, seed=7, overwrite=True)
+    train(cfg)
+    assert json.loads((tmp_path / 'config.json').read_text()) == dataclasses.asdict(cfg)
+    rows = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+    assert [r['iter'] for r in rows] == [0, 1, 2]  # eval and step at 0, step 1, eval 2: this run's alone
 
 
 def test_an_exploded_but_finite_model_never_replaces_the_checkpoint(char_data, tmp_path):
