@@ -63,7 +63,7 @@ class SampleConfig:
     num_samples: int = 10  # how many samples, >= 1
     max_new_tokens: int = 500  # tokens generated per sample, >= 1
     temperature: float = 0.8  # >= 1e-4: 1.0 = the model's distribution; lower is more conservative
-    top_k: int = 200  # sample among the top_k most likely tokens only; 0 = all of them
+    top_k: int = 200  # sample among the top_k most likely tokens only; 0 (or more than the vocabulary) = all
     seed: int = 1337  # the same seed, checkpoint and settings give the same samples
     device: str = field(default_factory=_default_device)  # 'cpu' | 'cuda' | 'cuda:N'; cuda when there is a GPU
     dtype: str = 'auto'  # 'auto' | 'float32' | 'bfloat16' | 'float16'
@@ -186,6 +186,10 @@ def generate_samples(cfg: SampleConfig, timings: list[float] | None = None) -> l
     encode, decode = get_codec(checkpoint_meta(ckpt, ckpt_path, cfg.data_dir))
     start_ids = encode(prompt)
     model = model_from_checkpoint(ckpt, attn=attn)  # this repo's or nanoGPT's
+    window = model.config.block_size
+    if len(start_ids) > window:  # stderr: stdout stays the samples
+        print(f"note: the prompt is {len(start_ids):,} tokens and the model's context {window:,}: it continues from "
+              f"the prompt's last {window:,} (the whole prompt is printed)", file=sys.stderr)
     model.eval()
     model.to(cfg.device)
     if cfg.compile and not cfg.kv_cache:  # with the cache, generate compiles its decode step itself

@@ -131,6 +131,7 @@ class TrainConfig:
             ('ddp_timeout', lambda v: 0 < v < math.inf, '> 0 seconds'),
             ('device', lambda v: re.fullmatch(r'cpu|cuda(:\d+)?', v), "'cpu', 'cuda' or 'cuda:N'"),
             ('out_dir', lambda v: v.strip() != '', 'a directory path'),
+            ('dataset', lambda v: v.strip() != '' or self.data_dir, "a folder name under data/ (or give --data_dir)"),
         ]
         if self.decay_lr:  # the schedule rises to learning_rate, then decays to min_lr
             ranges += [('min_lr', lambda v: v <= self.learning_rate, f'<= learning_rate={self.learning_rate:g}'),
@@ -426,7 +427,8 @@ def open_data(cfg: TrainConfig, device: str, ckpt: dict | None) -> Data:
     splits = {split: load_tokens(data_dir, split, device, vocab_size, blame) for split in ('train', 'val')}
     for split, tokens in splits.items():
         if len(tokens) <= cfg.block_size:
-            raise ConfigError(f"the {split} split has {len(tokens)} tokens, not more than block_size={cfg.block_size}")
+            raise ConfigError(f"the {split} split has {len(tokens)} tokens, not more than block_size={cfg.block_size}: "
+                              f"lower --block_size, or prepare a longer text into {data_dir}")
     return Data(splits['train'], splits['val'], meta, vocab_size)
 
 

@@ -109,6 +109,8 @@ def read_settings(argv: list[str], config_cls: type) -> dict:
                 value = ast.literal_eval(raw)
             except (ValueError, SyntaxError):
                 value = raw  # a bare word: only a str field accepts it, _check_type says so otherwise
+            if fields[key] is float and raw.strip().lower() in ('nan', 'inf', '+inf', '-inf'):
+                value = float(raw)  # a number, as float('nan') in a config file is: the field's range check names it
             if fields[key] is str and not isinstance(value, str):
                 value = raw  # --wandb_run_name=2024 means the string '2024'
             values[key] = _check_type(key, value, fields[key], "on the command line")
@@ -353,6 +355,9 @@ def autocast_context(device_type: str, dtype: str):
 
 def load_checkpoint(out_dir: str, device: str) -> dict:
     """Load out_dir/ckpt.pt, with an error that says what to do when it is missing or unreadable."""
+    if not out_dir or os.path.isfile(out_dir):
+        what = 'is empty' if not out_dir else f'{out_dir!r} is a file, not a directory'
+        raise FileNotFoundError(f"out_dir {what}: point --out_dir at the directory that has ckpt.pt")
     path = os.path.join(out_dir, 'ckpt.pt')
     if os.path.isdir(path):
         raise CheckpointError(f"{path} is a directory, not a checkpoint: move it out of the way, or point --out_dir "

@@ -37,6 +37,10 @@ BAD_SETTINGS = [
     ('--warmup_iters=6000', r"warmup_iters must be <= lr_decay_iters=5000 .*, got 6000"),
     ('--ddp_timeout=0', r"ddp_timeout must be > 0 seconds, got 0\.0"),
     ('--backend=mpi', r"backend must be one of \('nccl', 'gloo'\), got 'mpi'"),
+    # nan and inf are numbers on the command line as in a config file: the range check names them
+    ('--learning_rate=nan', r"learning_rate must be > 0, got nan"),
+    ('--grad_clip=inf', r"grad_clip must be >= 0 \(0 turns clipping off\), got inf"),
+    ('--dataset=', r"dataset must be a folder name under data/ \(or give --data_dir\), got ''"),
 ]
 
 
@@ -484,3 +488,9 @@ def test_eval_only_leaves_the_runs_settings_and_checkpoint(char_data, tmp_path):
     result = train(tiny_config(tmp_path, char_data, max_iters=2, init_from='resume', eval_only=True))
     assert result['val_loss'] is not None
     assert {name: (tmp_path / name).read_bytes() for name in kept} == kept
+
+
+def test_a_split_shorter_than_the_context_says_what_to_do(char_data, tmp_path):
+    with pytest.raises(ConfigError, match=r"the val split has 111540 tokens, not more than block_size=200000: lower "
+                                          r"--block_size, or prepare a longer text into "):
+        train(tiny_config(tmp_path, char_data, block_size=200_000))

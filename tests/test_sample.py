@@ -83,6 +83,7 @@ def test_cli_prints_samples_and_errors_cleanly(char_ckpt, tmp_path, capsys):
     ('--temperature=0', "temperature must be a number >= 0.0001, got 0.0"),
     ('--temperature=-1.5', "temperature must be a number >= 0.0001, got -1.5"),
     ('--temperature=1e-300', "temperature must be a number >= 0.0001, got 1e-300"),  # NaN probabilities before
+    ('--temperature=inf', "temperature must be a number >= 0.0001, got inf"),
     ('--max_new_tokens=1000000000000', "max_new_tokens must be <= 1,000,000"),  # an 8 TB allocation before
     ('--top_k=-1', "top_k must be >= 0"),
     ('--device=foo', "device must be 'cpu', 'cuda' or 'cuda:N', got 'foo'"),
@@ -342,3 +343,21 @@ def test_a_hugging_face_directory_given_as_out_dir_says_init_from(tmp_path):
 def test_a_prompt_from_a_file_that_is_not_regular_is_read(char_ckpt):
     """Regression: FILE:/dev/null (and /dev/stdin, a shell's <(...)) said "not found"; /dev/null is an empty prompt."""
     assert "the prompt is empty" in _error([f'--out_dir={char_ckpt}', '--device=cpu', '--start=FILE:/dev/null'])
+
+
+def test_a_prompt_longer_than_the_context_says_what_the_model_sees(char_ckpt, capsys):
+    """Regression: a prompt longer than block_size was cut to its last block_size tokens without a word."""
+    prompt = 'ROMEO:\n' * 5  # 35 characters; tiny_config's block_size is 16
+    sample = generate_samples(SampleConfig(out_dir=char_ckpt, start=prompt, num_samples=1, max_new_tokens=3,
+                                           device='cpu'))[0]
+    assert sample.startswith(prompt) and len(sample) == len(prompt) + 3
+    assert "note: the prompt is 35 tokens and the model's context 16: it continues from the prompt's last 16" in \
+        capsys.readouterr().err
+
+
+def test_an_out_dir_that_is_a_file_or_empty_is_named(tmp_path):
+    """Regression: --out_dir=FILE said "no checkpoint at FILE/ckpt.pt", and --out_dir= suggested --out_dir=."""
+    (tmp_path / 'notes.txt').write_text('not a directory')
+    assert "is a file, not a directory: point --out_dir at the directory that has ckpt.pt" in \
+        _error([f"--out_dir={tmp_path / 'notes.txt'}", '--device=cpu'])
+    assert "out_dir is empty: point --out_dir at the directory that has ckpt.pt" in _error(['--out_dir=', '--device=cpu'])
