@@ -29,7 +29,7 @@ import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from flash_kernel import attention_ref, flash_attn
-from utils import check_writable, git_commit, require_gpu
+from utils import ArgumentParser, check_writable, git_commit, require_gpu
 
 SWEEP_T = [512, 1024, 2048, 4096, 8192, 16384]
 MODEL_SHAPES = [("char model", 64, 6, 256, 64), ("GPT-2 124M", 12, 12, 1024, 64)]  # name, B, H, T, D
@@ -268,7 +268,7 @@ def protocol(layout: str, notes: list) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="model shapes and T=1024, 4096 only")
     parser.add_argument("--layout", choices=list(LAYOUTS), default="bthd",
                         help="bthd: the model's (B, T, H, D) views (default); bhtd: contiguous (B, H, T, D)")

@@ -43,7 +43,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 import flash_decode
 from flash_decode import attention_with_kvcache_ref, flash_attn_with_kvcache
 from model import ATTN_IMPLS, GPT, GPTConfig
-from utils import check_writable, git_commit, require_gpu
+from utils import ArgumentParser, check_writable, git_commit, require_gpu
 
 MODEL_SHAPES = {
     "char 6x384": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65),
@@ -412,7 +412,7 @@ def header(copy_bps: float) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="attn=triton, batch 1, short prompts, three cache sizes, no agreement")
     parser.add_argument("--out", help="also write the Markdown tables to this file")

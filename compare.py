@@ -42,7 +42,7 @@ from utils import (HELP_FLAGS, CheckpointError, ConfigError, git_commit, parse_c
 @dataclass
 class CompareOptions:
     impls: str = ','.join(IMPLS)  # the attention implementations to train, comma-separated, in this order
-    report_dir: str = 'compare-out'  # for compare.md, .png, .json and each run's checkpoint (out_dir is not used)
+    report_dir: str = 'compare-out'  # report and checkpoints (not out_dir); a re-run replaces its report and runs
 
 
 def _run_one(cfg: TrainConfig, result_path: str) -> None:

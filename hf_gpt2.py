@@ -354,7 +354,9 @@ def export(model: GPT, hf_dir: str, meta: dict | None = None) -> list[str]:
         'bos_token_id': eot, 'eos_token_id': eot,
     }
 
-    save_file = _safetensors().save_file
+    # serialized to bytes and written as the other files are: safetensors' save_file creates its file readable by
+    # its owner only (0600), where config.json and meta.pkl get the user's usual permissions
+    to_bytes = _safetensors().save
     written = []
 
     def write(name: str, save) -> None:
@@ -366,7 +368,7 @@ def export(model: GPT, hf_dir: str, meta: dict | None = None) -> list[str]:
 
     try:
         os.makedirs(hf_dir, exist_ok=True)
-        write('model.safetensors', lambda p: save_file(tensors, p, metadata={'format': 'pt'}))
+        write('model.safetensors', lambda p: _write_bytes(p, to_bytes(tensors, metadata={'format': 'pt'})))
         write('config.json', lambda p: _write_text(p, json.dumps(config, indent=2, sort_keys=True) + '\n'))
         if char:
             write('meta.pkl', lambda p: _write_bytes(p, pickle.dumps(meta)))

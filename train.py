@@ -844,6 +844,9 @@ def train(cfg: TrainConfig) -> dict:
             timer = Throughput(tokens_per_iter, raw_model.flops_per_token() * tokens_per_iter,
                                peak_flops(procs, log), cfg.max_iters)
             history, last_eval = [], {}  # (iter, train loss, val loss) at each eval; the last eval's losses
+            if iter_num >= cfg.max_iters and not cfg.eval_only:
+                log.print(f"note: max_iters={cfg.max_iters}: nothing to train; the model is evaluated once and "
+                          f"nothing is saved")
             while True:
                 lr = get_lr(iter_num, cfg)
                 for g in optimizer.param_groups:

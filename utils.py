@@ -4,6 +4,7 @@ overrides checked against a dataclass), the GPU's peak and the commit being meas
 the token data on disk. Nothing here runs at import time.
 """
 
+import argparse
 import ast
 import dataclasses
 import difflib
@@ -285,6 +286,14 @@ GPU_PEAK_TFLOPS = [
     (r'\bH200\b', 989.0),
     (r'\bA100\b', 312.0),
 ]
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser for the benchmarks, with an error as one `error:` line, as every script here reports one,
+    instead of the usage followed by the error."""
+
+    def error(self, message: str):
+        sys.exit(f"error: {message} (--help lists the options)")
 
 
 def require_gpu(script: str) -> None:

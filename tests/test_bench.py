@@ -99,6 +99,16 @@ def test_gpu_benchmarks_without_a_gpu_say_so_in_one_line(command, tmp_path):
     assert message.startswith(f"error: {command[0]} times GPU kernels and needs a CUDA GPU"), message
 
 
+@pytest.mark.parametrize('command', [['bench.py', '--foo'], ['bench_generate.py', '--out']], ids=lambda c: c[0])
+def test_a_bad_option_is_one_line(command, tmp_path):
+    """Regression: argparse's usage, then its error, exit status 2; every other script says one `error:` line."""
+    proc = subprocess.run([sys.executable, str(ROOT / command[0]), *command[1:]], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    message = proc.stderr.strip()
+    assert proc.returncode == 1 and '\n' not in message, message
+    assert message.startswith("error: ") and message.endswith("(--help lists the options)"), message
+
+
 @pytest.mark.parametrize('n', [1, 16384, 40000, 2 * 16384], ids=str)
 def test_read_only_kernel_reads_every_element_once(n):
     # bench_generate's read-only floor must read all of the cache and nothing past it: its partial sums add up to

@@ -201,6 +201,15 @@ def test_export_then_load_gives_the_same_model(tmp_path):
         assert torch.equal(all_logits(back, idx), all_logits(model, idx))  # zero biases add exactly nothing
 
 
+def test_exported_files_share_one_set_of_permissions(tmp_path):
+    """Regression: model.safetensors was written readable by its owner only (0600), config.json and meta.pkl
+    with the user's usual permissions."""
+    hf_gpt2.export(our_model(bias=False), str(tmp_path / 'hf'), CHAR_META)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / 'hf').iterdir()}
+    assert set(modes) == {'model.safetensors', 'config.json', 'meta.pkl'}
+    assert len(set(modes.values())) == 1, modes
+
+
 def test_export_never_overwrites_a_model(tmp_path):
     hf_gpt2.export(our_model(), str(tmp_path), None)
     before = (tmp_path / 'model.safetensors').read_bytes()
