@@ -354,9 +354,7 @@ def export(model: GPT, hf_dir: str, meta: dict | None = None) -> list[str]:
         'bos_token_id': eot, 'eos_token_id': eot,
     }
 
-    # serialized to bytes and written as the other files are: safetensors' save_file creates its file readable by
-    # its owner only (0600), where config.json and meta.pkl get the user's usual permissions
-    to_bytes = _safetensors().save
+    save_file = _safetensors().save_file
     written = []
 
     def write(name: str, save) -> None:
@@ -368,13 +366,22 @@ def export(model: GPT, hf_dir: str, meta: dict | None = None) -> list[str]:
 
     try:
         os.makedirs(hf_dir, exist_ok=True)
-        write('model.safetensors', lambda p: _write_bytes(p, to_bytes(tensors, metadata={'format': 'pt'})))
+        write('model.safetensors', lambda p: _save_safetensors(save_file, tensors, p))
         write('config.json', lambda p: _write_text(p, json.dumps(config, indent=2, sort_keys=True) + '\n'))
         if char:
             write('meta.pkl', lambda p: _write_bytes(p, pickle.dumps(meta)))
     except OSError as e:
         raise CheckpointError(f"cannot write into {hf_dir} ({_one_line(e)}): choose another --hf_dir") from e
     return written
+
+
+def _save_safetensors(save_file, tensors: dict, path: str) -> None:
+    save_file(tensors, path, metadata={'format': 'pt'})
+    # save_file creates its file readable by its owner only (0600); config.json and meta.pkl, written with open(),
+    # get the user's usual permissions, and so does this one
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _write_text(path: str, text: str) -> None:

@@ -343,10 +343,12 @@ def lock_out_dir(out_dir: str):
         yield
 
 
-def resume_from(cfg: TrainConfig, procs: Processes) -> tuple[TrainConfig, dict | None]:
-    """The checkpoint to resume from (None from scratch), and cfg with the architecture the checkpoint fixes."""
+def resume_from(cfg: TrainConfig, procs: Processes) -> tuple[TrainConfig, dict | None, bool]:
+    """cfg with the architecture the checkpoint fixes, the checkpoint to resume from (None from scratch), and
+    whether this run replaces another run's checkpoint in out_dir (--overwrite=True)."""
     if cfg.init_from != 'resume':
-        if os.path.exists(os.path.join(cfg.out_dir, 'ckpt.pt')) and not cfg.eval_only:  # eval_only never saves
+        replaces = os.path.exists(os.path.join(cfg.out_dir, 'ckpt.pt')) and not cfg.eval_only  # eval_only never saves
+        if replaces:
             if not cfg.overwrite:
                 raise ConfigError(f"{cfg.out_dir}/ckpt.pt holds a trained model, which this run (init_from="
                                   f"{cfg.init_from}) would replace: continue it with --init_from=resume, train into "
@@ -354,7 +356,7 @@ def resume_from(cfg: TrainConfig, procs: Processes) -> tuple[TrainConfig, dict |
             if procs.master:
                 print(f"note: --overwrite=True: this run's first save replaces {cfg.out_dir}/ckpt.pt, with its "
                       f"config.json and metrics.jsonl")
-        return cfg, None
+        return cfg, None, replaces
     ckpt = load_checkpoint(cfg.out_dir, procs.device)
     if ckpt['iter_num'] >= cfg.max_iters and not cfg.eval_only:
         raise ConfigError(f"max_iters={cfg.max_iters}, and the checkpoint in {cfg.out_dir} is at iteration "
@@ -365,7 +367,7 @@ def resume_from(cfg: TrainConfig, procs: Processes) -> tuple[TrainConfig, dict |
     changed = {k: v for k, v in arch.items() if getattr(cfg, k) != v}
     if changed and procs.master:
         print(f"resume: the architecture is the checkpoint's, using {changed}")
-    return dataclasses.replace(cfg, **arch), ckpt
+    return dataclasses.replace(cfg, **arch), ckpt, False
 
 
 def pretrained_weights(cfg: TrainConfig, procs: Processes) -> tuple[TrainConfig, dict | None]:
@@ -454,7 +456,7 @@ class RunLog:
     run that fails before it leaves the other run's three files as they were."""
 
     def __init__(self, cfg: TrainConfig, master: bool, replaces: bool):
-        self.master, self.wandb, self.metrics = master, None, None
+        self.master, self.wandb, self.metrics, self.held = master, None, None, None
         if not master:
             return
         if cfg.wandb_log:
@@ -462,7 +464,7 @@ class RunLog:
         print(textwrap.fill(' '.join(f"{f.name}={getattr(cfg, f.name)!r}" for f in dataclasses.fields(cfg)),
                             width=118, initial_indent='config: ', subsequent_indent='  ', break_long_words=False,
                             break_on_hyphens=False))
-        self.config = dataclasses.asdict(cfg)
+        self.config, self.out_dir = dataclasses.asdict(cfg), cfg.out_dir
         self.path = os.path.join(cfg.out_dir, 'metrics.jsonl')
         # a scratch run replaces the file along with the checkpoint; resume (and a look with eval_only) add to it
         self.mode = 'a' if cfg.init_from == 'resume' or cfg.eval_only else 'w'
@@ -479,10 +481,16 @@ class RunLog:
         start metrics.jsonl."""
         if not self.master:
             return
-        path = os.path.join(os.path.dirname(self.path), 'config.json')
-        with open(path + '.tmp', 'w') as f:  # renamed over the old one: never a half-written file
-            json.dump(self.config, f, indent=1)
-        os.replace(path + '.tmp', path)
+        path = os.path.join(self.out_dir, 'config.json')
+        try:
+            with open(path + '.tmp', 'w') as f:  # renamed over the old one: never a half-written file
+                json.dump(self.config, f, indent=1)
+            os.replace(path + '.tmp', path)
+        except OSError as e:  # as save_checkpoint's: a full disk, a file system gone read-only
+            if os.path.isfile(path + '.tmp'):
+                os.remove(path + '.tmp')
+            raise CheckpointError(f"could not write {path} ({e.strerror or e}) after saving the checkpoint: free "
+                                  f"space or fix the directory, then continue with --init_from=resume") from None
         if self.held is not None:
             lines, self.held = self.held, None
             self._append(lines)
@@ -504,6 +512,9 @@ class RunLog:
             self.wandb.log({k: v for k, v in row.items() if v is not None}, step=iter_num)
 
     def close(self, ok: bool) -> None:
+        if self.held is not None:
+            print(f"note: this run saved no checkpoint, so {self.out_dir} keeps the checkpoint, config.json and "
+                  f"metrics.jsonl of the run it would have replaced; this run's figures are the lines above")
         if self.metrics is not None:
             self.metrics.close()
         if self.wandb is not None:
@@ -820,13 +831,11 @@ def train(cfg: TrainConfig) -> dict:
             stack.enter_context(stop_on_sigterm(procs))
             if procs.master:
                 stack.enter_context(lock_out_dir(cfg.out_dir))
-            cfg, ckpt = resume_from(cfg, procs)
+            cfg, ckpt, replaces = resume_from(cfg, procs)
             cfg, weights = pretrained_weights(cfg, procs)
             data = open_data(cfg, procs.device, ckpt or weights)
             check_model_fits(cfg, data.vocab_size, procs)
-            # only now: a run refused above leaves out_dir's files as they were
-            replaces = ckpt is None and not cfg.eval_only and os.path.exists(os.path.join(cfg.out_dir, 'ckpt.pt'))
-            log = RunLog(cfg, procs.master, replaces)
+            log = RunLog(cfg, procs.master, replaces)  # only now: a run refused above leaves out_dir as it was
             stack.callback(lambda: log.close(ok))
             tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
             log.print(f"device {procs.device} ({device_name(procs)}), dtype {procs.dtype}, attn {cfg.attn}, "
@@ -846,7 +855,7 @@ def train(cfg: TrainConfig) -> dict:
             history, last_eval = [], {}  # (iter, train loss, val loss) at each eval; the last eval's losses
             if iter_num >= cfg.max_iters and not cfg.eval_only:
                 log.print(f"note: max_iters={cfg.max_iters}: nothing to train; the model is evaluated once and "
-                          f"nothing is saved")
+                          f"nothing is saved (raise --max_iters to train)")
             while True:
                 lr = get_lr(iter_num, cfg)
                 for g in optimizer.param_groups:

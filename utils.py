@@ -289,8 +289,8 @@ GPU_PEAK_TFLOPS = [
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse's parser for the benchmarks, with an error as one `error:` line, as every script here reports one,
-    instead of the usage followed by the error."""
+    """argparse's parser for the benchmarks, with an error as one `error:` line, as train.py, sample.py and the
+    prepare scripts report one, instead of the usage followed by the error."""
 
     def error(self, message: str):
         sys.exit(f"error: {message} (--help lists the options)")

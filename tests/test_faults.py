@@ -117,6 +117,20 @@ def test_a_replacing_run_takes_over_out_dir_at_its_first_save(char_data, tmp_pat
     assert [r['iter'] for r in rows] == [0, 1, 2]  # eval and step at 0, step 1, eval 2: this run's alone
 
 
+def test_a_replacing_run_that_saves_nothing_says_so(char_data, tmp_path, capsys):
+    """--overwrite=True with max_iters=0 (or a run that never beats its first eval, always_save_checkpoint off):
+    nothing replaces the old run's files, and the run says so instead of dropping its figures without a word."""
+    train(tiny_config(tmp_path, char_data, max_iters=4, eval_interval=4))
+    kept = {name: (tmp_path / name).read_bytes() for name in ('ckpt.pt', 'config.json', 'metrics.jsonl')}
+    capsys.readouterr()
+    train(tiny_config(tmp_path, char_data, max_iters=0, overwrite=True, always_save_checkpoint=False))
+    out = capsys.readouterr().out
+    assert "note: max_iters=0: nothing to train; the model is evaluated once and nothing is saved" in out
+    assert (f"note: this run saved no checkpoint, so {tmp_path} keeps the checkpoint, config.json and metrics.jsonl "
+            f"of the run it would have replaced") in out
+    assert {name: (tmp_path / name).read_bytes() for name in kept} == kept
+
+
 def test_a_two_token_vocabulary_is_not_divergence_at_step_0(tmp_path):
     """Regression: text alternating ' ' and '\\n' (a vocabulary of 2) stopped at step 0, before any training, as
     diverged: the untrained model's 1.42 was above twice ln(2) = 1.39. (An untrained model favours repeating its

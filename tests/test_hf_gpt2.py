@@ -205,9 +205,10 @@ def test_exported_files_share_one_set_of_permissions(tmp_path):
     """Regression: model.safetensors was written readable by its owner only (0600), config.json and meta.pkl
     with the user's usual permissions."""
     hf_gpt2.export(our_model(bias=False), str(tmp_path / 'hf'), CHAR_META)
+    umask = os.umask(0)
+    os.umask(umask)
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / 'hf').iterdir()}
-    assert set(modes) == {'model.safetensors', 'config.json', 'meta.pkl'}
-    assert len(set(modes.values())) == 1, modes
+    assert modes == dict.fromkeys(['model.safetensors', 'config.json', 'meta.pkl'], 0o666 & ~umask)
 
 
 def test_export_never_overwrites_a_model(tmp_path):
