@@ -30,9 +30,9 @@ import torch
 
 import hf_gpt2
 from model import ATTN_IMPLS, GPT, GPTConfig, check_attn_device
-from utils import (REPO_DIR, CheckpointError, ConfigError, autocast_context, describe_meta, gpu_peak_flops,
-                   load_checkpoint, load_tokens, meta_mismatch, model_from_checkpoint, parse_config, prepare_hint,
-                   read_meta, resolve_dtype, save_checkpoint, tokenizer_of)
+from utils import (REPO_DIR, CheckpointError, ConfigError, autocast_context, checkpoint_path, describe_meta,
+                   gpu_peak_flops, load_checkpoint, load_tokens, meta_mismatch, model_from_checkpoint, parse_config,
+                   prepare_hint, read_meta, resolve_dtype, save_checkpoint, tokenizer_of)
 
 try:
     import fcntl
@@ -830,6 +830,8 @@ def train(cfg: TrainConfig) -> dict:
             stack.enter_context(explain_ddp_timeout(cfg, procs))
             stack.enter_context(stop_on_sigterm(procs))
             if procs.master:
+                if cfg.init_from == 'resume':
+                    checkpoint_path(cfg.out_dir)  # no checkpoint: said before the lock makes out_dir and its file
                 stack.enter_context(lock_out_dir(cfg.out_dir))
             cfg, ckpt, replaces = resume_from(cfg, procs)
             cfg, weights = pretrained_weights(cfg, procs)

@@ -362,8 +362,8 @@ def autocast_context(device_type: str, dtype: str):
     return torch.amp.autocast(device_type=device_type, dtype=ptdtype)
 
 
-def load_checkpoint(out_dir: str, device: str) -> dict:
-    """Load out_dir/ckpt.pt, with an error that says what to do when it is missing or unreadable."""
+def checkpoint_path(out_dir: str) -> str:
+    """out_dir/ckpt.pt when it is there, without reading it; an error that says what to do when it is not."""
     if not out_dir or os.path.isfile(out_dir):
         what = 'is empty' if not out_dir else f'{out_dir!r} is a file, not a directory'
         raise FileNotFoundError(f"out_dir {what}: point --out_dir at the directory that has ckpt.pt")
@@ -378,6 +378,12 @@ def load_checkpoint(out_dir: str, device: str) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}: train one first (python train.py CONFIG "
                                 f"--out_dir={out_dir}), or point --out_dir at the directory that has ckpt.pt")
+    return path
+
+
+def load_checkpoint(out_dir: str, device: str) -> dict:
+    """Load out_dir/ckpt.pt, with an error that says what to do when it is missing or unreadable."""
+    path = checkpoint_path(out_dir)
     try:
         # weights_only: a checkpoint is tensors and plain Python values, nothing that needs arbitrary unpickling
         ckpt = torch.load(path, map_location=device, weights_only=True)

@@ -508,3 +508,12 @@ def test_a_split_shorter_than_the_context_says_what_to_do(char_data, tmp_path):
     with pytest.raises(ConfigError, match=r"the val split has 111540 tokens, not more than block_size=200000: lower "
                                           r"--block_size, or prepare a longer text into "):
         train(tiny_config(tmp_path, char_data, block_size=200_000))
+
+
+def test_a_resume_without_a_checkpoint_leaves_no_out_dir_behind(char_data, tmp_path):
+    """Regression: --init_from=resume into a directory that did not exist said "no checkpoint", after making the
+    directory and its train.lock."""
+    out = tmp_path / 'never-trained'
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint at .*never-trained/ckpt\.pt: train one first"):
+        train(tiny_config(out, char_data, init_from='resume'))
+    assert not out.exists()
