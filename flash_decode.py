@@ -29,7 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
-from flash_kernel import LOG2E, SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS, interpreter_problem, interpreting
+from flash_kernel import (INTERPRETER_BF16, LOG2E, SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS, interpreter_problem,
+                          interpreting)
 
 MAX_SPLITS = 64  # the merge holds one [MAX_SPLITS, HEAD_DIM] fp32 tile; 64 x 128 is 64 registers a thread
 # The default split: about PROGRAMS_PER_SM programs per multiprocessor, but at least MIN_BLOCKS_PER_SPLIT key
@@ -351,6 +352,8 @@ def _check_inputs(q, k_cache, v_cache, cache_seqlens, num_splits) -> None:
                            "to run the kernel (slowly) on the CPU.")
     if q.device.type != "cuda" and (problem := interpreter_problem()):
         raise RuntimeError(f"flash_attn_with_kvcache: {problem}")
+    if q.device.type != "cuda" and q.dtype == torch.bfloat16:
+        raise ValueError(INTERPRETER_BF16.format(name="flash_attn_with_kvcache"))
     for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
         if t.stride(-1) != 1:
             raise ValueError(f"flash_attn_with_kvcache: {name} must have unit stride in its last (head) dim, got "

@@ -57,6 +57,10 @@ DROPOUT_BITS = 16  # a probability is kept when 16 random bits >= dropout_p * 2*
 MASK_BLOCK = 32  # dropout_mask's tiles are MASK_BLOCK x MASK_BLOCK: the narrowest _dropout_keep draws (32 columns)
 DELTA_BLOCK = 64  # rows per program of the backward's first pass, rowsum(dO * O): it only streams O and dO once
 BACKENDS = ("hopper", "triton")  # what `_backend` may force; None leaves the choice to TUNED
+# Triton's interpreter computes tl.dot on bf16 operands wrongly (relative errors of 1e8 measured), so CPU tensors
+# in bf16 are refused rather than answered
+INTERPRETER_BF16 = ("{name}: bfloat16 on the CPU runs in Triton's interpreter, which computes bf16 dot products "
+                    "wrongly: use float16 or float32 there, or bfloat16 on a GPU")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -822,7 +826,9 @@ def interpreter_problem(triton_version: str | None = None, numpy_version: str | 
     return None
 
 
-def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> None:
+def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, dropout_p: float) -> None:
+    if not isinstance(causal, bool):  # bool(None) would quietly run non-causal, bool("False") causal
+        raise ValueError(f"flash_attn: causal must be True or False, got {causal!r}")
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
             got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
@@ -858,6 +864,8 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: 
         )
     if q.device.type != "cuda" and (problem := interpreter_problem()):
         raise RuntimeError(f"flash_attn: {problem}")
+    if q.device.type != "cuda" and q.dtype == torch.bfloat16:
+        raise ValueError(INTERPRETER_BF16.format(name="flash_attn"))
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.stride(-1) != 1:
             raise ValueError(
@@ -866,6 +874,9 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: 
             )
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"flash_attn: dropout_p must be in [0, 1), got {dropout_p}")
+    if _drop_threshold(dropout_p) >= 1 << DROPOUT_BITS:  # every probability would be dropped
+        raise ValueError(f"flash_attn: dropout_p={dropout_p} rounds to 1 at the kernels' {DROPOUT_BITS}-bit "
+                         f"resolution: use dropout_p < {1 - 2.0 ** -(DROPOUT_BITS + 1)}")
 
 
 def _draw_seed(device: torch.device) -> torch.Tensor:
@@ -911,12 +922,12 @@ def flash_attn(
     For tests and tuning: _backend forces "hopper" or "triton" kernels (None: TUNED's choice); _fwd_config and
     _bwd_config run that pass on the Triton kernels with these tiles (FWD_CONFIG, BWD_CONFIG), as given.
     """
-    _check_inputs(q, k, v, dropout_p)
+    _check_inputs(q, k, v, causal, dropout_p)
     if _backend is not None or _fwd_config is not None or _bwd_config is not None:
         _check_choices(_backend, _fwd_config, _bwd_config, q, k, v, causal, dropout_p)
     scale = _scale(softmax_scale, q)
     seed = _draw_seed(q.device) if dropout_p > 0 else None
-    return _FlashAttention.apply(q, k, v, seed, bool(causal), scale, float(dropout_p), _backend, _fwd_config,
+    return _FlashAttention.apply(q, k, v, seed, causal, scale, float(dropout_p), _backend, _fwd_config,
                                  _bwd_config)
 
 
@@ -939,12 +950,12 @@ def flash_attn_qkvpacked(
         got = tuple(qkv.shape) if isinstance(qkv, torch.Tensor) else type(qkv).__name__
         raise ValueError(f"flash_attn_qkvpacked: qkv must be a 5-d tensor shaped (B, T, 3, H, D), got {got}")
     q, k, v = _unpack(qkv)
-    _check_inputs(q, k, v, dropout_p)
+    _check_inputs(q, k, v, causal, dropout_p)
     if _backend is not None or _fwd_config is not None or _bwd_config is not None:
         _check_choices(_backend, _fwd_config, _bwd_config, q, k, v, causal, dropout_p)
     scale = _scale(softmax_scale, q)
     seed = _draw_seed(qkv.device) if dropout_p > 0 else None
-    return _FlashAttentionQKVPacked.apply(qkv, seed, bool(causal), scale, float(dropout_p), _backend, _fwd_config,
+    return _FlashAttentionQKVPacked.apply(qkv, seed, causal, scale, float(dropout_p), _backend, _fwd_config,
                                           _bwd_config)
 
 

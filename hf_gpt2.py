@@ -87,6 +87,9 @@ def load(source: str, block_size: int | None = None) -> dict:
     if bad := non_finite_tensors(state_dict):
         raise CheckpointError(f"{where} holds NaN or inf weights ({bad}): nothing can be trained or sampled from "
                               f"them; get the files again")
+    if block_size is not None and (type(block_size) is not int or block_size < 1):
+        raise ConfigError(f"block_size must be a positive int (or None for the checkpoint's {args['block_size']}), "
+                          f"got {block_size!r}")
     if block_size is not None and block_size != args['block_size']:
         if block_size > args['block_size']:
             raise ConfigError(f"block_size={block_size} is longer than the {args['block_size']} positions of "
@@ -327,6 +330,11 @@ def export(model: GPT, hf_dir: str, meta: dict | None = None) -> list[str]:
     one goes into meta.pkl beside the weights. Refuses an hf_dir that holds anything already (a model, or a dataset
     whose meta.pkl the export would replace), so nothing is lost.
     """
+    if not isinstance(model, GPT):
+        raise CheckpointError(f"export takes a GPT (for a compiled one, its _orig_mod), got {type(model).__name__}")
+    bad = non_finite_tensors(model.state_dict())
+    if bad:  # load() refuses such weights: writing them would make a directory nothing can read back
+        raise CheckpointError(f"refusing to export: the model's weights hold NaN or inf ({bad})")
     check_export_dir(hf_dir)
     cfg = model.config
     tensors = {}

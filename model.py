@@ -25,6 +25,9 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 ATTN_IMPLS = ('triton', 'sdpa', 'naive')
+# logits / temperature is taken in fp32: far below this the quotient overflows to inf and sampling breaks (NaN),
+# while any temperature this low already picks the most likely token every time
+MIN_TEMPERATURE = 1e-4
 
 
 @dataclass
@@ -50,8 +53,19 @@ class GPTConfig:
         if self.n_embd % self.n_head != 0:  # after the check above: n_head = 0 would divide by zero here
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): "
                              f"each head gets n_embd // n_head channels")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if type(self.bias) is not bool:  # bool('no') is True
+            raise ValueError(f"bias must be True or False, got {self.bias!r}")
+        if type(self.dropout) not in (int, float) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        if self.attn == 'triton':
+            try:
+                from flash_kernel import SUPPORTED_HEAD_DIMS  # lazy: the repo must work where triton is missing
+            except ImportError:
+                SUPPORTED_HEAD_DIMS = None  # attn='triton' then fails where it runs, saying triton is missing
+            head_dim = self.n_embd // self.n_head
+            if SUPPORTED_HEAD_DIMS and head_dim not in SUPPORTED_HEAD_DIMS:
+                raise ValueError(f"attn='triton' supports head dims {SUPPORTED_HEAD_DIMS}, and n_embd={self.n_embd} / "
+                                 f"n_head={self.n_head} is {head_dim}: change n_head, or use attn='sdpa'")
         if self.gelu_approximate not in ('none', 'tanh'):
             raise ValueError(f"gelu_approximate must be 'none' or 'tanh', got {self.gelu_approximate!r}")
 
@@ -286,6 +300,8 @@ class GPT(nn.Module):
         if idx.dim() != 2:
             raise ValueError(f"idx must be (batch, time) token ids, got shape {tuple(idx.shape)}")
         B, T = idx.size()
+        if B == 0 or T == 0:
+            raise ValueError(f"idx must hold at least one row of at least one token, got shape {tuple(idx.shape)}")
         if T > self.config.block_size:
             raise ValueError(f"cannot forward a sequence of length {T}: block_size is only {self.config.block_size}")
         if targets is not None and targets.shape != idx.shape:
@@ -380,10 +396,24 @@ class GPT(nn.Module):
         block_size // 2 tokens. Both paths predict each token from the whole sequence before it, so they agree,
         while the sequence is at most block_size + 1 tokens long.
         """
-        if temperature <= 0.0:
-            raise ValueError(f"temperature must be > 0, got {temperature} (for greedy decoding use top_k=1)")
-        if idx.dim() != 2 or idx.size(1) == 0:
-            raise ValueError(f"idx must be (batch, time) token ids with at least one token, got {tuple(idx.shape)}")
+        if not (math.isfinite(temperature) and temperature >= MIN_TEMPERATURE):
+            raise ValueError(f"temperature must be a number >= {MIN_TEMPERATURE:g}, got {temperature} (for greedy "
+                             f"decoding use top_k=1)")
+        for name, value, allowed in (('max_new_tokens', max_new_tokens, 'an int >= 0'),
+                                     ('top_k', 0 if top_k is None else top_k, 'None or an int >= 0 (1: greedy)')):
+            if type(value) is not int or value < 0:
+                raise ValueError(f"{name} must be {allowed}, got {value!r}")
+        if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.size(0) == 0 or idx.size(1) == 0:
+            got = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
+            raise ValueError(f"idx must be (batch, time) token ids, at least one token in at least one row, got "
+                             f"{got}")
+        if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
+            raise ValueError(f"idx must hold integer token ids, got dtype {idx.dtype}")
+        lo, hi = idx.min().item(), idx.max().item()  # one host sync per call, before any work
+        if lo < 0 or hi >= self.config.vocab_size:
+            raise ValueError(f"idx holds token ids from {lo} to {hi}, outside the model's vocabulary "
+                             f"[0, {self.config.vocab_size})")
+        idx = idx.long()  # both paths return int64 ids, as torch.multinomial and argmax make them
         if kv_cache:
             if compile is None:
                 # the default: compiled on a GPU; on a CPU inductor's C++ build (tens of seconds) outweighs the gain

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 import hf_gpt2
-from model import ATTN_IMPLS, GPT, check_attn_device
+from model import ATTN_IMPLS, GPT, MIN_TEMPERATURE, check_attn_device
 from utils import (REPO_DIR, CheckpointError, ConfigError, autocast_context, get_codec, load_checkpoint,
                    meta_mismatch, model_from_checkpoint, parse_config, read_meta, resolve_dtype, tokenizer_of)
 
@@ -50,9 +50,6 @@ def check_device(device: str) -> str:
 
 
 MAX_NEW_TOKENS = 1_000_000
-# logits / temperature is taken in fp32: far below this the quotient overflows to inf and sampling breaks (NaN),
-# while any temperature this low already picks the most likely token every time
-MIN_TEMPERATURE = 1e-4
 
 
 @dataclass

@@ -178,6 +178,14 @@ def test_bad_input_says_what_is_wrong(name, change, msg):
         flash_attn_with_kvcache(**args)
 
 
+@pytest.mark.skipif(GPU, reason="on a GPU machine CPU tensors are refused before their dtype is looked at")
+def test_bf16_in_the_interpreter_is_refused():
+    """Regression: bf16 CPU tensors ran through the interpreter, whose bf16 dot products are wrong."""
+    q, k, v, seqlens = make_inputs(1, 1, 2, 16, 10, [10], torch.float32)
+    with pytest.raises(ValueError, match=r"flash_attn_with_kvcache: bfloat16 on the CPU runs in Triton's interpreter"):
+        flash_attn_with_kvcache(q.bfloat16(), k.bfloat16(), v.bfloat16(), seqlens)
+
+
 def test_reference_is_plain_causal_attention_when_the_cache_holds_only_the_queries():
     """The bottom-right mask with Tq = length is the ordinary causal mask: a check on the reference itself."""
     q, k, v, seqlens = make_inputs(2, 7, 2, 16, 7, [7, 7], torch.float32)

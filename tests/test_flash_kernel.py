@@ -247,6 +247,25 @@ def test_bad_dropout_p():
     x = _t(1, 1, 4, 16)
     with pytest.raises(ValueError, match=r"dropout_p must be in \[0, 1\)"):
         flash_attn(x, x, x, dropout_p=1.0)
+    # 0.999999 passed the range check, and its 16-bit threshold rounded to "drop everything": all zeros, always
+    with pytest.raises(ValueError, match=r"dropout_p=0.999999 rounds to 1 at the kernels' 16-bit resolution"):
+        flash_attn(x, x, x, dropout_p=0.999999)
+
+
+@pytest.mark.parametrize("causal", [None, "False", 1])
+def test_causal_must_be_a_bool(causal):
+    """Regression: causal was taken through bool(): None ran non-causal attention, "False" causal."""
+    x = _t(1, 1, 4, 16)
+    with pytest.raises(ValueError, match=r"causal must be True or False"):
+        flash_attn(x, x, x, causal=causal)
+
+
+@pytest.mark.skipif(GPU, reason="on a GPU machine CPU tensors are refused before their dtype is looked at")
+def test_bf16_in_the_interpreter_is_refused():
+    """Regression: bf16 CPU tensors ran through the interpreter, whose bf16 dot products are wrong (errors of 8e8)."""
+    x = _t(1, 1, 17, 32, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match=r"bfloat16 on the CPU runs in Triton's interpreter"):
+        flash_attn(x, x, x)
 
 
 @pytest.mark.parametrize("scale", [0.0, -0.125, float("nan"), float("inf")])

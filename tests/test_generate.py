@@ -312,3 +312,31 @@ def test_sample_py_reports_tokens_per_second_on_stderr(char_ckpt, capsys, kv_cac
     out, err = capsys.readouterr()
     assert out.count('---------------') == 2 and 'tokens/s' not in out
     assert f"2 samples x 8 new tokens, kv_cache={kv_cache}, compile=False: " in err and 'tokens/s' in err
+
+
+@pytest.mark.parametrize('kwargs,msg', [
+    (dict(temperature=float('nan')), r"temperature must be a number >= 0.0001, got nan"),  # sampled token 0 before
+    (dict(temperature=1e-45), r"temperature must be a number >= 0.0001, got 1e-45"),  # logits / t overflowed
+    (dict(max_new_tokens=-3), r"max_new_tokens must be an int >= 0, got -3"),  # returned idx unchanged
+    (dict(max_new_tokens=2.5), r"max_new_tokens must be an int >= 0, got 2.5"),
+    (dict(top_k=-1), r"top_k must be None or an int >= 0 \(1: greedy\), got -1"),  # sampled from all tokens
+    (dict(top_k=1.0), r"top_k must be None or an int >= 0 \(1: greedy\), got 1.0"),  # greedy on one path only
+    (dict(idx=torch.tensor([[3, TINY['vocab_size']]])), r"token ids from 3 to \d+, outside the model's vocabulary"),
+    (dict(idx=torch.tensor([[3, -1]])), r"token ids from -1 to 3, outside the model's vocabulary"),
+    (dict(idx=torch.zeros(1, 2)), r"idx must hold integer token ids, got dtype torch.float32"),
+], ids=['temperature-nan', 'temperature-tiny', 'negative-tokens', 'fractional-tokens', 'top_k-negative',
+        'top_k-float', 'id-past-vocab', 'id-negative', 'float-ids'])
+@pytest.mark.parametrize('kv_cache', [True, False], ids=['cache', 'no-cache'])
+def test_bad_generate_arguments_are_refused_on_both_paths(kwargs, msg, kv_cache):
+    """Regression: each of these ran (or failed deep inside torch) on at least one of the two paths."""
+    args = dict(idx=prompt(1, 4, 'cpu'), max_new_tokens=3) | kwargs
+    with pytest.raises(ValueError, match=msg):
+        peaky_model('sdpa').generate(args.pop('idx'), args.pop('max_new_tokens'), kv_cache=kv_cache, **args)
+
+
+def test_both_paths_return_int64_ids():
+    """Regression: int32 prompts came back int32 from the cached path and int64 from the other."""
+    model = peaky_model('sdpa')
+    idx = prompt(2, 4, 'cpu').int()
+    outs = [model.generate(idx, 3, top_k=1, kv_cache=kv) for kv in (True, False)]
+    assert [o.dtype for o in outs] == [torch.int64, torch.int64] and torch.equal(outs[0], outs[1])

@@ -145,6 +145,26 @@ def test_block_size_crops_the_positions(hf_model, hf_dir):
         hf_gpt2.load(hf_dir, block_size=129)
 
 
+@pytest.mark.parametrize('block_size', [-1, 0, True, 2.5], ids=str)
+def test_a_block_size_that_is_not_a_positive_int_is_refused(hf_dir, block_size):
+    """Regression: -1, 0 and True came back as the model's block_size (with 127, 0 or 1 positions), 2.5 a TypeError."""
+    with pytest.raises(ConfigError, match=r"block_size must be a positive int \(or None for the checkpoint's 128\)"):
+        hf_gpt2.load(hf_dir, block_size=block_size)
+
+
+def test_export_refuses_what_load_would_refuse(tmp_path):
+    """Regression: weights holding NaN were written (load refuses them), and a module other than a GPT failed with an
+    AttributeError."""
+    model = our_model()
+    with torch.no_grad():
+        model.transformer.wte.weight[0, 0] = float('nan')
+    with pytest.raises(CheckpointError, match=r"refusing to export: the model's weights hold NaN or inf"):
+        hf_gpt2.export(model, str(tmp_path / 'hf'))
+    with pytest.raises(CheckpointError, match=r"export takes a GPT .*, got Linear"):
+        hf_gpt2.export(torch.nn.Linear(2, 2), str(tmp_path / 'hf'))
+    assert not (tmp_path / 'hf').exists()
+
+
 def test_meta_is_gpt2_bpe_without_a_meta_pkl(hf_dir):
     assert hf_gpt2.load(hf_dir)['meta'] == {'tokenizer': 'gpt2', 'vocab_size': 50257}
 

@@ -59,6 +59,14 @@ def test_too_long_sequence_is_a_clear_error():
         build('sdpa')(torch.zeros(1, 17, dtype=torch.long))
 
 
+@pytest.mark.parametrize('shape', [(0, 4), (2, 0)], ids=['no-rows', 'no-tokens'])
+def test_empty_input_is_a_clear_error(shape):
+    """Regression: sdpa returned a NaN loss for no tokens, triton named a (B, H, T, D) shape the caller never made."""
+    idx = torch.zeros(shape, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"idx must hold at least one row of at least one token"):
+        build('sdpa')(idx, idx)
+
+
 def test_wrong_rank_is_a_clear_error():
     with pytest.raises(ValueError, match=r"\(batch, time\)"):
         build('sdpa')(torch.zeros(16, dtype=torch.long))
@@ -67,7 +75,12 @@ def test_wrong_rank_is_a_clear_error():
 @pytest.mark.parametrize('kw,msg', [
     (dict(attn='flash'), r"attn must be one of"),
     (dict(n_embd=30, n_head=4), r"n_embd \(30\) must be divisible by n_head \(4\)"),
-], ids=['bad-attn', 'indivisible-heads'])
+    (dict(bias='no'), r"bias must be True or False, got 'no'"),  # bool('no') turned biases on
+    (dict(dropout='0.1'), r"dropout must be a number in \[0, 1\), got '0.1'"),
+    # at the first forward this was flash_attn's error, which does not name the model's settings
+    (dict(attn='triton', n_embd=48, n_head=2), r"attn='triton' supports head dims \(16, 32, 64, 128\), and "
+                                                r"n_embd=48 / n_head=2 is 24: change n_head, or use attn='sdpa'"),
+], ids=['bad-attn', 'indivisible-heads', 'bias-str', 'dropout-str', 'triton-head-dim-24'])
 def test_config_is_validated(kw, msg):
     with pytest.raises(ValueError, match=msg):
         GPTConfig(**{**SMALL, 'attn': 'sdpa', **kw})
