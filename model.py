@@ -56,7 +56,7 @@ class GPTConfig:
         if type(self.bias) is not bool:  # bool('no') is True
             raise ValueError(f"bias must be True or False, got {self.bias!r}")
         if type(self.dropout) not in (int, float) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.attn == 'triton':
             try:
                 from flash_kernel import SUPPORTED_HEAD_DIMS  # lazy: the repo must work where triton is missing
@@ -205,6 +205,9 @@ class CausalSelfAttention(nn.Module):
         position up to their own; returns (B, T, C)."""
         B, T, _, nh, hs = qkv.size()
         kv, step = cache
+        if kv.dtype != qkv.dtype:  # the indexed write below would fail deep inside torch
+            raise ValueError(f"the KV cache holds {kv.dtype} and the model makes {qkv.dtype} keys: make the cache in "
+                             f"the dtype the model computes in (under autocast, the autocast dtype)")
         kv[step.rows, :, :, step.pos] = qkv[:, :, 1:]  # (B, T, 2, nh, hs) into the cache at the new positions
         if step.prefill:  # the cache held nothing before these tokens: plain causal attention among them
             return self._causal_attention(qkv)

@@ -186,6 +186,9 @@ def test_cache_misuse_is_a_clear_error():
         model.generate(torch.zeros(1, 0, dtype=torch.long), 3)
     with pytest.raises(ValueError, match=r"inference only: run it under torch.no_grad\(\)"):
         model(prompt(2, 2, 'cpu'), cache=cache)
+    # Regression: a float16 cache for a float32 model failed in torch's index_put ("Index put requires ...")
+    with pytest.raises(ValueError, match=r"the KV cache holds torch.float16 and the model makes torch.float32 keys"):
+        prefill(model, prompt(2, 2, 'cpu'), KVCache(model.config, 2, torch.float16, 'cpu'))
 
 
 def test_prefill_and_decode_one_token_need_no_caller_side_no_grad():

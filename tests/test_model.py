@@ -76,7 +76,7 @@ def test_wrong_rank_is_a_clear_error():
     (dict(attn='flash'), r"attn must be one of"),
     (dict(n_embd=30, n_head=4), r"n_embd \(30\) must be divisible by n_head \(4\)"),
     (dict(bias='no'), r"bias must be True or False, got 'no'"),  # bool('no') turned biases on
-    (dict(dropout='0.1'), r"dropout must be a number in \[0, 1\), got '0.1'"),
+    (dict(dropout='0.1'), r"dropout must be in \[0, 1\), got '0.1'"),
     # at the first forward this was flash_attn's error, which does not name the model's settings
     (dict(attn='triton', n_embd=48, n_head=2), r"attn='triton' supports head dims \(16, 32, 64, 128\), and "
                                                 r"n_embd=48 / n_head=2 is 24: change n_head, or use attn='sdpa'"),
