@@ -94,7 +94,7 @@ def layer_costs() -> dict:
                                                                        0.0)),
         "torch.ops.flashgpt.attn_fwd": host_us(lambda: torch.ops.flashgpt.attn_fwd(qn, kn, vn, None, True, SCALE,
                                                                                    0.0)),
-        "check_inputs": host_us(lambda: fk._check_inputs(q, k, v, 0.0)),
+        "check_inputs": host_us(lambda: fk._check_inputs(q, k, v, True, 0.0)),
         "flash_attn fwd+bwd": host_us(_fwd_bwd(fk.flash_attn, q, k, v, do)),
         "cuDNN SDPA fwd+bwd": host_us(_fwd_bwd(_cudnn, q, k, v, do)),
         "flash_attn fwd only (grad on)": host_us(lambda: fk.flash_attn(q, k, v)),
