@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from flash_kernel import (INTERPRETER_BF16, LOG2E, SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS, interpreter_problem,
+from flash_kernel import (INTERPRETER_BF16, LOG2E, SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS, _scale, interpreter_problem,
                           interpreting)
 
 MAX_SPLITS = 64  # the merge holds one [MAX_SPLITS, HEAD_DIM] fp32 tile; 64 x 128 is 64 registers a thread
@@ -387,7 +387,7 @@ def _check_inputs(q, k_cache, v_cache, cache_seqlens, num_splits) -> None:
         lo, hi = int(cache_seqlens.min()), int(cache_seqlens.max())
         if lo < Tq or hi > S:
             raise ValueError(f"flash_attn_with_kvcache: cache_seqlens must lie in [Tq, S] = [{Tq}, {S}] (the filled "
-                             f"cache positions, the {Tq} new keys included), got values in [{lo}, {hi}]")
+                             f"cache positions, the new keys included), got values in [{lo}, {hi}]")
 
 
 def flash_attn_with_kvcache(
@@ -409,8 +409,5 @@ def flash_attn_with_kvcache(
     this function without a graph break: the kernel is the torch op flashgpt::decode_fwd.
     """
     _check_inputs(q, k_cache, v_cache, cache_seqlens, num_splits)
-    scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    if not (scale > 0 and math.isfinite(scale)):
-        raise ValueError(f"flash_attn_with_kvcache: softmax_scale must be a positive finite number, "
-                         f"got {softmax_scale}")
+    scale = _scale(softmax_scale, q, caller="flash_attn_with_kvcache")
     return torch.ops.flashgpt.decode_fwd(q, k_cache, v_cache, cache_seqlens, scale, num_splits or 0)

@@ -34,6 +34,7 @@ flash_attn_qkvpacked take `_backend` ("hopper", "triton", or None for TUNED's ch
 """
 import functools
 import math
+import numbers
 import os
 import re
 from typing import Optional
@@ -959,11 +960,14 @@ def flash_attn_qkvpacked(
                                           _bwd_config)
 
 
-def _scale(softmax_scale: Optional[float], q: torch.Tensor) -> float:
-    scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    if not (scale > 0 and math.isfinite(scale)):
-        raise ValueError(f"softmax_scale must be a positive finite number, got {softmax_scale}")
-    return scale
+def _scale(softmax_scale: Optional[float], q: torch.Tensor, caller: str = "flash_attn") -> float:
+    # 1/sqrt(D) by default; numbers.Real takes Python's and numpy's floats and ints, not a string or a tensor
+    if softmax_scale is None:
+        return 1.0 / math.sqrt(q.shape[-1])
+    if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real) or not (
+            softmax_scale > 0 and math.isfinite(softmax_scale)):
+        raise ValueError(f"{caller}: softmax_scale must be a positive finite number or None, got {softmax_scale!r}")
+    return float(softmax_scale)
 
 
 def dropout_mask(seed: torch.Tensor, B: int, H: int, T: int, dropout_p: float) -> torch.Tensor:

@@ -268,10 +268,10 @@ def test_bf16_in_the_interpreter_is_refused():
         flash_attn(x, x, x)
 
 
-@pytest.mark.parametrize("scale", [0.0, -0.125, float("nan"), float("inf")])
+@pytest.mark.parametrize("scale", [0.0, -0.125, float("nan"), float("inf"), "a", True])  # "a": float()'s own error
 def test_bad_softmax_scale(scale):
     x = _t(1, 1, 4, 16)
-    with pytest.raises(ValueError, match="softmax_scale must be a positive finite number"):
+    with pytest.raises(ValueError, match="flash_attn: softmax_scale must be a positive finite number or None"):
         flash_attn(x, x, x, softmax_scale=scale)
 
 
