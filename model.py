@@ -55,7 +55,7 @@ class GPTConfig:
                              f"each head gets n_embd // n_head channels")
         if type(self.bias) is not bool:  # bool('no') is True
             raise ValueError(f"bias must be True or False, got {self.bias!r}")
-        if type(self.dropout) not in (int, float) or not 0.0 <= self.dropout < 1.0:
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.attn == 'triton':
             try:
