@@ -412,7 +412,7 @@ class GPT(nn.Module):
                              f"{got}")
         if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
             raise ValueError(f"idx must hold integer token ids, got dtype {idx.dtype}")
-        lo, hi = idx.min().item(), idx.max().item()  # one host sync per call, before any work
+        lo, hi = torch.stack(torch.aminmax(idx)).tolist()  # one host sync per call, before any work
         if lo < 0 or hi >= self.config.vocab_size:
             raise ValueError(f"idx holds token ids from {lo} to {hi}, outside the model's vocabulary "
                              f"[0, {self.config.vocab_size})")
