@@ -89,7 +89,7 @@ def test_shapes_keep_the_sweep_protocol():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the message a machine without a GPU gets")
 @pytest.mark.parametrize('command', [['bench.py'], ['bench_generate.py', '--out=x.md'], ['tools/decode_tiles.py'],
-                                     ['tools/ab_kernel.py', 'HEAD']], ids=lambda c: c[0])
+                                     ['tools/ab_kernel.py', 'HEAD'], ['tools/ncu_attention.py']], ids=lambda c: c[0])
 def test_gpu_benchmarks_without_a_gpu_say_so_in_one_line(command, tmp_path):
     """Regression: the tools ended in torch's "no NVIDIA driver" traceback."""
     proc = subprocess.run([sys.executable, str(ROOT / command[0]), *command[1:]], cwd=tmp_path, capture_output=True,
@@ -122,3 +122,37 @@ def test_read_only_kernel_reads_every_element_once(n):
     want = x.double().sum().item()
     # fp32 additions in another order: each partial sum of up to n terms is off by at most n * 2^-24 * sum |x|
     assert abs(got - want) <= n * 2.0**-24 * x.double().abs().sum().item()
+
+
+def test_ncu_table_reads_nsight_computes_raw_csv(tmp_path):
+    """tools/ncu_table.py: the units row sets the duration's scale, the stall reasons sum to the cycles per issued
+    instruction, "selected" is no stall column, a metric the report lacks is "-", long generated names shorten."""
+    sys.path.insert(0, str(ROOT / 'tools'))
+    import ncu_table
+    stall = 'smsp__average_warps_issue_stalled_{}_per_issue_active.ratio'
+    names = ['ID', 'Kernel Name', 'gpu__time_duration.sum', stall.format('barrier'), stall.format('long_scoreboard'),
+             stall.format('selected'), 'sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active',
+             'smsp__inst_executed.sum', 'launch__registers_per_thread']
+    units = ['', '', 'usecond', '', '', '', '%', 'inst', 'register/thread']
+    cute = 'kernel_cutlass_kernel_flash_attncuteflash_fwd_sm90FlashAttentionForwardSm90_object_at_0x7f_tensorptr'
+    rows = [['0', '_attn_fwd_hopper_kernel(TensorDescriptor, int)', '668.4', '2.30', '0.88', '1.00', '46.1',
+             '249,000,000', '168'],
+            ['1', cute, '1,024.0', '1.28', '1.51', '0.50', '45.8', '618000000', '128']]
+    path = tmp_path / 'attn.csv'
+    path.write_text('\n'.join(','.join(f'"{c}"' for c in line) for line in [names, units] + rows) + '\n')
+    lines = ncu_table.table(*ncu_table.read(str(path))).splitlines()
+    head = [c.strip() for c in lines[0].strip('|').split('|')]
+    assert head[4:6] == ['stalled: barrier', 'stalled: long_scoreboard'] and 'stalled: selected' not in head
+    first, second = ([c.strip() for c in line.strip('|').split('|')] for line in lines[2:])
+    assert first[:4] == ['0', '_attn_fwd_hopper_kernel', '0.668', '4.18']  # 668.4 us; 2.30 + 0.88 + 1.00
+    assert second[:4] == ['1', 'FlashAttentionForwardSm90', '1.024', '3.29']
+    assert first[head.index('MUFU (XU) %')] == '-' and first[head.index('tensor pipe %')] == '46.1'
+    assert first[head.index('instructions (M)')] == '249' and second[head.index('registers')] == '128'
+
+
+def test_ncu_table_refuses_another_csv(tmp_path):
+    path = tmp_path / 'other.csv'
+    path.write_text('a,b\n1,2\n')
+    proc = subprocess.run([sys.executable, str(ROOT / 'tools' / 'ncu_table.py'), str(path)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 1 and proc.stderr.strip().startswith('error: ') and '\n' not in proc.stderr.strip()
