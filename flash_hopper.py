@@ -442,9 +442,7 @@ def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar
         pt = gl.exp2(st * qk_scale - lse[None, :])
         if i < 2:  # the two query blocks that overlap this program's 128 keys
             pt = _causal(pt, rows[None, :], keys[:, None], 0.0)
-        # dS without the softmax scale (S = scale * Q K^T, so dS = scale * dP'): dK takes it once at the end and
-        # dQ in _attn_bwd's conversion, one multiply each instead of one per score
-        dst = (pt * (dpt - delta[None, :])).to(dtype)
+        dst = (pt * (dpt - delta[None, :]) * sm_scale).to(dtype)  # dS = scale * dP' (S = scale * Q K^T)
         # dV += P^T dO and dK += dS^T Q
         dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), op_a), do, dv, is_async=True)
         dk = warpgroup_mma(gl.convert_layout(dst, op_a), q, dk, is_async=True)
@@ -480,7 +478,7 @@ def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar
         if s < n_steps:
             last = n_steps - 1 - (n_steps - 1 - s) % STAGES  # the last step that used stage s
             mbarrier.wait(q_free.index(s), (last // STAGES) & 1)
-    q_rows.index(GROUP).store((dk * sm_scale).to(dtype))
+    q_rows.index(GROUP).store(dk.to(dtype))
     do_rows.index(GROUP).store(dv.to(dtype))
     fence_async_shared()
     first_key = start_n + GROUP * TILE
@@ -697,4 +695,4 @@ def _attn_bwd(do, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, qk_scal
         H, T, qk_scale, softmax_scale, HEAD_DIM=D, STAGES=NUM_STAGES, num_warps=4,
         maxnreg=_maxnreg("bwd", D),
     )
-    torch.mul(dq_acc, softmax_scale, out=dq)  # the scale dS left out (_bwd_mma_partition), and dq's dtype
+    dq.copy_(dq_acc)
