@@ -113,3 +113,31 @@ def test_hopper_wgmmas_are_not_serialized(hopper):
     # (triton 3.6 and 3.8).
     for kernel in hopper.values():
         assert kernel["waits"] < kernel["hgmma"] / 2, hopper
+
+
+def _sass(*lines):
+    # cuobjdump's layout: each instruction at its address, 16 bytes apart
+    return "\n".join(f"        /*{16 * i:04x}*/                   {line} ;" for i, line in enumerate(lines))
+
+
+# An outer loop (0x00-0xc0) around a softmax loop (0x10-0xa0, 10 instructions), then EXIT and a wait's retry path
+# that branches back into the loop (0x90-0xf0 would be 7 instructions holding an HGMMA and an exponential)
+SASS = _sass("MOV R1, c[0x0][0x28]", "SYNCS.PHASECHK.TRANS64.TRYWAIT P0, [UR4], R2", "@!P0 BRA 0xe0",
+             "HGMMA.64x64x16.F32.BF16 R24, gdesc[UR8], RZ, !UPT", *["FADD R4, R4, R3"] * 5, "MUFU.EX2 R3, R3",
+             "@P1 BRA 0x10", "HGMMA.64x64x16.F32.BF16 R24, gdesc[UR8], RZ, !UPT", "@P2 BRA 0x0", "EXIT",
+             "SYNCS.PHASECHK.TRANS64.TRYWAIT P0, [UR4], R2", "BRA 0x90")
+
+
+def test_inner_loop_is_the_softmax_loops_step():
+    # tools/compile_sm90.py's "loop step": the softmax loop's 10 instructions, not the outer loop, nor the wait's
+    # retry path after EXIT (7, were it counted); a loop without an exponential is no softmax loop
+    _needs_nvidia_backend()
+    assert call_without_interpreter("compile_sm90", "inner_loop", SASS) == 10
+    assert call_without_interpreter("compile_sm90", "inner_loop", SASS.replace("MUFU.EX2", "FMUL")) == 0
+
+
+def test_hopper_kernels_have_a_softmax_loop(hopper):
+    # every Hopper kernel's softmax groups run one loop over key tiles (forward) or query blocks (backward); its step
+    # is what docs/design.md, "FlashAttention-4's lead", compares with FlashAttention-4's
+    for kernel in hopper.values():
+        assert 200 < kernel["loop"] < kernel["sass"], hopper

@@ -8,12 +8,20 @@ and wgmma waits in the PTX. A developer's tool for checking a layout change befo
 Uses the shipped tile configurations for bf16 at T=4096 (the forward's and the backward's), with and without
 dropout, then the Hopper forward and backward (flash_hopper.py): their warps, wgmma count, the registers and
 local memory (spills) that ptxas gave them, whether ptxas serialized their wgmmas (a wait after each one in the
-SASS) and the SASS's size, read from the cubin with the cuobjdump that Triton bundles. Needs triton's NVIDIA
-backend, which bundles ptxas; no GPU and no CUDA driver. counts() returns the numbers; main prints them.
+SASS) and the SASS's size and the length of one step of its product loop, read from the cubin with the cuobjdump that Triton
+bundles. Needs triton's NVIDIA backend, which bundles ptxas; no GPU and no CUDA driver. counts() returns the
+numbers; main prints them.
+
+    python tools/compile_sm90.py --fa4 [--head-dim 128]
+
+adds the same rows for FlashAttention-4's sm90 forward and backward (`pip install flash-attn-4`), compiled for
+an H100 through its fake-tensor mode at the sweep's shape for T=4096 (CuTe DSL's own ptxas; docs/design.md,
+"FlashAttention-4's lead").
 
 Run it without TRITON_INTERPRET: under the interpreter the kernels are not compilable objects.
 """
 import argparse
+import glob
 import os
 import re
 import subprocess
@@ -140,8 +148,59 @@ def sass_size(sass: str) -> int:
     return len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/", sass, re.M))
 
 
+def inner_loop(sass: str) -> int:
+    """Instructions in one step of a kernel's softmax loop: the shortest body of a backward branch (from its target
+    to the branch) that holds both an HGMMA and an exponential. Only branches ahead of the last EXIT count: after it
+    sit the waits' out-of-line retry paths, which branch back into the loops. A kernel with a loop per warpgroup or
+    per masked and unmasked step gives its shortest."""
+    code = [(int(a, 16), op, rest) for a, op, rest in
+            re.findall(r"^\s+/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);", sass, re.M)]
+    end = max((a for a, op, _ in code if op == "EXIT"), default=0)
+    steps = []
+    for addr, op, rest in code:
+        target = re.match(r"\s*(0x[0-9a-f]+)", rest) if op == "BRA" and addr < end else None
+        if target and int(target.group(1), 16) < addr:
+            body = [o for a, o, _ in code if int(target.group(1), 16) <= a <= addr]
+            if any(o.startswith("HGMMA") for o in body) and "MUFU.EX2" in body:
+                steps.append(len(body))
+    return min(steps, default=0)
+
+
+FA4_TARGET = {"FLASH_ATTENTION_ARCH": "sm_90", "CUTE_DSL_ARCH": "sm_90a", "FLASH_ATTENTION_NUM_SMS": "132"}
+
+
+def compile_fa4(head_dim: int, folder: str) -> dict:
+    """FlashAttention-4's causal bf16 forward and backward for an H100, compiled without a GPU through its
+    fake-tensor mode at the sweep's shape for T=T_TILES, (B, T, H, D) inputs: {kernel class: cubin}, the forward,
+    the backward and its pre- and postprocessing passes. Imports flash_attn.cute (ImportError without it)."""
+    os.environ.update(FA4_TARGET, CUTE_DSL_KEEP_CUBIN="1", CUTE_DSL_DUMP_DIR=folder)  # read when FA4 compiles
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from flash_attn.cute.interface import _flash_attn_bwd, _flash_attn_fwd
+
+    B, H, T, D = 16384 // T_TILES, 2048 // head_dim, T_TILES, head_dim
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        q, k, v, do = (torch.empty(B, T, H, D, dtype=torch.bfloat16, device="cuda") for _ in range(4))
+        out, lse = _flash_attn_fwd(q, k, v, causal=True, return_lse=True)[:2]
+        _flash_attn_bwd(q, k, v, out, do, lse, causal=True)
+    cubins = {}
+    for path in sorted(glob.glob(os.path.join(folder, "*.cubin"))):
+        name = re.search(r"(FlashAttention\w+?)_object", os.path.basename(path))
+        with open(path, "rb") as f:
+            cubins[name.group(1) if name else os.path.basename(path)] = f.read()
+    return cubins
+
+
+def sass_row(cubin: bytes) -> dict:
+    """Registers, stack, HGMMA, wgmma waits, SASS instructions and loop step of one compiled kernel."""
+    usage, sass = resource_usage(cubin), _cuobjdump(cubin, "--dump-sass")
+    hgmma, waits = sass_waits(sass)
+    return dict(registers=usage["REG"], stack=usage["STACK"], hgmma=hgmma, waits=waits, sass=sass_size(sass),
+                loop=inner_loop(sass))
+
+
 TRITON_COUNTS = ("convert_layout", "st.shared", "ld.shared", "mul.hi", "wgmma.wait_group", "shared")
-HOPPER_COUNTS = ("warps", "wgmma", "setmaxnreg", "registers", "stack", "shared", "hgmma", "waits", "sass")
+HOPPER_COUNTS = ("warps", "wgmma", "setmaxnreg", "registers", "stack", "shared", "hgmma", "waits", "sass", "loop")
+FA4_COUNTS = ("registers", "stack", "hgmma", "waits", "sass", "loop")
 T_TILES = 4096  # the Triton kernels are compiled with the tiles the shipped table gives this length
 
 
@@ -150,7 +209,8 @@ def counts(head_dim: int = 64, dump: Optional[str] = None) -> dict:
     is {"kernel": "forward" | "backward", "dropout": bool} and TRITON_COUNTS: layout conversions in the TTGIR,
     st.shared, ld.shared, mul.hi and wgmma.wait_group in the PTX, shared memory in bytes. A Hopper row is
     {"kernel": "forward" | "backward"} and HOPPER_COUNTS: warps, wgmma.mma_async and setmaxnreg in the PTX,
-    registers and stack bytes per thread, shared bytes, HGMMA, wgmma waits and instructions in the SASS. With dump,
+    registers and stack bytes per thread, shared bytes, HGMMA, wgmma waits and instructions in the SASS, and the
+    instructions of one step of its product loop (inner_loop). With dump,
     each kernel's TTGIR and PTX (and the Hopper kernels' SASS) are also written to that folder."""
     D = head_dim
     rows = {"triton": [], "hopper": []}
@@ -167,12 +227,11 @@ def counts(head_dim: int = 64, dump: Optional[str] = None) -> dict:
                                                                                           ("ptx", ptx))})
     for kind, name in (("fwd", "forward"), ("bwd", "backward")):
         compiled = compile_hopper(kind, D)
-        ptx, usage = compiled.asm["ptx"], resource_usage(compiled.asm["cubin"])
+        ptx = compiled.asm["ptx"]
         sass = _cuobjdump(compiled.asm["cubin"], "--dump-sass")
-        hgmma, waits = sass_waits(sass)
-        values = (compiled.metadata.num_warps, ptx.count("wgmma.mma_async"), ptx.count("setmaxnreg"), usage["REG"],
-                  usage["STACK"], compiled.metadata.shared, hgmma, waits, sass_size(sass))
-        rows["hopper"].append(dict(kernel=name, **dict(zip(HOPPER_COUNTS, values))))
+        rows["hopper"].append(dict(kernel=name, warps=compiled.metadata.num_warps, wgmma=ptx.count("wgmma.mma_async"),
+                                   setmaxnreg=ptx.count("setmaxnreg"), shared=compiled.metadata.shared,
+                                   **sass_row(compiled.asm["cubin"])))
         # the SASS shows what ptxas did with the PTX's order (docs/design.md, "Hopper variants that did not pay")
         if dump:
             _write(dump, {f"hopper_{name}.{ext}": compiled.asm[ext] for ext in ("ttgir", "ptx")}
@@ -192,9 +251,19 @@ def main():
     parser.add_argument("--head-dim", type=int, default=64, choices=(64, 128), help="the Hopper kernels' head dims")
     parser.add_argument("--dump", help="also write each variant's TTGIR and PTX (and the Hopper kernels' SASS) to "
                                        "this folder")
+    parser.add_argument("--fa4", action="store_true", help="also FlashAttention-4's sm90 kernels (flash_attn.cute)")
     args = parser.parse_args()
     if args.dump and os.path.exists(args.dump) and not os.path.isdir(args.dump):
         parser.error(f"--dump {args.dump} is a file: give a folder (it is made when absent)")
+    fa4 = {}
+    if args.fa4:
+        with tempfile.TemporaryDirectory() as folder:
+            try:
+                fa4 = {name: sass_row(cubin) for name, cubin in compile_fa4(args.head_dim, folder).items()}
+            except ImportError as e:
+                parser.error(f"--fa4 needs FlashAttention-4 (pip install flash-attn-4): {e}")
+            except Exception as e:  # its compile path changes between versions: say which step failed, in one line
+                parser.error(f"FlashAttention-4 did not compile here ({type(e).__name__}: {str(e)[:200]})")
     rows = counts(args.head_dim, args.dump)
     print(f"sm_90, triton {triton.__version__}, bf16, head dim {args.head_dim}, tiles for T={T_TILES}")
     print("| kernel | dropout | convert_layout | st.shared | ld.shared | mul.hi | wgmma.wait_group | shared bytes |")
@@ -203,10 +272,18 @@ def main():
         print(f"| {row['kernel']} | {row['dropout']} | " + " | ".join(str(row[c]) for c in TRITON_COUNTS) + " |")
     print(f"\nHopper kernels (flash_hopper.py), head dim {args.head_dim}:")
     print("| kernel | warps | wgmma.mma_async | setmaxnreg | registers | stack bytes | shared bytes | SASS HGMMA | "
-          "SASS wgmma waits | SASS instructions |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "SASS wgmma waits | SASS instructions | loop step |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows["hopper"]:
         print(f"| hopper {row['kernel']} | " + " | ".join(str(row[c]) for c in HOPPER_COUNTS) + " |")
+    if fa4:
+        import importlib.metadata
+        print(f"\nFlashAttention-4 (flash-attn-4 {importlib.metadata.version('flash-attn-4')}), head dim "
+              f"{args.head_dim}, T={T_TILES}:")
+        print("| kernel | registers | stack bytes | SASS HGMMA | SASS wgmma waits | SASS instructions | loop step |")
+        print("|---|---|---|---|---|---|---|")
+        for name, row in fa4.items():
+            print(f"| {name} | " + " | ".join(str(row[c]) for c in FA4_COUNTS) + " |")
 
 
 if __name__ == "__main__":
