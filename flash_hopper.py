@@ -430,12 +430,12 @@ def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar
             st = warpgroup_mma(k1, q1.permute((1, 0)), st, is_async=True)
             dpt = warpgroup_mma(v1, do1.permute((1, 0)), dpt, is_async=True)
         rows = start_m + i * TILE + cols  # the queries, on columns
-        st, dpt = warpgroup_mma_wait(0, deps=(st, dpt))
         lse = lse_smem.index(s).load(gl.SliceLayout(0, mma))
+        delta = delta_smem.index(s).load(gl.SliceLayout(0, mma))
+        st, dpt = warpgroup_mma_wait(0, deps=(st, dpt))
         pt = gl.exp2(st * qk_scale - lse[None, :])
         if i < 2:  # the two query blocks that overlap this program's 128 keys
             pt = _causal(pt, rows[None, :], keys[:, None], 0.0)
-        delta = delta_smem.index(s).load(gl.SliceLayout(0, mma))
         dst = (pt * (dpt - delta[None, :]) * sm_scale).to(dtype)  # dS = scale * dP' (S = scale * Q K^T)
         pt = gl.convert_layout(pt.to(dtype), op_a)
         # dV += P^T dO and dK += dS^T Q, per column half
