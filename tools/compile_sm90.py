@@ -8,8 +8,8 @@ and wgmma waits in the PTX. A developer's tool for checking a layout change befo
 Uses the shipped tile configurations for bf16 at T=4096 (the forward's and the backward's), with and without
 dropout, then the Hopper forward and backward (flash_hopper.py): their warps, wgmma count, the registers and
 local memory (spills) that ptxas gave them, whether ptxas serialized their wgmmas (a wait after each one in the
-SASS) and the SASS's size and the length of one step of its product loop, read from the cubin with the cuobjdump that Triton
-bundles. Needs triton's NVIDIA backend, which bundles ptxas; no GPU and no CUDA driver. counts() returns the
+SASS), the SASS's size and the length of one step of its softmax loop, read from the cubin with the cuobjdump that
+Triton bundles. Needs triton's NVIDIA backend, which bundles ptxas; no GPU and no CUDA driver. counts() returns the
 numbers; main prints them.
 
     python tools/compile_sm90.py --fa4 [--head-dim 128]
@@ -22,6 +22,7 @@ Run it without TRITON_INTERPRET: under the interpreter the kernels are not compi
 """
 import argparse
 import glob
+import importlib.metadata
 import os
 import re
 import subprocess
@@ -210,7 +211,7 @@ def counts(head_dim: int = 64, dump: Optional[str] = None) -> dict:
     st.shared, ld.shared, mul.hi and wgmma.wait_group in the PTX, shared memory in bytes. A Hopper row is
     {"kernel": "forward" | "backward"} and HOPPER_COUNTS: warps, wgmma.mma_async and setmaxnreg in the PTX,
     registers and stack bytes per thread, shared bytes, HGMMA, wgmma waits and instructions in the SASS, and the
-    instructions of one step of its product loop (inner_loop). With dump,
+    instructions of one step of its softmax loop (inner_loop). With dump,
     each kernel's TTGIR and PTX (and the Hopper kernels' SASS) are also written to that folder."""
     D = head_dim
     rows = {"triton": [], "hopper": []}
@@ -277,7 +278,6 @@ def main():
     for row in rows["hopper"]:
         print(f"| hopper {row['kernel']} | " + " | ".join(str(row[c]) for c in HOPPER_COUNTS) + " |")
     if fa4:
-        import importlib.metadata
         print(f"\nFlashAttention-4 (flash-attn-4 {importlib.metadata.version('flash-attn-4')}), head dim "
               f"{args.head_dim}, T={T_TILES}:")
         print("| kernel | registers | stack bytes | SASS HGMMA | SASS wgmma waits | SASS instructions | loop step |")

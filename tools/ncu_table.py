@@ -67,23 +67,21 @@ def table(names: list, units: dict, rows: list, reasons: int = 6) -> str:
     percent_cols = [(head, next((n for n in names if n.startswith(prefix)), None)) for head, prefix in PERCENTS]
     scale = TO_MS.get(units.get("gpu__time_duration.sum", "nsecond"), float("nan"))
 
-    def cell(row, column, fmt):
-        value = number(row[column]) if column in row else float("nan")
-        return "-" if value != value else format(value, fmt)
+    def metric(row, column):
+        return number(row.get(column, "nan")) if column else float("nan")
 
     head = (["ID", "kernel", "ms", "warp cycles per issued instruction"] + [f"stalled: {r}" for r in top]
             + [h for h, _ in percent_cols] + ["instructions (M)", "registers"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        per_instruction = sum(number(row[c]) for c in stalls.values()) if stalls else float("nan")
-        cells = [row["ID"], short_name(row["Kernel Name"]),
-                 "-" if "gpu__time_duration.sum" not in row else f"{number(row['gpu__time_duration.sum']) * scale:.3f}",
-                 "-" if per_instruction != per_instruction else f"{per_instruction:.2f}"]
-        cells += [cell(row, stalls[r], ".2f") for r in top]
-        cells += [cell(row, column, ".1f") if column else "-" for _, column in percent_cols]
-        instructions = number(row.get("smsp__inst_executed.sum", "nan")) / 1e6
-        cells += ["-" if instructions != instructions else f"{instructions:.0f}",
-                  cell(row, "launch__registers_per_thread", ".0f")]
+        values = [(metric(row, "gpu__time_duration.sum") * scale, ".3f"),
+                  (sum(metric(row, c) for c in stalls.values()) if stalls else float("nan"), ".2f")]
+        values += [(metric(row, stalls[r]), ".2f") for r in top]
+        values += [(metric(row, column), ".1f") for _, column in percent_cols]
+        values += [(metric(row, "smsp__inst_executed.sum") / 1e6, ".0f"),
+                   (metric(row, "launch__registers_per_thread"), ".0f")]
+        cells = [row["ID"], short_name(row["Kernel Name"])]
+        cells += ["-" if value != value else format(value, spec) for value, spec in values]  # NaN: not collected
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
