@@ -60,12 +60,12 @@ def main():
         for fn in fns.values():
             passes(fn, q, k, v, do)  # unprofiled: compilation and first launches
         torch.cuda.synchronize()
-        torch.cuda.cudart().cudaProfilerStart()
+        torch.cuda.profiler.start()
         for name, fn in fns.items():
             print(f"D={D} T={T} B={B} H={H} {args.layout}: {name} forward, then {name} forward+backward")
             passes(fn, q, k, v, do)
         torch.cuda.synchronize()
-        torch.cuda.cudart().cudaProfilerStop()
+        torch.cuda.profiler.stop()
 
 
 if __name__ == "__main__":
