@@ -14,6 +14,7 @@ in the order this script prints them; tools/ncu_table.py lists them in that orde
 smsp__average_warps_issue_stalled_*_per_issue_active.ratio (cycles a warp waits per instruction issued, by reason)
 and the tensor pipe and MUFU (XU) columns (docs/design.md, "Hopper backward: LSE and delta through shared memory").
 """
+import argparse
 import os
 import sys
 
@@ -25,6 +26,13 @@ import bench  # noqa: E402
 from utils import ArgumentParser, require_gpu  # noqa: E402
 
 DEFAULT_PROVIDERS = "ours,cuDNN,FA4"
+
+
+def head_dims(text: str) -> list:
+    try:
+        return [int(d) for d in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give comma-separated integers such as 64,128, not {text!r}") from None
 
 
 def passes(fn, q, k, v, do):
@@ -39,7 +47,7 @@ def passes(fn, q, k, v, do):
 def main():
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--T", type=int, default=4096, help="sequence length; B = 16384 / T, H = 2048 / D")
-    parser.add_argument("--head-dims", default="64,128", help="comma-separated head dims")
+    parser.add_argument("--head-dims", type=head_dims, default=[64, 128], help="comma-separated head dims")
     parser.add_argument("--providers", default=DEFAULT_PROVIDERS,
                         help=f"comma-separated names from bench.py (default {DEFAULT_PROVIDERS}; FA4 is left out "
                              "with a note where it does not import)")
@@ -54,7 +62,7 @@ def main():
     if "FA4" in wanted and "FA4" not in found:
         print(notes[0])
     fns = {name: found[name] for name in wanted if name in found}
-    for D in (int(d) for d in args.head_dims.split(",")):
+    for D in args.head_dims:
         B, H, T = 16384 // args.T, 2048 // D, args.T  # the sweep's shapes: 16384 tokens, hidden 2048
         q, k, v, do = bench.inputs(B, H, T, D, args.layout)
         for fn in fns.values():
