@@ -29,8 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from flash_kernel import (INTERPRETER_BF16, LOG2E, SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS, _scale, interpreter_problem,
-                          interpreting)
+from flash_kernel import LOG2E, SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS, _check_off_gpu, _scale
 
 MAX_SPLITS = 64  # the merge holds one [MAX_SPLITS, HEAD_DIM] fp32 tile; 64 x 128 is 64 registers a thread
 # The default split: about PROGRAMS_PER_SM programs per multiprocessor, but at least MIN_BLOCKS_PER_SPLIT key
@@ -346,14 +345,7 @@ def _check_inputs(q, k_cache, v_cache, cache_seqlens, num_splits) -> None:
     if not (q.device == k_cache.device == v_cache.device):
         raise ValueError(f"flash_attn_with_kvcache: q, k_cache, v_cache must be on one device, got {q.device}, "
                          f"{k_cache.device}, {v_cache.device}")
-    if q.device.type != "cuda" and not interpreting():
-        raise RuntimeError(f"flash_attn_with_kvcache: tensors are on '{q.device.type}', but the Triton kernel runs "
-                           "on CUDA GPUs only. Move them to a GPU, or set TRITON_INTERPRET=1 before importing triton "
-                           "to run the kernel (slowly) on the CPU.")
-    if q.device.type != "cuda" and (problem := interpreter_problem()):
-        raise RuntimeError(f"flash_attn_with_kvcache: {problem}")
-    if q.device.type != "cuda" and q.dtype == torch.bfloat16:
-        raise ValueError(INTERPRETER_BF16.format(name="flash_attn_with_kvcache"))
+    _check_off_gpu(q, "flash_attn_with_kvcache")
     for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
         if t.stride(-1) != 1:
             raise ValueError(f"flash_attn_with_kvcache: {name} must have unit stride in its last (head) dim, got "

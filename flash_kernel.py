@@ -58,10 +58,6 @@ DROPOUT_BITS = 16  # a probability is kept when 16 random bits >= dropout_p * 2*
 MASK_BLOCK = 32  # dropout_mask's tiles are MASK_BLOCK x MASK_BLOCK: the narrowest _dropout_keep draws (32 columns)
 DELTA_BLOCK = 64  # rows per program of the backward's first pass, rowsum(dO * O): it only streams O and dO once
 BACKENDS = ("hopper", "triton")  # what `_backend` may force; None leaves the choice to TUNED
-# Triton's interpreter computes tl.dot on bf16 operands wrongly (relative errors of 1e8 measured), so CPU tensors
-# in bf16 are refused rather than answered
-INTERPRETER_BF16 = ("{name}: bfloat16 on the CPU runs in Triton's interpreter, which computes bf16 dot products "
-                    "wrongly: use float16 or float32 there, or bfloat16 on a GPU")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -827,6 +823,23 @@ def interpreter_problem(triton_version: str | None = None, numpy_version: str | 
     return None
 
 
+def _check_off_gpu(q: torch.Tensor, caller: str, instead: str = "") -> None:
+    # Tensors off a CUDA GPU run the kernels only in Triton's interpreter: refused when it is off, when it cannot
+    # run with this triton and numpy, and in bf16, whose tl.dot the interpreter computes wrongly (relative errors of
+    # 1e8 measured) rather than answered. instead: what else the caller could use, ending in ", ".
+    if q.device.type == "cuda":
+        return
+    if not interpreting():
+        raise RuntimeError(f"{caller}: tensors are on '{q.device.type}', but the Triton kernel runs on CUDA GPUs "
+                           f"only. Move them to a GPU, {instead}or set TRITON_INTERPRET=1 before importing triton to "
+                           "run the kernel (slowly) on the CPU.")
+    if problem := interpreter_problem():
+        raise RuntimeError(f"{caller}: {problem}")
+    if q.dtype == torch.bfloat16:
+        raise ValueError(f"{caller}: bfloat16 on the CPU runs in Triton's interpreter, which computes bf16 dot "
+                         "products wrongly: use float16 or float32 there, or bfloat16 on a GPU")
+
+
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, dropout_p: float) -> None:
     if not isinstance(causal, bool):  # bool(None) would quietly run non-causal, bool("False") causal
         raise ValueError(f"flash_attn: causal must be True or False, got {causal!r}")
@@ -857,16 +870,7 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
         raise ValueError(f"flash_attn: dtype {q.dtype} is not supported; use one of {SUPPORTED_DTYPES}")
     if not (q.device == k.device == v.device):
         raise ValueError(f"flash_attn: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
-    if q.device.type != "cuda" and not interpreting():
-        raise RuntimeError(
-            f"flash_attn: tensors are on '{q.device.type}', but the Triton kernel runs on CUDA GPUs only. "
-            "Move them to a GPU, use attn='sdpa' or attn='naive', or set TRITON_INTERPRET=1 before importing "
-            "triton to run the kernel (slowly) on the CPU."
-        )
-    if q.device.type != "cuda" and (problem := interpreter_problem()):
-        raise RuntimeError(f"flash_attn: {problem}")
-    if q.device.type != "cuda" and q.dtype == torch.bfloat16:
-        raise ValueError(INTERPRETER_BF16.format(name="flash_attn"))
+    _check_off_gpu(q, "flash_attn", instead="use attn='sdpa' or attn='naive', ")
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.stride(-1) != 1:
             raise ValueError(

@@ -27,7 +27,7 @@ import torch.nn as nn
 
 from model import GPT, GPTConfig
 from utils import (HELP_FLAGS, CheckpointError, ConfigError, load_checkpoint, model_from_checkpoint, non_finite_tensors,
-                   parse_config, read_meta)
+                   parse_config, read_meta, replace_file)
 
 GPT2_NAMES = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')  # OpenAI's four, by their hub names
 HUB_FILES = ['config.json', 'model.safetensors']  # what a download fetches: each of the four has one safetensors file
@@ -366,10 +366,8 @@ def export(model: GPT, hf_dir: str, meta: dict | None = None) -> list[str]:
     written = []
 
     def write(name: str, save) -> None:
-        # a temporary file renamed into place: an interrupted export leaves no half-written file under its name
         path = os.path.join(hf_dir, name)
-        save(path + '.tmp')
-        os.replace(path + '.tmp', path)
+        replace_file(path, save)  # an interrupted export leaves no half-written file under its name
         written.append(path)
 
     try:

@@ -32,7 +32,7 @@ import hf_gpt2
 from model import ATTN_IMPLS, GPT, GPTConfig, check_attn_device
 from utils import (REPO_DIR, CheckpointError, ConfigError, autocast_context, checkpoint_path, describe_meta,
                    gpu_peak_flops, load_checkpoint, load_tokens, meta_mismatch, model_from_checkpoint, parse_config,
-                   prepare_hint, read_meta, resolve_dtype, save_checkpoint, tokenizer_of)
+                   prepare_hint, read_meta, replace_file, resolve_dtype, save_checkpoint, tokenizer_of)
 
 try:
     import fcntl
@@ -482,13 +482,14 @@ class RunLog:
         if not self.master:
             return
         path = os.path.join(self.out_dir, 'config.json')
-        try:
-            with open(path + '.tmp', 'w') as f:  # renamed over the old one: never a half-written file
+
+        def write(tmp: str) -> None:
+            with open(tmp, 'w') as f:
                 json.dump(self.config, f, indent=1)
-            os.replace(path + '.tmp', path)
+
+        try:
+            replace_file(path, write)  # never a half-written config.json
         except OSError as e:  # as save_checkpoint's: a full disk, a file system gone read-only
-            if os.path.isfile(path + '.tmp'):
-                os.remove(path + '.tmp')
             raise CheckpointError(f"could not write {path} ({e.strerror or e}) after saving the checkpoint: free "
                                   f"space or fix the directory, then continue with --init_from=resume") from None
         if self.held is not None:

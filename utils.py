@@ -439,6 +439,20 @@ def model_from_checkpoint(ckpt: dict, **overrides) -> GPT:
     return model
 
 
+def replace_file(path: str, write) -> None:
+    """write(tmp) a file at path + '.tmp', then rename it over path: a crash mid-write never leaves a half-written
+    file under the name. On an OSError (a full disk, a read-only file system, a directory at path) the temporary
+    file is removed, path is left as it was, and the error propagates."""
+    tmp = path + '.tmp'
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError:
+        if os.path.isfile(tmp):
+            os.remove(tmp)
+        raise
+
+
 def save_checkpoint(ckpt: dict, out_dir: str) -> None:
     """Write to a temporary file, then rename over ckpt.pt: a crash mid-write never leaves a half checkpoint.
     Refuses (CheckpointError, ckpt.pt untouched) weights that hold NaN or inf: a diverged model never replaces
@@ -448,17 +462,17 @@ def save_checkpoint(ckpt: dict, out_dir: str) -> None:
     if bad:
         raise CheckpointError(f"refusing to save {path}: the model's weights hold NaN or inf ({bad}); the "
                               f"checkpoint there was left as it is")
-    tmp = path + '.tmp'
-    try:
-        os.makedirs(out_dir, exist_ok=True)
+
+    def write(tmp: str) -> None:
         with open(tmp, 'wb') as f:
             torch.save(ckpt, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        replace_file(path, write)
     except OSError as e:  # a full disk, a directory named ckpt.pt, a file system gone read-only
-        if os.path.isfile(tmp):
-            os.remove(tmp)
         raise CheckpointError(f"could not save {path} ({e.strerror or e}); the checkpoint there was left as it is: "
                               f"free space or fix the directory, then continue with --init_from=resume") from None
 
