@@ -391,6 +391,15 @@ def _bwd_load_partition(q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem,
 
 
 @gluon.jit
+def _rows(smem, n: gl.constexpr, HEAD_DIM: gl.constexpr):
+    # A ring of 64 x 64 column halves seen as n tiles of [64, HEAD_DIM]. A stage's (or a key group's) halves sit
+    # side by side, which is the memory order of one [64, HEAD_DIM] tile of the same 128-byte swizzle (its column
+    # bit 64 is the highest offset bit), so one wgmma chain can run across the whole head dim.
+    layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+    return smem._reinterpret(smem.dtype, [n, TILE, HEAD_DIM], layout)
+
+
+@gluon.jit
 def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar, kv_bar, q_ready, q_free, ds_ready,
                        ds_free, dk_desc, dv_desc, lse_smem, delta_smem, b, h, start_n, start_m, n_steps,
                        qk_scale, sm_scale, GROUP: gl.constexpr):
@@ -398,52 +407,52 @@ def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar
     STAGES: gl.constexpr = q_smem.shape[0] // NCOL
     HEAD_DIM: gl.constexpr = NCOL * TILE
     DQ_GROUP: gl.constexpr = NCOL == 1  # head dim 64: dQ is _bwd_dq_partition's job
+    # S^T, dP^T and dQ's column halves are 64 x 64; dV and dK are [64 keys, HEAD_DIM], each one wgmma chain
+    # across the head dim (at 128, 64 x 128 instructions: half as many as two 64-column halves take)
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16])
-    op_a: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+    wide: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                   instr_shape=[16, HEAD_DIM, 16])
+    op_a: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=wide, k_width=2)
     dtype: gl.constexpr = q_smem.dtype
 
     keys = start_n + GROUP * TILE + gl.arange(0, TILE, layout=gl.SliceLayout(1, mma))
     cols = gl.arange(0, TILE, layout=gl.SliceLayout(0, mma))
     zero = gl.zeros([TILE, TILE], gl.float32, layout=mma)
-    dk0 = zero
-    dk1 = zero
-    dv0 = zero
-    dv1 = zero
+    dk = gl.zeros([TILE, HEAD_DIM], gl.float32, layout=wide)
+    dv = gl.zeros([TILE, HEAD_DIM], gl.float32, layout=wide)
+    q_rows = _rows(q_smem, STAGES, HEAD_DIM)
+    do_rows = _rows(do_smem, STAGES, HEAD_DIM)
     mbarrier.wait(kv_bar, 0)
-    k0 = k_smem.index(GROUP * NCOL).reshape([TILE, TILE])
-    v0 = v_smem.index(GROUP * NCOL).reshape([TILE, TILE])
-    k1 = k_smem.index(GROUP * NCOL + NCOL - 1).reshape([TILE, TILE])
-    v1 = v_smem.index(GROUP * NCOL + NCOL - 1).reshape([TILE, TILE])
+    k = _rows(k_smem, 2, HEAD_DIM).index(GROUP)
+    v = _rows(v_smem, 2, HEAD_DIM).index(GROUP)
 
     for i in range(n_steps):
         s = i % STAGES
         buf = i % 2
         mbarrier.wait(q_ready.index(s), (i // STAGES) & 1)
-        q0 = q_smem.index(s * NCOL).reshape([TILE, TILE])
-        do0 = do_smem.index(s * NCOL).reshape([TILE, TILE])
-        q1 = q_smem.index(s * NCOL + NCOL - 1).reshape([TILE, TILE])
-        do1 = do_smem.index(s * NCOL + NCOL - 1).reshape([TILE, TILE])
+        q = q_rows.index(s)
+        do = do_rows.index(s)
         # S^T and dP^T, keys on rows: [64 keys, 64 queries]
-        st = warpgroup_mma(k0, q0.permute((1, 0)), zero, use_acc=False, is_async=True)
-        dpt = warpgroup_mma(v0, do0.permute((1, 0)), zero, use_acc=False, is_async=True)
-        if NCOL == 2:
-            st = warpgroup_mma(k1, q1.permute((1, 0)), st, is_async=True)
-            dpt = warpgroup_mma(v1, do1.permute((1, 0)), dpt, is_async=True)
+        st = warpgroup_mma(k, q.permute((1, 0)), zero, use_acc=False, is_async=True)
+        dpt = warpgroup_mma(v, do.permute((1, 0)), zero, use_acc=False, is_async=True)
         rows = start_m + i * TILE + cols  # the queries, on columns
-        lse = lse_smem.index(s).load(gl.SliceLayout(0, mma))
-        delta = delta_smem.index(s).load(gl.SliceLayout(0, mma))
+        if HEAD_DIM == 64:  # LSE and delta before the wait: off the step's path, and registers suffice at 64
+            lse = lse_smem.index(s).load(gl.SliceLayout(0, mma))
+            delta = delta_smem.index(s).load(gl.SliceLayout(0, mma))
         st, dpt = warpgroup_mma_wait(0, deps=(st, dpt))
+        if HEAD_DIM == 128:  # each as late as it can be: live across the products, they spill at 128
+            lse = lse_smem.index(s).load(gl.SliceLayout(0, mma))
         pt = gl.exp2(st * qk_scale - lse[None, :])
         if i < 2:  # the two query blocks that overlap this program's 128 keys
             pt = _causal(pt, rows[None, :], keys[:, None], 0.0)
-        dst = (pt * (dpt - delta[None, :]) * sm_scale).to(dtype)  # dS = scale * dP' (S = scale * Q K^T)
-        pt = gl.convert_layout(pt.to(dtype), op_a)
-        # dV += P^T dO and dK += dS^T Q, per column half
-        dv0 = warpgroup_mma(pt, do0, dv0, is_async=True)
-        dk0 = warpgroup_mma(gl.convert_layout(dst, op_a), q0, dk0, is_async=True)
-        if NCOL == 2:
-            dv1 = warpgroup_mma(pt, do1, dv1, is_async=True)
-            dk1 = warpgroup_mma(gl.convert_layout(dst, op_a), q1, dk1, is_async=True)
+        if HEAD_DIM == 128:
+            delta = delta_smem.index(s).load(gl.SliceLayout(0, mma))
+        # dS without the softmax scale (S = scale * Q K^T, so dS = scale * dP'): dK takes it once at the end and
+        # dQ in _attn_bwd's conversion, one multiply each instead of one per score
+        dst = (pt * (dpt - delta[None, :])).to(dtype)
+        # dV += P^T dO and dK += dS^T Q
+        dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), op_a), do, dv, is_async=True)
+        dk = warpgroup_mma(gl.convert_layout(dst, op_a), q, dk, is_async=True)
         # dQ = dS K needs both groups' dS: swap halves through shared memory, then group g makes dQ's column
         # half g from all 128 keys (at head dim 64 group 0 makes all of dQ)
         mbarrier.wait(ds_free.index(buf), ((i // 2) & 1) ^ 1)
@@ -451,10 +460,7 @@ def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar
         fence_async_shared()
         mbarrier.arrive(ds_ready.index(buf), count=1)
         # P^T and dS^T leave the registers once dV and dK have them; Q and dO go back to the loader
-        if NCOL == 2:
-            dv0, dv1, dk0, dk1 = warpgroup_mma_wait(0, deps=(dv0, dv1, dk0, dk1))
-        else:
-            dv0, dk0 = warpgroup_mma_wait(0, deps=(dv0, dk0))
+        dv, dk = warpgroup_mma_wait(0, deps=(dv, dk))
         mbarrier.arrive(q_free.index(s), count=1)
         if GROUP < NCOL and not DQ_GROUP:
             mbarrier.wait(ds_ready.index(buf), (i // 2) & 1)
@@ -479,11 +485,8 @@ def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar
         if s < n_steps:
             last = n_steps - 1 - (n_steps - 1 - s) % STAGES  # the last step that used stage s
             mbarrier.wait(q_free.index(s), (last // STAGES) & 1)
-    q_smem.index(GROUP * NCOL).reshape([TILE, TILE]).store(dk0.to(dtype))
-    do_smem.index(GROUP * NCOL).reshape([TILE, TILE]).store(dv0.to(dtype))
-    if NCOL == 2:
-        q_smem.index(GROUP * NCOL + 1).reshape([TILE, TILE]).store(dk1.to(dtype))
-        do_smem.index(GROUP * NCOL + 1).reshape([TILE, TILE]).store(dv1.to(dtype))
+    q_rows.index(GROUP).store((dk * sm_scale).to(dtype))
+    do_rows.index(GROUP).store(dv.to(dtype))
     fence_async_shared()
     first_key = start_n + GROUP * TILE
     for c in gl.static_range(NCOL):
@@ -699,4 +702,4 @@ def _attn_bwd(do, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, qk_scal
         H, T, qk_scale, softmax_scale, HEAD_DIM=D, STAGES=NUM_STAGES, num_warps=4,
         maxnreg=_maxnreg("bwd", D),
     )
-    dq.copy_(dq_acc)
+    torch.mul(dq_acc, softmax_scale, out=dq)  # the scale dS left out (_bwd_mma_partition), and dq's dtype
