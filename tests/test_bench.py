@@ -126,24 +126,30 @@ def test_read_only_kernel_reads_every_element_once(n):
 
 def test_ncu_table_reads_nsight_computes_raw_csv(tmp_path):
     """tools/ncu_table.py: the units row sets the duration's scale, the stall reasons sum to the cycles per issued
-    instruction, "selected" is no stall column, a metric the report lacks is "-", long generated names shorten."""
+    instruction, "selected" is no stall column, the columns are the reasons with the most stalled cycles (a short
+    fill's huge ratio does not take one), a metric the report lacks is "-", long generated names shorten."""
     sys.path.insert(0, str(ROOT / 'tools'))
     import ncu_table
     stall = 'smsp__average_warps_issue_stalled_{}_per_issue_active.ratio'
     names = ['ID', 'Kernel Name', 'gpu__time_duration.sum', stall.format('barrier'), stall.format('long_scoreboard'),
-             stall.format('selected'), 'sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active',
-             'smsp__inst_executed.sum', 'launch__registers_per_thread']
-    units = ['', '', 'usecond', '', '', '', '%', 'inst', 'register/thread']
+             stall.format('drain'), stall.format('selected'),
+             'sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active', 'smsp__inst_executed.sum',
+             'launch__registers_per_thread']
+    units = ['', '', 'usecond', '', '', '', '', '%', 'inst', 'register/thread']
     cute = 'kernel_cutlass_kernel_flash_attncuteflash_fwd_sm90FlashAttentionForwardSm90_object_at_0x7f_tensorptr'
-    rows = [['0', '_attn_fwd_hopper_kernel(TensorDescriptor, int)', '668.4', '2.30', '0.88', '1.00', '46.1',
+    rows = [['0', '_attn_fwd_hopper_kernel(TensorDescriptor, int)', '668.4', '2.30', '0.88', '0.00', '1.00', '46.1',
              '249,000,000', '168'],
-            ['1', cute, '1,024.0', '1.28', '1.51', '0.50', '45.8', '618000000', '128']]
+            ['1', cute, '1,024.0', '1.28', '1.51', '0.00', '0.50', '45.8', '618000000', '128'],
+            ['2', 'void at::native::FillFunctor<float>', '12.0', '0.00', '0.00', '40.60', '0.10', '0.0', '3,000,000',
+             '16']]
     path = tmp_path / 'attn.csv'
     path.write_text('\n'.join(','.join(f'"{c}"' for c in line) for line in [names, units] + rows) + '\n')
-    lines = ncu_table.table(*ncu_table.read(str(path))).splitlines()
+    lines = ncu_table.table(*ncu_table.read(str(path)), reasons=2).splitlines()
     head = [c.strip() for c in lines[0].strip('|').split('|')]
-    assert head[4:6] == ['stalled: barrier', 'stalled: long_scoreboard'] and 'stalled: selected' not in head
-    first, second = ([c.strip() for c in line.strip('|').split('|')] for line in lines[2:])
+    # barrier: 2.30 x 249M + 1.28 x 618M cycles, long_scoreboard 0.88 x 249M + 1.51 x 618M, drain 40.6 x 3M
+    assert head[4:6] == ['stalled: barrier', 'stalled: long_scoreboard'] and 'stalled: drain' not in head
+    assert 'stalled: selected' not in head
+    first, second = ([c.strip() for c in line.strip('|').split('|')] for line in lines[2:4])
     assert first[:4] == ['0', '_attn_fwd_hopper_kernel', '0.668', '4.18']  # 668.4 us; 2.30 + 0.88 + 1.00
     assert second[:4] == ['1', 'FlashAttentionForwardSm90', '1.024', '3.29']
     assert first[head.index('MUFU (XU) %')] == '-' and first[head.index('tensor pipe %')] == '46.1'

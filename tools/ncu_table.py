@@ -61,9 +61,13 @@ def short_name(name: str) -> str:
 
 def table(names: list, units: dict, rows: list, reasons: int = 6) -> str:
     stalls = {m.group(1): name for name in names if (m := STALL.fullmatch(name))}
-    # the stall reasons largest in any kernel, "selected" (issuing, not waiting) left out
-    top = sorted((r for r in stalls if r != "selected"),
-                 key=lambda r: max((number(row[stalls[r]]) for row in rows), default=0.0), reverse=True)[:reasons]
+    # the stall reasons with the most warp cycles over all kernels (cycles per instruction x instructions), so the
+    # long kernels choose them, not a short fill with a huge ratio; "selected" (issuing, not waiting) left out
+    def stalled_cycles(reason):
+        cycles = (number(row[stalls[reason]]) * number(row.get("smsp__inst_executed.sum", "nan")) for row in rows)
+        return sum(c for c in cycles if c == c)
+
+    top = sorted((r for r in stalls if r != "selected"), key=stalled_cycles, reverse=True)[:reasons]
     percent_cols = [(head, next((n for n in names if n.startswith(prefix)), None)) for head, prefix in PERCENTS]
     scale = TO_MS.get(units.get("gpu__time_duration.sum", "nsecond"), float("nan"))
 
