@@ -549,22 +549,13 @@ def _bwd_mma_partition_1(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_b
 
 @gluon.jit
 def _attn_bwd_hopper_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, dv_desc, LSE, DELTA,
-                            BH, H, SECTION, T, qk_scale, sm_scale, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr):
-    # One program per (key block, head): keys [128 n, 128 n + 128) of head bh, and the query blocks from the
-    # diagonal on, so key block 0 has the most. The programs start in the order of their ids, which run through
-    # the heads in sections of SECTION whose Q, dO and dQ fit in L2 together, and within a section heaviest first,
-    # each key block of all the section's heads before the next: the last programs to start are short ones, and
-    # those running at a time read a few heads' Q and dO, from L2 (as the forward's items, _tile_coords)
-    n_n = gl.cdiv(T, 2 * TILE)
-    item = gl.program_id(0)
-    per_section = SECTION * n_n
-    section = item // per_section
-    rest = item - section * per_section
-    heads = gl.minimum(SECTION, BH - section * SECTION)  # the last section may be short
-    bh = section * SECTION + rest % heads
+                            H, T, qk_scale, sm_scale, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr):
+    # grid: (cdiv(T, 128), B * H); program n takes keys [128 n, 128 n + 128) and the query blocks from the
+    # diagonal on. Key block 0 has the most query blocks, and it starts first.
+    bh = gl.program_id(1)
     b = bh // H
     h = bh % H
-    start_n = (rest // heads) * 2 * TILE
+    start_n = gl.program_id(0) * 2 * TILE
     start_m = start_n  # the first query block that sees any of these keys
     n_steps = gl.cdiv(T - start_m, TILE)
     NCOL: gl.constexpr = HEAD_DIM // TILE
@@ -699,20 +690,16 @@ def _attn_fwd(q, k, v, o, lse, qk_scale: float, programs: Optional[int] = None,
     )
 
 
-def _attn_bwd(do, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, qk_scale: float,
-              heads_per_section: Optional[int] = None) -> None:
+def _attn_bwd(do, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, qk_scale: float) -> None:
     """Fill dq, dk, dv as flash_kernel's Triton backward does, from delta = rowsum(dO * O); qk_scale as in
-    _attn_fwd. dk and dv are written by TMA, like o in _attn_fwd. heads_per_section (the kernel's SECTION) defaults
-    to what this GPU's L2 calls for; a test passes another."""
+    _attn_fwd. dk and dv are written by TMA, like o in _attn_fwd."""
     B, H, T, D = q.shape
     dq_acc = torch.zeros((B, H, T, D), dtype=torch.float32, device=q.device)
     tile = TILE.value
-    if heads_per_section is None:  # heads whose Q and dO (2 bytes each) and fp32 dQ fill half of L2
-        heads_per_section = max(1, _properties(q.device).L2_cache_size // 2 // (8 * T * D))
-    _attn_bwd_hopper_kernel[(triton.cdiv(T, 2 * tile) * B * H, )](
+    _attn_bwd_hopper_kernel[(triton.cdiv(T, 2 * tile), B * H)](
         _descriptor(q, tile, tile), _descriptor(k, tile, tile), _descriptor(v, tile, tile), _descriptor(do, tile, tile),
         _descriptor(dq_acc, tile, tile), _descriptor(dk, tile, tile), _descriptor(dv, tile, tile), lse, delta,
-        B * H, H, heads_per_section, T, qk_scale, softmax_scale, HEAD_DIM=D, STAGES=NUM_STAGES, num_warps=4,
+        H, T, qk_scale, softmax_scale, HEAD_DIM=D, STAGES=NUM_STAGES, num_warps=4,
         maxnreg=_maxnreg("bwd", D),
     )
     torch.mul(dq_acc, softmax_scale, out=dq)  # the scale dS left out (_bwd_mma_partition), and dq's dtype

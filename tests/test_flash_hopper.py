@@ -123,24 +123,6 @@ def test_backward_matches_reference(B, H, T, D, dtype, forward):
 
 @needs_hopper
 @pytest.mark.parametrize("D", [64, 128])
-def test_backward_in_head_sections(D):
-    # The backward's programs start heaviest first within sections of heads (flash_hopper._attn_bwd). A GPU's L2
-    # holds all heads of the shapes above in one section; here 2 * 3 heads of 8 key blocks come in two sections,
-    # of 4 heads and of 2
-    q, k, v = (t.detach() for t in qkv_like_the_model(2, 3, 1000, D, torch.bfloat16, device="cuda"))
-    do = torch.randn(q.shape, device="cuda", dtype=q.dtype)
-    scale = 1 / math.sqrt(D)
-    o, lse = flash_kernel._attn_fwd(q, k, v, None, True, scale, 0.0, "triton")
-    delta = (o.float() * do.float()).sum(-1)  # what the delta pass computes
-    dq, dk, dv = (flash_kernel._empty_grad(t) for t in (q, k, v))
-    flash_kernel.flash_hopper._attn_bwd(do, q, k, v, lse, delta, dq, dk, dv, scale, scale * flash_kernel.LOG2E,
-                                        heads_per_section=4)
-    assert_close([o, dq, dk, dv], ref_fwd_bwd(q, k, v, do, causal=True), torch.bfloat16,
-                 f"Hopper backward in head sections of 4, D={D}")
-
-
-@needs_hopper
-@pytest.mark.parametrize("D", [64, 128])
 def test_gradients_through_the_hopper_kernels(D):
     # At a length where flash_attn sends both passes to the Hopper kernels, with a ragged last tile
     T = max(hopper_from("fwd", D), hopper_from("bwd", D)) + 100
