@@ -314,6 +314,9 @@ def test_ctrl_c_while_writing_keeps_the_old_dataset(script, tmp_path, monkeypatc
 # put in place of os's) run first: a real SIGINT, the real exit status and stderr, and pytest's own handler untouched
 SIGNAL_RUN = """
 import importlib.util, os, signal, sys
+# Python's Ctrl-C handler, as a run from a terminal has it: a child of a shell's background job starts with SIGINT
+# ignored, and Python then installs none
+signal.signal(signal.SIGINT, signal.default_int_handler)
 spec = importlib.util.spec_from_file_location('prep', {script!r})
 prep = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(prep)
