@@ -156,6 +156,19 @@ def test_ncu_table_reads_nsight_computes_raw_csv(tmp_path):
     assert first[head.index('instructions (M)')] == '249' and second[head.index('registers')] == '128'
 
 
+def test_ncu_table_ranks_stalls_without_instruction_counts(tmp_path):
+    """A report without InstructionStats still gets its stall columns: the reasons with the largest summed ratios."""
+    sys.path.insert(0, str(ROOT / 'tools'))
+    import ncu_table
+    stall = 'smsp__average_warps_issue_stalled_{}_per_issue_active.ratio'
+    names = ['ID', 'Kernel Name', stall.format('barrier'), stall.format('wait'), stall.format('drain')]
+    rows = [['0', 'a', '2.00', '0.50', '0.10'], ['1', 'b', '1.00', '3.00', '0.20']]
+    path = tmp_path / 'attn.csv'
+    path.write_text('\n'.join(','.join(f'"{c}"' for c in line) for line in [names] + rows) + '\n')
+    head = ncu_table.table(*ncu_table.read(str(path)), reasons=2).splitlines()[0]
+    assert [c.strip() for c in head.strip('|').split('|')][4:6] == ['stalled: wait', 'stalled: barrier']
+
+
 def test_ncu_table_refuses_another_csv(tmp_path):
     path = tmp_path / 'other.csv'
     path.write_text('a,b\n1,2\n')

@@ -61,18 +61,21 @@ def short_name(name: str) -> str:
 
 def table(names: list, units: dict, rows: list, reasons: int = 6) -> str:
     stalls = {m.group(1): name for name in names if (m := STALL.fullmatch(name))}
+
+    def metric(row, column):
+        return number(row.get(column, "nan")) if column else float("nan")
+
     # the stall reasons with the most warp cycles over all kernels (cycles per instruction x instructions), so the
-    # long kernels choose them, not a short fill with a huge ratio; "selected" (issuing, not waiting) left out
+    # long kernels choose them, not a short fill with a huge ratio; without instruction counts in the report, the
+    # ratios summed. "selected" (issuing, not waiting) left out
     def stalled_cycles(reason):
-        cycles = (number(row[stalls[reason]]) * number(row.get("smsp__inst_executed.sum", "nan")) for row in rows)
+        weights = [metric(row, "smsp__inst_executed.sum") for row in rows]
+        cycles = (metric(row, stalls[reason]) * (w if w == w else 1.0) for row, w in zip(rows, weights))
         return sum(c for c in cycles if c == c)
 
     top = sorted((r for r in stalls if r != "selected"), key=stalled_cycles, reverse=True)[:reasons]
     percent_cols = [(head, next((n for n in names if n.startswith(prefix)), None)) for head, prefix in PERCENTS]
     scale = TO_MS.get(units.get("gpu__time_duration.sum", "nsecond"), float("nan"))
-
-    def metric(row, column):
-        return number(row.get(column, "nan")) if column else float("nan")
 
     head = (["ID", "kernel", "ms", "warp cycles per issued instruction"] + [f"stalled: {r}" for r in top]
             + [h for h, _ in percent_cols] + ["instructions (M)", "registers"])
