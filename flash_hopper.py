@@ -439,15 +439,12 @@ def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar
         if HEAD_DIM == 64:  # LSE and delta before the wait: off the step's path, and registers suffice at 64
             lse = lse_smem.index(s).load(gl.SliceLayout(0, mma))
             delta = delta_smem.index(s).load(gl.SliceLayout(0, mma))
-        # P^T as soon as S^T is done, while dP^T still runs on the tensor cores: the exponentials leave the step's
-        # critical path
-        st = warpgroup_mma_wait(1, deps=(st, ))
+        st, dpt = warpgroup_mma_wait(0, deps=(st, dpt))
         if HEAD_DIM == 128:  # each as late as it can be: live across the products, they spill at 128
             lse = lse_smem.index(s).load(gl.SliceLayout(0, mma))
         pt = gl.exp2(st * qk_scale - lse[None, :])
         if i < 2:  # the two query blocks that overlap this program's 128 keys
             pt = _causal(pt, rows[None, :], keys[:, None], 0.0)
-        dpt = warpgroup_mma_wait(0, deps=(dpt, ))
         if HEAD_DIM == 128:
             delta = delta_smem.index(s).load(gl.SliceLayout(0, mma))
         # dS without the softmax scale (S = scale * Q K^T, so dS = scale * dP'): dK takes it once at the end and
