@@ -439,13 +439,12 @@ def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar
         if HEAD_DIM == 64:  # LSE and delta before the wait: off the step's path, and registers suffice at 64
             lse = lse_smem.index(s).load(gl.SliceLayout(0, mma))
             delta = delta_smem.index(s).load(gl.SliceLayout(0, mma))
-        st = warpgroup_mma_wait(1, deps=(st, ))
+        st, dpt = warpgroup_mma_wait(0, deps=(st, dpt))
         if HEAD_DIM == 128:  # each as late as it can be: live across the products, they spill at 128
             lse = lse_smem.index(s).load(gl.SliceLayout(0, mma))
         pt = gl.exp2(st * qk_scale - lse[None, :])
         if i < 2:  # the two query blocks that overlap this program's 128 keys
             pt = _causal(pt, rows[None, :], keys[:, None], 0.0)
-        dpt = warpgroup_mma_wait(0, deps=(dpt, ))
         if HEAD_DIM == 128:
             delta = delta_smem.index(s).load(gl.SliceLayout(0, mma))
         # dS without the softmax scale (S = scale * Q K^T, so dS = scale * dP'): dK takes it once at the end and
@@ -453,28 +452,23 @@ def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar
         dst = (pt * (dpt - delta[None, :])).to(dtype)
         # dV += P^T dO and dK += dS^T Q
         dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), op_a), do, dv, is_async=True)
-        if DQ_GROUP:
-            dk = warpgroup_mma(gl.convert_layout(dst, op_a), q, dk, is_async=True)
+        dk = warpgroup_mma(gl.convert_layout(dst, op_a), q, dk, is_async=True)
         # dQ = dS K needs both groups' dS: swap halves through shared memory, then group g makes dQ's column
-        # half g from all 128 keys (at head dim 64 the dQ group makes all of dQ)
+        # half g from all 128 keys (at head dim 64 group 0 makes all of dQ)
         mbarrier.wait(ds_free.index(buf), ((i // 2) & 1) ^ 1)
         ds_smem.index(buf * 2 + GROUP).store(dst)
         fence_async_shared()
         mbarrier.arrive(ds_ready.index(buf), count=1)
-        if DQ_GROUP:
-            # P^T and dS^T leave the registers once dV and dK have them; Q and dO go back to the loader
-            dv, dk = warpgroup_mma_wait(0, deps=(dv, dk))
-            mbarrier.arrive(q_free.index(s), count=1)
-        else:
-            # dQ between dV and dK, as FA4 orders them: dQ's store to shared memory runs under dK's product
+        # P^T and dS^T leave the registers once dV and dK have them; Q and dO go back to the loader
+        dv, dk = warpgroup_mma_wait(0, deps=(dv, dk))
+        mbarrier.arrive(q_free.index(s), count=1)
+        if GROUP < NCOL and not DQ_GROUP:
             mbarrier.wait(ds_ready.index(buf), (i // 2) & 1)
             dq = warpgroup_mma(ds_smem.index(buf * 2).permute((1, 0)), k_smem.index(GROUP).reshape([TILE, TILE]),
                                zero, use_acc=False, is_async=True)
             dq = warpgroup_mma(ds_smem.index(buf * 2 + 1).permute((1, 0)),
                                k_smem.index(NCOL + GROUP).reshape([TILE, TILE]), dq, is_async=True)
-            dk = warpgroup_mma(gl.convert_layout(dst, op_a), q, dk, is_async=True)
-            dv, dq = warpgroup_mma_wait(1, deps=(dv, dq))
-            mbarrier.arrive(ds_free.index(buf), count=1)
+            dq = warpgroup_mma_wait(0, deps=(dq, ))
             # hand the tile to _bwd_reduce_partition through one of this group's two staging buffers, once its
             # reduction from two steps ago has read it (dq_bar: 4 "ready" then 4 "free" barriers)
             idx = GROUP * 2 + buf
@@ -482,8 +476,8 @@ def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar
             dq_smem.index(idx).reshape([TILE, TILE]).store(dq)
             fence_async_shared()
             mbarrier.arrive(dq_bar.index(idx), count=1)
-            dk = warpgroup_mma_wait(0, deps=(dk, ))
-            mbarrier.arrive(q_free.index(s), count=1)
+        if not DQ_GROUP:
+            mbarrier.arrive(ds_free.index(buf), count=1)
 
     # dK and dV leave as the forward's O does, through shared memory with TMA stores: into the Q and dO ring, once
     # both groups' products have read all of it (each group releases a stage on q_free after its dV and dK)

@@ -98,11 +98,11 @@ def test_hopper_kernels_do_not_spill(request, hopper):
     # loop reloads them every key tile (docs/design.md, "Hopper forward: ping-pong warpgroups": an early version
     # spilled 200 bytes per thread).
     # The backward at head dim 64 gives its third warpgroup 88 registers so the other two get 200: 168 spilled 80
-    # bytes (docs/design.md, "Hopper backward, head dim 64: a dQ warpgroup"). At head dim 128 the backward spills 32
+    # bytes (docs/design.md, "Hopper backward, head dim 64: a dQ warpgroup"). At head dim 128 the backward spills 16
     # bytes with triton 3.6's ptxas and none with 3.8's, none of them reloaded in the loop; before LSE and delta were
     # loaded late it spilled 64-96 and reloaded them every step (docs/design.md, "Compiled side by side").
     assert hopper["forward"]["stack"] == 0, hopper
-    assert hopper["backward"]["stack"] <= (0 if request.node.callspec.id == "D64" else 32), hopper
+    assert hopper["backward"]["stack"] <= (0 if request.node.callspec.id == "D64" else 16), hopper
 
 
 def test_hopper_wgmmas_are_not_serialized(hopper):
