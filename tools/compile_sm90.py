@@ -113,8 +113,6 @@ def compile_hopper(kind, D, dtype=torch.bfloat16):
         return pointers.get(name, "fp32" if name in ("qk_scale", "sm_scale") else "i32")
 
     constants = {"HEAD_DIM": D, "STAGES": fh.NUM_STAGES}
-    if kind == "fwd":
-        constants["GROUPS"] = fh.FWD_GROUPS[D]
     src = GluonASTSource(kernel, *_specialize(kernel, constants, type_of,
                                               lambda name: name in pointers or name.startswith("stride")))
     return triton.compile(src, target=GPUTarget("cuda", 90, 32),
