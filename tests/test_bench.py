@@ -175,3 +175,29 @@ def test_ncu_table_refuses_another_csv(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / 'tools' / 'ncu_table.py'), str(path)], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 1 and proc.stderr.strip().startswith('error: ') and '\n' not in proc.stderr.strip()
+
+
+def test_ab_kernel_loads_each_variant_as_a_module_of_its_own(tmp_path):
+    """tools/ab_kernel.py --variant: a folder with only a flash_hopper.py runs it under this tree's flash_kernel.py,
+    in modules and torch-op namespaces of its own beside the baseline's, so one process can time them all."""
+    sys.path.insert(0, str(ROOT / 'tools'))
+    import ab_kernel
+    folder = tmp_path / 'late'
+    folder.mkdir()
+    (folder / 'flash_hopper.py').write_text((ROOT / 'flash_hopper.py').read_text() + '\nVARIANT = "late"\n')
+    old = ab_kernel.load_old(str(ROOT), 'base')
+    late = ab_kernel.load_old(str(folder), 'late', tree_kernel=True)
+    assert (old.__name__, late.__name__) == ('flash_kernel_ab_base', 'flash_kernel_ab_late')
+    if late.flash_hopper is not None:  # a Triton without Gluon has no Hopper kernels to swap
+        assert late.flash_hopper.VARIANT == 'late' and not hasattr(old.flash_hopper, 'VARIANT')
+    assert hasattr(torch.ops.flashgpt_ab_late, 'attn_fwd') and hasattr(torch.ops.flashgpt_ab_base, 'attn_fwd')
+    with pytest.raises(SystemExit, match='no flash_kernel.py'):
+        ab_kernel.load_old(str(folder), 'strict')  # without tree_kernel a folder must hold its own flash_kernel.py
+    with pytest.raises(SystemExit, match='--variant'):
+        ab_kernel._variant_names([str(folder), str(folder)])  # two variants of one name
+    with pytest.raises(SystemExit, match='--variant'):
+        ab_kernel._variant_names([str(tmp_path)])  # no kernel file in it
+    # a variant is timed only while its outputs match the baseline's within bench.py's CHECK_TOL
+    x = torch.randn(64)
+    assert ab_kernel.mismatch([x * 1.001, x], [x, x]) == pytest.approx(1e-3, rel=1e-3)
+    assert not ab_kernel.mismatch([x.clone().fill_(float('nan'))], [x]) < ab_kernel.CHECK_TOL

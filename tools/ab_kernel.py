@@ -5,15 +5,20 @@ baseline in the same run. A developer's tool; the A/B numbers in docs/design.md 
 
     python tools/ab_kernel.py REV [--sweep]        # e.g. HEAD~1
     python tools/ab_kernel.py FOLDER [--sweep]     # a folder with the old flash_kernel.py (and flash_hopper.py)
+    python tools/ab_kernel.py REV --sweep --variant DIR [--variant DIR ...] [--rounds 2]
 
 Times the launchers (_attn_fwd, _attn_bwd) with do_bench, median ms, bf16 causal, dropout off and at 0.2; with
---sweep, dropout off over bench.py's sweep (B*T = 16384, hidden 2048, T = 512 ... 16384) instead. load_old()
-imports the old files, compare() returns the times; main prints them.
+--sweep, dropout off over bench.py's sweep (B*T = 16384, hidden 2048, T = 512 ... 16384) instead. With --variant,
+each folder's flash_hopper.py (and flash_kernel.py, else this tree's) is timed against REV instead of this tree,
+all in one process: at each shape, in each of --rounds rounds, REV then every variant, so that every ratio comes
+from back-to-back timings. load_old() imports the old files, compare() and compare_variants() return the times;
+main prints them.
 """
 import argparse
 import atexit
 import importlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,6 +32,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 
 import flash_kernel as new  # noqa: E402
+from bench import CHECK_TOL  # noqa: E402
 from utils import require_gpu  # noqa: E402
 
 SHAPES = [(64, 6, 256, 64), (12, 12, 1024, 64), (4, 32, 4096, 64), (1, 32, 16384, 64), (4, 16, 4096, 128), (1, 16, 16384, 128)]
@@ -42,33 +48,43 @@ def _old_file(source: str, name: str) -> Optional[str]:
     return run.stdout if run.returncode == 0 else None
 
 
-def load_old(source: str):
+def load_old(source: str, tag: str = "old", tree_kernel: bool = False):
     """flash_kernel.py (with the flash_hopper.py it imports) from a folder or as of a git revision, imported as a
-    module of its own: its torch ops under another namespace, its Hopper kernels from its own flash_hopper. The
-    files go to a temporary folder (triton.jit reads a kernel's source from its module's file), removed at exit."""
+    module of its own, named by `tag`: its torch ops under another namespace, its Hopper kernels from its own
+    flash_hopper. tree_kernel: a folder without flash_kernel.py takes this tree's. The files go to a temporary
+    folder (triton.jit reads a kernel's source from its module's file), removed at exit."""
     kernel = _old_file(source, "flash_kernel.py")
+    if kernel is None and tree_kernel and os.path.isdir(source):
+        kernel = _old_file(ROOT, "flash_kernel.py")
     if kernel is None:
         raise SystemExit(f"error: no flash_kernel.py in {source!r} (a folder or a git revision of this repo)")
     folder = tempfile.mkdtemp(prefix="ab_kernel_")
     atexit.register(shutil.rmtree, folder, True)
-    kernel = kernel.replace('"flashgpt"', '"flashgpt_ab_old"').replace("flashgpt::", "flashgpt_ab_old::")
+    kernel = kernel.replace('"flashgpt"', f'"flashgpt_ab_{tag}"').replace("flashgpt::", f"flashgpt_ab_{tag}::")
     hopper = _old_file(source, "flash_hopper.py")  # None before the Hopper kernels
+    if hopper is None and tree_kernel and os.path.isdir(source):
+        hopper = _old_file(ROOT, "flash_hopper.py")
     if hopper is not None:
-        kernel = kernel.replace("import flash_hopper\n", "import flash_hopper_ab_old as flash_hopper\n")
-        with open(os.path.join(folder, "flash_hopper_ab_old.py"), "w") as f:
+        kernel = kernel.replace("import flash_hopper\n", f"import flash_hopper_ab_{tag} as flash_hopper\n")
+        with open(os.path.join(folder, f"flash_hopper_ab_{tag}.py"), "w") as f:
             f.write(hopper)
-    with open(os.path.join(folder, "flash_kernel_ab_old.py"), "w") as f:
+    with open(os.path.join(folder, f"flash_kernel_ab_{tag}.py"), "w") as f:
         f.write(kernel)
     sys.path.insert(0, folder)
     try:
-        return importlib.import_module("flash_kernel_ab_old")
+        return importlib.import_module(f"flash_kernel_ab_{tag}")
     finally:
         sys.path.remove(folder)
 
 
-def time_ms(fk, B, H, T, D, p) -> tuple:
-    """(forward ms, backward ms) of module fk's launchers."""
-    q, k, v, do = [torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16) for _ in range(4)]
+def inputs(B, H, T, D) -> list:
+    """q, k, v and the upstream gradient, (B, H, T, D) bf16."""
+    return [torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16) for _ in range(4)]
+
+
+def time_ms(fk, B, H, T, D, p, tensors: Optional[list] = None) -> tuple:
+    """(forward ms, backward ms) of module fk's launchers, on `tensors` (inputs()) or fresh ones."""
+    q, k, v, do = tensors or inputs(B, H, T, D)
     seed = torch.randint(0, 2**62, (1,), dtype=torch.int64, device="cuda") if p > 0 else None
     s = D ** -0.5
     o, lse = fk._attn_fwd(q, k, v, seed, True, s, p)
@@ -90,22 +106,109 @@ def compare(old, shapes: list, dropouts: tuple) -> list:
     return rows
 
 
+def outputs(fk, tensors: list) -> list:
+    """o, dq, dk and dv from module fk's launchers, dropout off."""
+    q, k, v, do = tensors
+    s = q.shape[-1] ** -0.5
+    o, lse = fk._attn_fwd(q, k, v, None, True, s, 0.0)
+    return [o, *fk._attn_bwd(do, q, k, v, o, lse, None, True, s, 0.0)]
+
+
+def mismatch(new: list, old: list) -> float:
+    """The largest relative L2 difference between matching tensors (nan or inf where new is not finite)."""
+    return max(((a.float() - b.float()).norm() / b.float().norm()).item() for a, b in zip(new, old))
+
+
+def compare_variants(old, variants: dict, shapes: list, rounds: int) -> tuple[list, dict]:
+    """Old against each of {name: module} at each (B, H, T, D), dropout off: per shape and round, old then every
+    variant back to back on the same inputs. A variant whose outputs differ from old's by more than bench.py's
+    CHECK_TOL at a shape is timed no more (a fast wrong kernel is no result). Returns one dict of ms per variant,
+    shape and round, and {name: (shape, error)} for the variants dropped."""
+    rows, wrong = [], {}
+    for B, H, T, D in shapes:
+        tensors = inputs(B, H, T, D)
+        want = outputs(old, tensors)
+        for name, module in variants.items():
+            if name not in wrong:
+                err = mismatch(outputs(module, tensors), want)
+                if not err < CHECK_TOL:
+                    wrong[name] = ((B, H, T, D), err)
+        for _ in range(rounds):
+            fo, bo = time_ms(old, B, H, T, D, 0.0, tensors)
+            for name, module in variants.items():
+                if name not in wrong:
+                    fn, bn = time_ms(module, B, H, T, D, 0.0, tensors)
+                    rows.append(dict(variant=name, B=B, H=H, T=T, D=D, p=0.0, fwd_old=fo, fwd_new=fn, bwd_old=bo,
+                                     bwd_new=bn))
+    return rows, wrong
+
+
+def _variant_names(folders: list) -> dict:
+    # {name: folder}, a folder named by its last path component, which names its modules (load_old's tag; "old" is
+    # the baseline's)
+    names = {}
+    for folder in folders:
+        name = os.path.basename(os.path.normpath(folder))
+        kernels = [os.path.join(folder, f) for f in ("flash_hopper.py", "flash_kernel.py")]
+        if not any(map(os.path.isfile, kernels)) or not re.fullmatch(r"\w+", name) or name in names or name == "old":
+            raise SystemExit(f"error: --variant {folder!r} must be a folder with a flash_hopper.py (or "
+                             "flash_kernel.py) and a name of letters, digits and _ other than old that no other "
+                             "--variant has")
+        names[name] = folder
+    return names
+
+
+def _row(r: dict) -> str:
+    return (f"| {r['B']},{r['H']},{r['T']},{r['D']} | {r['p']} | {r['fwd_old']:.3f} | {r['fwd_new']:.3f} | "
+            f"{r['fwd_old'] / r['fwd_new']:.2f}x | {r['bwd_old']:.3f} | {r['bwd_new']:.3f} | "
+            f"{r['bwd_old'] / r['bwd_new']:.2f}x |")
+
+
+HEADER = ("| B,H,T,D | dropout | fwd old | fwd new | fwd speedup | bwd old | bwd new | bwd speedup |\n"
+          "|---|---|---|---|---|---|---|---|")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("old", help="a git revision (e.g. HEAD~1) or a folder with the old flash_kernel.py")
     parser.add_argument("--sweep", action="store_true", help="bench.py's sweep, dropout off")
+    parser.add_argument("--variant", action="append", default=[], metavar="DIR",
+                        help="time this folder's flash_hopper.py (and flash_kernel.py, else this tree's) against OLD "
+                             "instead of this tree; give it once per variant")
+    parser.add_argument("--rounds", type=int, default=1, help="with --variant: timings of each at each shape")
     args = parser.parse_args()
+    folders = _variant_names(args.variant)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     require_gpu('tools/ab_kernel.py')
     old = load_old(args.old)
+    shapes = SWEEP if args.sweep else SHAPES
     print(f"{torch.cuda.get_device_name()} | triton {triton.__version__} | bf16 causal | median ms, {args.old} -> "
-          "this tree (new/old speed)")
-    print("| B,H,T,D | dropout | fwd old | fwd new | fwd speedup | bwd old | bwd new | bwd speedup |")
-    print("|---|---|---|---|---|---|---|---|")
-    for shape in SWEEP if args.sweep else SHAPES:
-        for r in compare(old, [shape], (0.0,) if args.sweep else (0.0, 0.2)):
-            print(f"| {r['B']},{r['H']},{r['T']},{r['D']} | {r['p']} | {r['fwd_old']:.3f} | {r['fwd_new']:.3f} | "
-                  f"{r['fwd_old'] / r['fwd_new']:.2f}x | {r['bwd_old']:.3f} | {r['bwd_new']:.3f} | "
-                  f"{r['bwd_old'] / r['bwd_new']:.2f}x |", flush=True)
+          f"{', '.join(folders) or 'this tree'} (new/old speed)")
+    if not folders:
+        print(HEADER)
+        for shape in shapes:
+            for r in compare(old, [shape], (0.0,) if args.sweep else (0.0, 0.2)):
+                print(_row(r), flush=True)
+        return
+    variants = {name: load_old(folder, name, tree_kernel=True) for name, folder in folders.items()}
+    rows, wrong = [], {}
+    for shape in shapes:
+        left = {name: module for name, module in variants.items() if name not in wrong}
+        found, dropped = compare_variants(old, left, [shape], args.rounds)
+        rows += found
+        wrong.update(dropped)
+        print(f"done: {shape}", file=sys.stderr, flush=True)
+    for name in variants:
+        print(f"\n### {name}\n")
+        if name in wrong:
+            (B, H, T, D), err = wrong[name]
+            print(f"wrong at B,H,T,D = {B},{H},{T},{D}: relative error {err:.2e} against {args.old}'s outputs "
+                  f"(CHECK_TOL {CHECK_TOL}); timed only before it")
+        print(HEADER)
+        for r in rows:
+            if r["variant"] == name:
+                print(_row(r))
 
 
 if __name__ == "__main__":
