@@ -201,3 +201,4 @@ def test_ab_kernel_loads_each_variant_as_a_module_of_its_own(tmp_path):
     x = torch.randn(64)
     assert ab_kernel.mismatch([x * 1.001, x], [x, x]) == pytest.approx(1e-3, rel=1e-3)
     assert not ab_kernel.mismatch([x.clone().fill_(float('nan'))], [x]) < ab_kernel.CHECK_TOL
+    assert ab_kernel.mismatch([torch.zeros(4)], [torch.zeros(4)]) == 0  # dq at T=1: no division by zero
