@@ -11,8 +11,8 @@ Times the launchers (_attn_fwd, _attn_bwd) with do_bench, median ms, bf16 causal
 --sweep, dropout off over bench.py's sweep (B*T = 16384, hidden 2048, T = 512 ... 16384) instead. With --variant,
 each folder's flash_hopper.py (and flash_kernel.py, else this tree's) is timed against REV instead of this tree,
 all in one process: at each shape, in each of --rounds rounds, REV then every variant, so that every ratio comes
-from back-to-back timings. load_old() imports the old files, compare() and compare_variants() return the times;
-main prints them.
+from back-to-back timings; a variant whose outputs leave bench.py's CHECK_TOL of REV's is timed no further.
+load_old() imports the old files, compare() and compare_variants() return the times; main prints them.
 """
 import argparse
 import atexit
@@ -53,17 +53,17 @@ def load_old(source: str, tag: str = "old", tree_kernel: bool = False):
     module of its own, named by `tag`: its torch ops under another namespace, its Hopper kernels from its own
     flash_hopper. tree_kernel: a folder without flash_kernel.py takes this tree's. The files go to a temporary
     folder (triton.jit reads a kernel's source from its module's file), removed at exit."""
-    kernel = _old_file(source, "flash_kernel.py")
-    if kernel is None and tree_kernel and os.path.isdir(source):
-        kernel = _old_file(ROOT, "flash_kernel.py")
+    def text(name):
+        found = _old_file(source, name)
+        return _old_file(ROOT, name) if found is None and tree_kernel and os.path.isdir(source) else found
+
+    kernel = text("flash_kernel.py")
     if kernel is None:
         raise SystemExit(f"error: no flash_kernel.py in {source!r} (a folder or a git revision of this repo)")
     folder = tempfile.mkdtemp(prefix="ab_kernel_")
     atexit.register(shutil.rmtree, folder, True)
     kernel = kernel.replace('"flashgpt"', f'"flashgpt_ab_{tag}"').replace("flashgpt::", f"flashgpt_ab_{tag}::")
-    hopper = _old_file(source, "flash_hopper.py")  # None before the Hopper kernels
-    if hopper is None and tree_kernel and os.path.isdir(source):
-        hopper = _old_file(ROOT, "flash_hopper.py")
+    hopper = text("flash_hopper.py")  # None before the Hopper kernels
     if hopper is not None:
         kernel = kernel.replace("import flash_hopper\n", f"import flash_hopper_ab_{tag} as flash_hopper\n")
         with open(os.path.join(folder, f"flash_hopper_ab_{tag}.py"), "w") as f:
@@ -120,27 +120,24 @@ def mismatch(new: list, old: list) -> float:
     return max(((a.float() - b.float()).norm() / b.float().norm().clamp_min(1.0)).item() for a, b in zip(new, old))
 
 
-def compare_variants(old, variants: dict, shapes: list, rounds: int) -> tuple[list, dict]:
-    """Old against each of {name: module} at each (B, H, T, D), dropout off: per shape and round, old then every
-    variant back to back on the same inputs. A variant whose outputs differ from old's by more than bench.py's
-    CHECK_TOL at a shape is timed no more (a fast wrong kernel is no result). Returns one dict of ms per variant,
-    shape and round, and {name: (shape, error)} for the variants dropped."""
-    rows, wrong = [], {}
-    for B, H, T, D in shapes:
-        tensors = inputs(B, H, T, D)
-        want = outputs(old, tensors)
+def compare_variants(old, variants: dict, shape: tuple, rounds: int) -> tuple[list, dict]:
+    """Old against each of {name: module} at one (B, H, T, D), dropout off: in each round old then every variant
+    back to back on the same inputs. A variant whose outputs differ from old's by more than bench.py's CHECK_TOL is
+    not timed (a fast wrong kernel is no result). Returns one dict of ms per variant and round, and {name: error}
+    for the variants left out."""
+    B, H, T, D = shape
+    tensors = inputs(B, H, T, D)
+    want = outputs(old, tensors)
+    errors = {name: mismatch(outputs(module, tensors), want) for name, module in variants.items()}
+    wrong = {name: err for name, err in errors.items() if not err < CHECK_TOL}
+    rows = []
+    for _ in range(rounds):
+        fo, bo = time_ms(old, B, H, T, D, 0.0, tensors)
         for name, module in variants.items():
             if name not in wrong:
-                err = mismatch(outputs(module, tensors), want)
-                if not err < CHECK_TOL:
-                    wrong[name] = ((B, H, T, D), err)
-        for _ in range(rounds):
-            fo, bo = time_ms(old, B, H, T, D, 0.0, tensors)
-            for name, module in variants.items():
-                if name not in wrong:
-                    fn, bn = time_ms(module, B, H, T, D, 0.0, tensors)
-                    rows.append(dict(variant=name, B=B, H=H, T=T, D=D, p=0.0, fwd_old=fo, fwd_new=fn, bwd_old=bo,
-                                     bwd_new=bn))
+                fn, bn = time_ms(module, B, H, T, D, 0.0, tensors)
+                rows.append(dict(variant=name, B=B, H=H, T=T, D=D, p=0.0, fwd_old=fo, fwd_new=fn, bwd_old=bo,
+                                 bwd_new=bn))
     return rows, wrong
 
 
@@ -193,13 +190,13 @@ def main():
                 print(_row(r), flush=True)
         return
     variants = {name: load_old(folder, name, tree_kernel=True) for name, folder in folders.items()}
-    rows, wrong = [], {}
+    rows, wrong = [], {}  # wrong: {name: (shape, error)}, each variant timed up to its first wrong shape
     for shape in shapes:
-        left = {name: module for name, module in variants.items() if name not in wrong}
-        found, dropped = compare_variants(old, left, [shape], args.rounds)
+        found, dropped = compare_variants(old, {n: m for n, m in variants.items() if n not in wrong}, shape,
+                                          args.rounds)
         rows += found
-        wrong.update(dropped)
-        print(f"done: {shape}", file=sys.stderr, flush=True)
+        wrong.update({name: (shape, err) for name, err in dropped.items()})
+        print(f"done: {shape}", file=sys.stderr, flush=True)  # progress, for a run cut short by a timeout
     for name in variants:
         print(f"\n### {name}\n")
         if name in wrong:

@@ -68,8 +68,9 @@ def table(names: list, units: dict, rows: list, reasons: int = 6) -> str:
     # the stall reasons with the most warp cycles over all kernels (cycles per instruction x instructions), so the
     # long kernels choose them, not a short fill with a huge ratio; without instruction counts in the report, the
     # ratios summed. "selected" (issuing, not waiting) left out
+    weights = [metric(row, "smsp__inst_executed.sum") for row in rows]
+
     def stalled_cycles(reason):
-        weights = [metric(row, "smsp__inst_executed.sum") for row in rows]
         cycles = (metric(row, stalls[reason]) * (w if w == w else 1.0) for row, w in zip(rows, weights))
         return sum(c for c in cycles if c == c)
 
