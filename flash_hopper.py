@@ -12,7 +12,8 @@ these items heaviest first (_tile_coords), with three partitions of warps:
 The two groups share the K and V tiles and take turns issuing their products (the `turn` barriers), so one
 group's softmax runs while the other's products keep the tensor cores busy. In the Triton forward both
 warpgroups of a program run in lockstep behind a barrier, and the tensor cores idle through every softmax
-(docs/design.md, "Why Hopper gets its own kernels").
+(docs/design.md, "Why Hopper gets its own kernels"). At head dim 64 from T = 8192 an item is 192 rows and three
+groups take turns, as in FlashAttention-4's forward (_fwd_groups).
 
 Backward. One program holds 128 keys, 64 per warpgroup with their dK and dV in registers, and sweeps the query
 blocks that see them with five products per tile; dQ is added into an fp32 buffer by TMA reductions (docs/design.md,
@@ -48,17 +49,25 @@ def _tma_add(desc, coord, src, _semantic=None):
 
 
 ROWS = gl.constexpr(64)  # query rows per softmax warpgroup: one wgmma is 64 rows tall
-BLOCK_M = gl.constexpr(128)  # query rows per program: two warpgroups
-BLOCK_N = gl.constexpr(128)  # keys per K/V tile; BLOCK_N == BLOCK_M, so each program has one diagonal tile
-# The forward's partitions after softmax group 0, which runs in the kernel's own 4 warps: softmax group 1 and the
-# load warp, their warps and registers per thread (setmaxnreg). 12 warps: 240 registers for each softmax group,
-# which holds S, P and O for its 64 rows; the loader only issues TMA copies
-FWD_WORKER_WARPS = gl.constexpr((4, 1))
-FWD_WORKER_REGS = gl.constexpr((240, 24))
+BLOCK_N = gl.constexpr(128)  # keys per K/V tile
+# The forward's partitions after softmax group 0, which runs in the kernel's own 4 warps: the other softmax groups
+# and the load warp, their warps and registers per thread (setmaxnreg). Head dim 128, 12 warps: 240 registers for
+# each of two softmax groups, which hold S, P and O for their 64 rows; the loader only issues TMA copies. Head dim
+# 64 from T = FWD_THREE_GROUPS_FROM_T, 16 warps: three softmax groups at 160 (_fwd_groups)
+FWD_WORKER_WARPS_2 = gl.constexpr((4, 1))
+FWD_WORKER_REGS_2 = gl.constexpr((240, 24))
+FWD_WORKER_WARPS_3 = gl.constexpr((4, 4, 1))
+FWD_WORKER_REGS_3 = gl.constexpr((160, 160, 24))
 
 
 @gluon.jit
-def _tile_coords(item, BH, n_m, H, SECTION):
+def _tile_count(start_m, T, BLOCK_M: gl.constexpr):
+    # The key tiles that rows [start_m, start_m + BLOCK_M) see: up to the last row's, and none past T
+    return gl.minimum(gl.cdiv(T, BLOCK_N), (start_m + BLOCK_M - 1) // BLOCK_N + 1)
+
+
+@gluon.jit
+def _tile_coords(item, BH, n_m, H, SECTION, T, BLOCK_M: gl.constexpr):
     # Work item `item` of the persistent grid: row tile pid_m of head bh. The heads come in sections of SECTION
     # whose K and V fit in L2 together; within a section the items run heaviest first (the last row tile sees the
     # most key tiles), all of the section's heads at one size before the next size. Handed out in this order
@@ -70,14 +79,14 @@ def _tile_coords(item, BH, n_m, H, SECTION):
     heads = gl.minimum(SECTION, BH - section * SECTION)  # the last section may be short
     pid_m = n_m - 1 - rest // heads
     bh = section * SECTION + rest % heads
-    return bh // H, bh % H, bh, pid_m * BLOCK_M, pid_m + 1
+    return bh // H, bh % H, bh, pid_m * BLOCK_M, _tile_count(pid_m * BLOCK_M, T, BLOCK_M)
 
 
 @gluon.jit
 def _load_partition(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_ready, v_ready,
-                    k_free, v_free, COUNTER, BH, n_m, H, SECTION):
-    # The producer: one warp that only issues TMA copies, and the scheduler. A buffer is refilled once both
-    # softmax groups have released it (the *_free barriers count 2 arrivals); TMA completes each copy on its
+                    k_free, v_free, COUNTER, BH, n_m, H, SECTION, T):
+    # The producer: one warp that only issues TMA copies, and the scheduler. A buffer is refilled once every
+    # softmax group has released it (the *_free barriers count one arrival per group); TMA completes each copy on its
     # *_ready barrier. Each program starts with item program_id, then takes the next unclaimed one from COUNTER
     # (an atomic add), as the hardware hands out the blocks of a plain grid: programs that drew short items take
     # more of them. The item's number and coordinates go to the softmax groups in item_smem, with its Q tiles.
@@ -85,6 +94,7 @@ def _load_partition(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, item_smem, q
     # the next item's loads start while the softmax groups still finish the last one. Q has two buffers, one per
     # item in flight.
     STAGES: gl.constexpr = k_smem.shape[0]
+    GROUPS: gl.constexpr = q_smem.shape[0] // 2
     n_items = n_m * BH
     it = 0
     n = 0
@@ -93,13 +103,14 @@ def _load_partition(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, item_smem, q
         # the next item, claimed now and used once this one's loads are out. Relaxed: the number is a ticket, and
         # it reaches the softmax groups through item_smem and an mbarrier, which order it (acq_rel added 2 fences)
         claimed = gl.atomic_add(COUNTER, 1, sem="relaxed")
-        b, h, bh, start_m, n_tiles = _tile_coords(item, BH, n_m, H, SECTION)
+        b, h, bh, start_m, n_tiles = _tile_coords(item, BH, n_m, H, SECTION, T, GROUPS * ROWS)
         qb = n % 2
         mbarrier.wait(q_free.index(qb), ((n // 2) & 1) ^ 1)  # a fresh barrier passes a wait for the phase before
-        _put_item(item_smem, qb, item, b, h, n_tiles - 1)
-        mbarrier.expect(q_ready.index(qb), 2 * q_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(q_desc, [b, h, start_m, 0], q_ready.index(qb), q_smem.index(2 * qb))
-        tma.async_copy_global_to_shared(q_desc, [b, h, start_m + ROWS, 0], q_ready.index(qb), q_smem.index(2 * qb + 1))
+        _put_item(item_smem, qb, item, b, h, start_m // (GROUPS * ROWS))
+        mbarrier.expect(q_ready.index(qb), GROUPS * q_desc.block_type.nbytes)
+        for g in gl.static_range(GROUPS):
+            tma.async_copy_global_to_shared(q_desc, [b, h, start_m + g * ROWS, 0], q_ready.index(qb),
+                                            q_smem.index(GROUPS * qb + g))
         for j in range(n_tiles):
             s = (it + j) % STAGES
             phase = (((it + j) // STAGES) & 1) ^ 1
@@ -171,6 +182,19 @@ def _softmax_tile(scores, m_i, l_i, rows, start_n, qk_scale, MASKED: gl.constexp
 
 
 @gluon.jit
+def _packed(p, dtype: gl.constexpr):
+    # P in the products' dtype, two values per register by one cvt each (cvt.rn.bf16x2.f32): what the compiler
+    # emits on its own for two softmax groups, but with three it converted value by value and swapped the halves
+    # of every register after (32 PRMT per step)
+    if dtype == gl.bfloat16:
+        return gl.inline_asm_elementwise("cvt.rn.bf16x2.f32 $0, $2, $1;", "=r,r,r", [p], dtype=gl.bfloat16,
+                                         is_pure=True, pack=2)
+    else:
+        return gl.inline_asm_elementwise("cvt.rn.f16x2.f32 $0, $2, $1;", "=r,r,r", [p], dtype=gl.float16,
+                                         is_pure=True, pack=2)
+
+
+@gluon.jit
 def _keys(kv_smem, s, KEYS: gl.constexpr):
     # The first KEYS rows of K or V tile s: all of it, or the half of a diagonal tile that group 0's rows see
     tile = kv_smem.index(s).reshape([BLOCK_N, kv_smem.shape[-1]])
@@ -187,7 +211,7 @@ def _first_tile(q, k_smem, k_free, s0, s_zero, m_i, l_i, rows, qk_scale, p_layou
     scores = warpgroup_mma(q, _keys(k_smem, s0, s_zero.shape[1]).permute((1, 0)), s_zero, use_acc=False)
     mbarrier.arrive(k_free.index(s0), count=1)
     p, m_i, l_i, _ = _softmax_tile(scores, m_i, l_i, rows, 0, qk_scale, MASKED)
-    return gl.convert_layout(p.to(q.dtype), p_layout), m_i, l_i
+    return gl.convert_layout(_packed(p, q.dtype), p_layout), m_i, l_i
 
 
 @gluon.jit
@@ -199,33 +223,38 @@ def _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, r, c, start
     # barriers' phase), both over all of the program's items.
     STAGES: gl.constexpr = k_smem.shape[0]
     HEAD_DIM: gl.constexpr = k_smem.shape[-1]
+    GROUPS: gl.constexpr = turn.shape[0]
     s = r % STAGES
     prev = (r - 1) % STAGES
-    mbarrier.wait(turn.index(GROUP), (c & 1) ^ (1 - GROUP))  # group 0 goes first
+    # the turn passes round the groups in order; group 0 goes first (a fresh barrier passes a wait for the phase
+    # before its first), each other group once the one before it has issued its step c
+    mbarrier.wait(turn.index(GROUP), (c & 1) ^ (1 if GROUP == 0 else 0))
     mbarrier.wait(k_ready.index(s), (r // STAGES) & 1)
     scores = warpgroup_mma(q, _keys(k_smem, s, s_zero.shape[1]).permute((1, 0)), s_zero, use_acc=False,
                            is_async=True)
     mbarrier.wait(v_ready.index(prev), ((r - 1) // STAGES) & 1)
     acc = warpgroup_mma(p, v_smem.index(prev).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
-    mbarrier.arrive(turn.index(1 - GROUP), count=1)
+    mbarrier.arrive(turn.index((GROUP + 1) % GROUPS), count=1)
     scores = warpgroup_mma_wait(1, deps=(scores, ))  # S_j is done; P_{j-1} V_{j-1} may still run
     mbarrier.arrive(k_free.index(s), count=1)
     p_new, m_i, l_i, alpha = _softmax_tile(scores, m_i, l_i, rows, start_n, qk_scale, MASKED)
     acc = warpgroup_mma_wait(0, deps=(acc, ))
     mbarrier.arrive(v_free.index(prev), count=1)
     acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, acc.type.layout))[:, None]
-    return gl.convert_layout(p_new.to(p.dtype), p.type.layout), acc, m_i, l_i
+    return gl.convert_layout(_packed(p_new, p.dtype), p.type.layout), acc, m_i, l_i
 
 
 @gluon.jit
 def _softmax_partition(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_ready, v_ready, k_free, v_free, turn,
                        o_desc, LSE, BH, n_m, H, T, qk_scale, GROUP: gl.constexpr):
     # One warpgroup: rows [row0, row0 + 64) of each item's row tile. Each step issues two products back to back,
-    # S = Q K_j^T and O += P_{j-1} V_{j-1}, then computes the softmax of S_j while O's product runs. The two
-    # groups take turns issuing (the `turn` barriers), so one group's softmax runs under the other's products.
+    # S = Q K_j^T and O += P_{j-1} V_{j-1}, then computes the softmax of S_j while O's product runs. The groups
+    # take turns issuing (the `turn` barriers), so one group's softmax runs under the others' products.
     # Worker partitions take no constexpr arguments, so sizes come from the buffers' shapes.
     STAGES: gl.constexpr = k_smem.shape[0]
     HEAD_DIM: gl.constexpr = k_smem.shape[-1]
+    GROUPS: gl.constexpr = turn.shape[0]
+    BLOCK_M: gl.constexpr = GROUPS * ROWS
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -235,9 +264,10 @@ def _softmax_partition(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_rea
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
     dtype: gl.constexpr = q_smem.dtype
     s_zero = gl.zeros([ROWS, BLOCK_N], gl.float32, layout=s_layout)
-    # The diagonal tile's keys that the group's rows can see: group 0's rows only its first 64 (the other half is
-    # all masked for them), so it computes S, the softmax and P V over that half; group 1's rows see all 128
-    DIAG: gl.constexpr = ROWS * (GROUP + 1)
+    # Two groups: the diagonal tile's keys that the group's rows can see: group 0's rows only its first 64 (the
+    # other half is all masked for them), so it computes S, the softmax and P V over that half; group 1's rows see
+    # all 128. Three groups: 192 rows reach into two key tiles, both masked whole
+    DIAG: gl.constexpr = ROWS * (GROUP + 1) if GROUPS == 2 else BLOCK_N
     d_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, DIAG, 16])
     d_zero = gl.zeros([ROWS, DIAG], gl.float32, layout=d_layout)
 
@@ -247,10 +277,10 @@ def _softmax_partition(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_rea
     while item < n_m * BH:
         bh = b * H + h
         start_m = pid_m * BLOCK_M
-        n_tiles = pid_m + 1
+        n_tiles = _tile_count(start_m, T, BLOCK_M)
         rows = start_m + GROUP * ROWS + gl.arange(0, ROWS, layout=row_s)
         qb = n % 2
-        q = q_smem.index(2 * qb + GROUP).reshape([ROWS, HEAD_DIM])
+        q = q_smem.index(GROUPS * qb + GROUP).reshape([ROWS, HEAD_DIM])
         acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=o_layout)
 
         m_i = gl.full([ROWS], float("-inf"), gl.float32, layout=row_s)
@@ -258,19 +288,38 @@ def _softmax_partition(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_rea
         s0 = it % STAGES
         last = it + n_tiles - 1
         mbarrier.wait(k_ready.index(s0), (it // STAGES) & 1)
-        if n_tiles == 1:  # key tile 0 is the diagonal
-            p_d, m_i, l_i = _first_tile(q, k_smem, k_free, s0, d_zero, m_i, l_i, rows, qk_scale, p_layout, True)
+        c0 = it - n  # steps taken in earlier items: each item takes one per key tile after its first
+        if GROUPS == 2:
+            if n_tiles == 1:  # key tile 0 is the diagonal
+                p_d, m_i, l_i = _first_tile(q, k_smem, k_free, s0, d_zero, m_i, l_i, rows, qk_scale, p_layout, True)
+            else:
+                p, m_i, l_i = _first_tile(q, k_smem, k_free, s0, s_zero, m_i, l_i, rows, qk_scale, p_layout, False)
+                for j in range(1, n_tiles - 1):
+                    p, acc, m_i, l_i = _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, it + j,
+                                             c0 + j - 1, j * BLOCK_N, p, acc, m_i, l_i, rows, qk_scale, s_zero,
+                                             GROUP, False)
+                # the diagonal tile, out of the loop so that the loop carries no mask
+                p_d, acc, m_i, l_i = _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, last,
+                                           c0 + n_tiles - 2, (n_tiles - 1) * BLOCK_N, p, acc, m_i, l_i, rows,
+                                           qk_scale, d_zero, GROUP, True)
         else:
-            p, m_i, l_i = _first_tile(q, k_smem, k_free, s0, s_zero, m_i, l_i, rows, qk_scale, p_layout, False)
-            c0 = it - n  # steps taken in earlier items: each item takes one per key tile after its first
-            for j in range(1, n_tiles - 1):
+            # key tiles from `masked` on hold keys after some of the item's rows: the last one or two, run masked
+            # in a loop of their own so that the main loop carries no mask. Every group runs every tile (a row
+            # that sees none of a tile's keys gets no weight from it: key 0, in the first tile, keeps its max finite)
+            masked = start_m // BLOCK_N
+            if masked == 0:
+                p, m_i, l_i = _first_tile(q, k_smem, k_free, s0, s_zero, m_i, l_i, rows, qk_scale, p_layout, True)
+            else:
+                p, m_i, l_i = _first_tile(q, k_smem, k_free, s0, s_zero, m_i, l_i, rows, qk_scale, p_layout, False)
+            for j in range(1, masked):
                 p, acc, m_i, l_i = _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, it + j,
                                          c0 + j - 1, j * BLOCK_N, p, acc, m_i, l_i, rows, qk_scale, s_zero, GROUP,
                                          False)
-            # the diagonal tile, out of the loop so that the loop carries no mask
-            p_d, acc, m_i, l_i = _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, last,
-                                       c0 + n_tiles - 2, (n_tiles - 1) * BLOCK_N, p, acc, m_i, l_i, rows, qk_scale,
-                                       d_zero, GROUP, True)
+            for j in range(gl.maximum(masked, 1), n_tiles):
+                p, acc, m_i, l_i = _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, it + j,
+                                         c0 + j - 1, j * BLOCK_N, p, acc, m_i, l_i, rows, qk_scale, s_zero, GROUP,
+                                         True)
+            p_d = p
         mbarrier.wait(v_ready.index(last % STAGES), (last // STAGES) & 1)
         acc = warpgroup_mma(p_d, _keys(v_smem, last % STAGES, DIAG), acc)
         mbarrier.arrive(v_free.index(last % STAGES), count=1)
@@ -278,7 +327,7 @@ def _softmax_partition(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_rea
         # O leaves through this group's Q tile, which no product reads any more, with one TMA store (it writes
         # whole lines and drops rows past T); the tile goes back to the loader once the store has read it
         acc = acc * gl.convert_layout(1.0 / l_i, row_o)[:, None]  # one division per row, not per element
-        q_tile = q_smem.index(2 * qb + GROUP)
+        q_tile = q_smem.index(GROUPS * qb + GROUP)
         q_tile.reshape([ROWS, HEAD_DIM]).store(acc.to(dtype))
         fence_async_shared()
         tma.async_copy_shared_to_global(o_desc, [b, h, start_m + GROUP * ROWS, 0], q_tile)
@@ -298,14 +347,21 @@ def _softmax_partition_1(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_r
 
 
 @gluon.jit
+def _softmax_partition_2(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_ready, v_ready, k_free, v_free, turn,
+                         o_desc, LSE, BH, n_m, H, T, qk_scale):
+    _softmax_partition(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_ready, v_ready, k_free, v_free, turn,
+                       o_desc, LSE, BH, n_m, H, T, qk_scale, 2)
+
+
+@gluon.jit
 def _attn_fwd_hopper_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, BH, H, SECTION, T, qk_scale,
-                            HEAD_DIM: gl.constexpr, STAGES: gl.constexpr):
+                            HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, GROUPS: gl.constexpr):
     # A persistent grid, one program per SM up to T=8192 (_attn_fwd): each program takes (row tile, head) items
     # one after another, as _load_partition claims them, so setting up the partitions is paid once per SM, and
     # one item's loads overlap the end of the one before it
-    n_m = gl.cdiv(T, BLOCK_M)
+    n_m = gl.cdiv(T, GROUPS * ROWS)
     dtype: gl.constexpr = q_desc.dtype
-    q_smem = gl.allocate_shared_memory(dtype, [4] + q_desc.block_type.shape, q_desc.layout)  # 2 items x 2 groups
+    q_smem = gl.allocate_shared_memory(dtype, [2 * GROUPS] + q_desc.block_type.shape, q_desc.layout)  # 2 items
     k_smem = gl.allocate_shared_memory(dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
     v_smem = gl.allocate_shared_memory(dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
     # 2 items x (number, batch, head, row tile)
@@ -316,25 +372,35 @@ def _attn_fwd_hopper_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, BH, H,
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     k_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    turn = gl.allocate_shared_memory(gl.int64, [GROUPS, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(STAGES):
         mbarrier.init(k_ready.index(i), count=1)
         mbarrier.init(v_ready.index(i), count=1)
-        mbarrier.init(k_free.index(i), count=2)  # released by both softmax groups
-        mbarrier.init(v_free.index(i), count=2)
+        mbarrier.init(k_free.index(i), count=GROUPS)  # released by every softmax group
+        mbarrier.init(v_free.index(i), count=GROUPS)
     for i in gl.static_range(2):
         mbarrier.init(q_ready.index(i), count=1)
-        mbarrier.init(q_free.index(i), count=2)
+        mbarrier.init(q_free.index(i), count=GROUPS)
+    for i in gl.static_range(GROUPS):
         mbarrier.init(turn.index(i), count=1)
 
     softmax_args = (q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_ready, v_ready, k_free, v_free, turn,
                     o_desc, LSE, BH, n_m, H, T, qk_scale)
-    gl.warp_specialize([
-        (_softmax_partition, softmax_args + (0, )),
-        (_softmax_partition_1, softmax_args),
-        (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_ready,
-                           v_ready, k_free, v_free, COUNTER, BH, n_m, H, SECTION)),
-    ], FWD_WORKER_WARPS, FWD_WORKER_REGS)
+    load_args = (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_ready, v_ready, k_free,
+                 v_free, COUNTER, BH, n_m, H, SECTION, T)
+    if GROUPS == 2:
+        gl.warp_specialize([
+            (_softmax_partition, softmax_args + (0, )),
+            (_softmax_partition_1, softmax_args),
+            (_load_partition, load_args),
+        ], FWD_WORKER_WARPS_2, FWD_WORKER_REGS_2)
+    else:
+        gl.warp_specialize([
+            (_softmax_partition, softmax_args + (0, )),
+            (_softmax_partition_1, softmax_args),
+            (_softmax_partition_2, softmax_args),
+            (_load_partition, load_args),
+        ], FWD_WORKER_WARPS_3, FWD_WORKER_REGS_3)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -632,10 +698,25 @@ def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, d
     return all(t.data_ptr() % 16 == 0 and all(st * size % 16 == 0 for st in t.stride()[:-1]) for t in tensors)
 
 
-def _maxnreg(kind: str, D: int) -> int:
-    """The kernel's register cap: the whole register file (64K) over its warps, 12, or 16 for the backward at head
-    dim 64 (BWD_WORKER_WARPS_D64). warp_specialize then hands out each partition's share with setmaxnreg."""
-    return 128 if (kind, D) == ("bwd", 64) else 168
+def _maxnreg(warpgroups: int) -> int:
+    """The kernel's register cap: the whole register file (64K) over its warps, 12 for two warpgroups that do the
+    math (and the load warp's group), 16 for three: the forward's three softmax groups, the backward's dQ group at
+    head dim 64. warp_specialize then hands out each partition's share with setmaxnreg."""
+    return 128 if warpgroups == 3 else 168
+
+
+BWD_WARPGROUPS = {64: 3, 128: 2}  # the backward's, by head dim: at 64 with the dQ group (BWD_WORKER_WARPS_D64)
+
+
+# Head dim 64 from this length: three softmax groups on 192-row items, as FlashAttention-4's sm90 forward runs there,
+# instead of two on 128. Same-run against two groups on an H200: 10-12% faster at T = 16384, 0-6% at 8192, 1-6%
+# slower at 4096 and 7-9% at 2048, where 192 does not divide T and the last item of each head is a third empty
+# (docs/design.md, "Hopper forward, head dim 64: three softmax groups")
+FWD_THREE_GROUPS_FROM_T = 8192
+
+
+def _fwd_groups(D: int, T: int) -> int:
+    return 3 if D == 64 and T >= FWD_THREE_GROUPS_FROM_T else 2
 
 
 @functools.lru_cache(maxsize=None)
@@ -667,26 +748,27 @@ def _heads_per_section(q: torch.Tensor) -> int:
 
 
 def _attn_fwd(q, k, v, o, lse, qk_scale: float, programs: Optional[int] = None,
-              heads_per_section: Optional[int] = None) -> None:
+              heads_per_section: Optional[int] = None, groups: Optional[int] = None) -> None:
     """Fill o (B, H, T, D) and lse (B, H, T) as flash_kernel's Triton forward does; qk_scale = softmax scale *
     log2(e). o is written by TMA, so like q, k, v it needs 16-byte aligned strides (flash_kernel's always has).
-    programs (the persistent grid's size) and heads_per_section (_tile_coords' SECTION) default to what this GPU's
-    SMs and L2 call for; a test passes others."""
+    programs (the persistent grid's size), heads_per_section (_tile_coords' SECTION) and groups (softmax groups,
+    2 or 3) default to what this GPU's SMs and L2 and the call's length call for; a test passes others."""
     B, H, T, D = q.shape
-    n_m = triton.cdiv(T, BLOCK_M.value)
+    groups = groups or _fwd_groups(D, T)
+    n_m = triton.cdiv(T, groups * ROWS.value)
     items = n_m * B * H
     if programs is None:
         # One program per SM while items are short; from T = 16384 (items of up to 128 key tiles) what a program
         # pays once is small, and a program per item measured 3-4% faster (docs/design.md, "Hopper forward:
         # persistent grid")
-        programs = min(items, _num_sms(q.device)) if n_m <= PERSISTENT_MAX_TILES else items
+        programs = min(items, _num_sms(q.device)) if triton.cdiv(T, BLOCK_N.value) <= PERSISTENT_MAX_TILES else items
     if heads_per_section is None:
         heads_per_section = _heads_per_section(q)
     _attn_fwd_hopper_kernel[(programs, )](
         _descriptor(q, ROWS.value), _descriptor(k, BLOCK_N.value), _descriptor(v, BLOCK_N.value),
         _descriptor(o, ROWS.value), lse, torch.zeros(1, dtype=torch.int32, device=q.device), B * H, H,
         heads_per_section, T, qk_scale,
-        HEAD_DIM=D, STAGES=NUM_STAGES, num_warps=4, maxnreg=_maxnreg("fwd", D),
+        HEAD_DIM=D, STAGES=NUM_STAGES, GROUPS=groups, num_warps=4, maxnreg=_maxnreg(groups),
     )
 
 
@@ -700,6 +782,6 @@ def _attn_bwd(do, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, qk_scal
         _descriptor(q, tile, tile), _descriptor(k, tile, tile), _descriptor(v, tile, tile), _descriptor(do, tile, tile),
         _descriptor(dq_acc, tile, tile), _descriptor(dk, tile, tile), _descriptor(dv, tile, tile), lse, delta,
         H, T, qk_scale, softmax_scale, HEAD_DIM=D, STAGES=NUM_STAGES, num_warps=4,
-        maxnreg=_maxnreg("bwd", D),
+        maxnreg=_maxnreg(BWD_WARPGROUPS[D]),
     )
     torch.mul(dq_acc, softmax_scale, out=dq)  # the scale dS left out (_bwd_mma_partition), and dq's dtype

@@ -34,7 +34,7 @@ def kernels_of(fn) -> set:
 
 def check_hopper_forward(q, k, v, **launch):
     # o against the fp32 reference with the Triton kernels' tolerances, lse against the Triton forward's.
-    # launch: flash_hopper._attn_fwd's own arguments (programs, heads_per_section)
+    # launch: flash_hopper._attn_fwd's own arguments (programs, heads_per_section, groups)
     B, H, T, D = q.shape
     scale = 1 / math.sqrt(D)
     o = flash_kernel._empty_bhtd(B, H, T, D, q)
@@ -67,15 +67,35 @@ def test_forward_matches_reference_and_triton(B, H, T, D, dtype, strided):
 
 
 @needs_hopper
-@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("B,H,T", [(1, 1, 1), (2, 3, 77), (1, 2, 128), (2, 2, 129), (1, 2, 193), (1, 2, 1000),
+                                   (1, 1, 2048)], ids=str)
+def test_three_group_forward_matches_reference_and_triton(B, H, T, dtype):
+    # Head dim 64's forward from flash_hopper.FWD_THREE_GROUPS_FROM_T on, at every T: 192-row items whose last
+    # one or two key tiles are masked, rows of a group that see none of a tile's keys, an item of one row (193)
+    q, k, v = qkv_like_the_model(B, H, T, 64, dtype, device="cuda")
+    check_hopper_forward(q, k, v, groups=3)
+
+
+@needs_hopper
+def test_long_forward_takes_three_groups():
+    # Head dim 64 switches to three groups at FWD_THREE_GROUPS_FROM_T: the launch without a groups argument there
+    T = flash_kernel.flash_hopper.FWD_THREE_GROUPS_FROM_T
+    assert flash_kernel.flash_hopper._fwd_groups(64, T) == 3 and flash_kernel.flash_hopper._fwd_groups(64, T - 1) == 2
+    q, k, v = qkv_like_the_model(1, 1, T, 64, torch.bfloat16, device="cuda")
+    check_hopper_forward(q, k, v)
+
+
+@needs_hopper
+@pytest.mark.parametrize("D,groups", [(64, 2), (64, 3), (128, 2)])
 @pytest.mark.parametrize("programs", [1, 5])
-def test_forward_with_few_programs(D, programs):
+def test_forward_with_few_programs(D, groups, programs):
     # The forward's grid is persistent: each program takes items (row tile, head) one after another, carrying
     # its K/V ring, Q buffers and turn barriers across them. A GPU has enough SMs that the shapes above give most
-    # programs one item; here 1 or 5 programs take 2 * 3 * 8 items of 1 to 8 key tiles each, with the 6 heads in
-    # two sections, of 4 heads and of 2
+    # programs one item; here 1 or 5 programs take 2 * 3 * 8 items of 1 to 8 key tiles each (2 * 3 * 6 with three
+    # groups), with the 6 heads in two sections, of 4 heads and of 2
     q, k, v = qkv_like_the_model(2, 3, 1000, D, torch.bfloat16, device="cuda")
-    check_hopper_forward(q, k, v, programs=programs, heads_per_section=4)
+    check_hopper_forward(q, k, v, programs=programs, heads_per_section=4, groups=groups)
 
 
 @needs_hopper

@@ -85,9 +85,9 @@ def compile_config(kind, config, D, dropout=False, arch=90, dtype="bf16"):
     return compile_sm90(kernel, dict(common, **dict(zip(names, blocks))), warps, stages, arch=arch, dtype=dtype)
 
 
-def compile_hopper(kind, D, dtype=torch.bfloat16):
-    """Compile flash_hopper's forward ("fwd") or backward ("bwd") for sm_90 as flash_kernel launches them for
-    the model's strided q, k, v."""
+def compile_hopper(kind, D, dtype=torch.bfloat16, groups=2):
+    """Compile flash_hopper's forward ("fwd", with 2 or 3 softmax groups) or backward ("bwd") for sm_90 as
+    flash_kernel launches them for the model's strided q, k, v."""
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
 
@@ -113,10 +113,13 @@ def compile_hopper(kind, D, dtype=torch.bfloat16):
         return pointers.get(name, "fp32" if name in ("qk_scale", "sm_scale") else "i32")
 
     constants = {"HEAD_DIM": D, "STAGES": fh.NUM_STAGES}
+    if kind == "fwd":
+        constants["GROUPS"] = groups
+    warpgroups = groups if kind == "fwd" else fh.BWD_WARPGROUPS[D]
     src = GluonASTSource(kernel, *_specialize(kernel, constants, type_of,
                                               lambda name: name in pointers or name.startswith("stride")))
     return triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                          options=dict(num_warps=4, maxnreg=fh._maxnreg(kind, D)))
+                          options=dict(num_warps=4, maxnreg=fh._maxnreg(warpgroups)))
 
 
 def _cuobjdump(cubin: bytes, flag: str) -> str:
@@ -209,10 +212,10 @@ def counts(head_dim: int = 64, dump: Optional[str] = None) -> dict:
     """What the kernels compile to for an H100 at this head dim: {"triton": rows, "hopper": rows}. A Triton row
     is {"kernel": "forward" | "backward", "dropout": bool} and TRITON_COUNTS: layout conversions in the TTGIR,
     st.shared, ld.shared, mul.hi and wgmma.wait_group in the PTX, shared memory in bytes. A Hopper row is
-    {"kernel": "forward" | "backward"} and HOPPER_COUNTS: warps, wgmma.mma_async and setmaxnreg in the PTX,
-    registers and stack bytes per thread, shared bytes, HGMMA, wgmma waits and instructions in the SASS, and the
-    instructions of one step of its softmax loop (inner_loop). With dump,
-    each kernel's TTGIR and PTX (and the Hopper kernels' SASS) are also written to that folder."""
+    {"kernel": "forward" | "backward" | "forward3" (head dim 64's three-group forward)} and HOPPER_COUNTS: warps,
+    wgmma.mma_async and setmaxnreg in the PTX, registers and stack bytes per thread, shared bytes, HGMMA, wgmma
+    waits and instructions in the SASS, and the instructions of one step of its softmax loop (inner_loop). With
+    dump, each kernel's TTGIR and PTX (and the Hopper kernels' SASS) are also written to that folder."""
     D = head_dim
     rows = {"triton": [], "hopper": []}
     for dropout in (False, True):
@@ -226,8 +229,11 @@ def counts(head_dim: int = 64, dump: Optional[str] = None) -> dict:
             if dump:
                 _write(dump, {f"{name}_dropout{int(dropout)}.{ext}": text for ext, text in (("ttgir", ttgir),
                                                                                           ("ptx", ptx))})
-    for kind, name in (("fwd", "forward"), ("bwd", "backward")):
-        compiled = compile_hopper(kind, D)
+    hopper = [("fwd", "forward", 2), ("bwd", "backward", 2)]
+    if D == 64:  # the long-T forward's three softmax groups (flash_hopper._fwd_groups)
+        hopper.append(("fwd", "forward3", 3))
+    for kind, name, groups in hopper:
+        compiled = compile_hopper(kind, D, groups=groups)
         ptx = compiled.asm["ptx"]
         sass = _cuobjdump(compiled.asm["cubin"], "--dump-sass")
         rows["hopper"].append(dict(kernel=name, warps=compiled.metadata.num_warps, wgmma=ptx.count("wgmma.mma_async"),
