@@ -709,9 +709,9 @@ BWD_WARPGROUPS = {64: 3, 128: 2}  # the backward's, by head dim: at 64 with the 
 
 
 # Head dim 64 from this length: three softmax groups on 192-row items, as FlashAttention-4's sm90 forward runs there,
-# instead of two on 128. Same-run against two groups on an H200: 10-12% faster at T = 16384, 0-6% at 8192, 1-6%
-# slower at 4096 and 7-9% at 2048, where 192 does not divide T and the last item of each head is a third empty
-# (docs/design.md, "Hopper forward, head dim 64: three softmax groups")
+# instead of two on 128. Same-run against two groups on an H200: 9-14% faster at T = 16384, 0-7% at 8192, +2% to
+# -6% at 4096 and 7-10% slower at 2048, where the coarser items leave a longer tail (docs/design.md, "Three softmax
+# groups again, with P packed by hand")
 FWD_THREE_GROUPS_FROM_T = 8192
 
 
