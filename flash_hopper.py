@@ -51,9 +51,9 @@ def _tma_add(desc, coord, src, _semantic=None):
 ROWS = gl.constexpr(64)  # query rows per softmax warpgroup: one wgmma is 64 rows tall
 BLOCK_N = gl.constexpr(128)  # keys per K/V tile
 # The forward's partitions after softmax group 0, which runs in the kernel's own 4 warps: the other softmax groups
-# and the load warp, their warps and registers per thread (setmaxnreg). Head dim 128, 12 warps: 240 registers for
-# each of two softmax groups, which hold S, P and O for their 64 rows; the loader only issues TMA copies. Head dim
-# 64 from T = FWD_THREE_GROUPS_FROM_T, 16 warps: three softmax groups at 160 (_fwd_groups)
+# and the load warp, their warps and registers per thread (setmaxnreg). Two groups, 12 warps: 240 registers for
+# each, which holds S, P and O for its 64 rows; the loader only issues TMA copies. Three groups (head dim 64 from
+# T = FWD_THREE_GROUPS_FROM_T, _fwd_groups), 16 warps: 160 registers each
 FWD_WORKER_WARPS_2 = gl.constexpr((4, 1))
 FWD_WORKER_REGS_2 = gl.constexpr((240, 24))
 FWD_WORKER_WARPS_3 = gl.constexpr((4, 4, 1))
@@ -63,6 +63,8 @@ FWD_WORKER_REGS_3 = gl.constexpr((160, 160, 24))
 @gluon.jit
 def _tile_count(start_m, T, BLOCK_M: gl.constexpr):
     # The key tiles that rows [start_m, start_m + BLOCK_M) see: up to the last row's, and none past T
+    if BLOCK_M == BLOCK_N:  # two groups: the item's own diagonal tile is its last
+        return start_m // BLOCK_N + 1
     return gl.minimum(gl.cdiv(T, BLOCK_N), (start_m + BLOCK_M - 1) // BLOCK_N + 1)
 
 
@@ -182,10 +184,12 @@ def _softmax_tile(scores, m_i, l_i, rows, start_n, qk_scale, MASKED: gl.constexp
 
 
 @gluon.jit
-def _packed(p, dtype: gl.constexpr):
-    # P in the products' dtype, two values per register by one cvt each (cvt.rn.bf16x2.f32): what the compiler
-    # emits on its own for two softmax groups, but with three it converted value by value and swapped the halves
-    # of every register after (32 PRMT per step)
+def _packed(p, dtype: gl.constexpr, BY_HAND: gl.constexpr):
+    # P in the products' dtype, two values per register by one cvt each (cvt.rn.bf16x2.f32). The compiler emits
+    # that on its own for two softmax groups (where the inline asm cost 300 more SASS instructions per kernel), but
+    # with three it converted value by value and swapped the halves of every register after (32 PRMT per step)
+    if not BY_HAND:
+        return p.to(dtype)
     if dtype == gl.bfloat16:
         return gl.inline_asm_elementwise("cvt.rn.bf16x2.f32 $0, $2, $1;", "=r,r,r", [p], dtype=gl.bfloat16,
                                          is_pure=True, pack=2)
@@ -205,13 +209,13 @@ def _keys(kv_smem, s, KEYS: gl.constexpr):
 
 @gluon.jit
 def _first_tile(q, k_smem, k_free, s0, s_zero, m_i, l_i, rows, qk_scale, p_layout: gl.constexpr,
-                MASKED: gl.constexpr):
+                MASKED: gl.constexpr, GROUPS: gl.constexpr):
     # An item's first key tile (its first s_zero.shape[1] keys): S = Q K_0^T with no other product in flight, its
     # softmax, and P in the register layout of P V's A operand
     scores = warpgroup_mma(q, _keys(k_smem, s0, s_zero.shape[1]).permute((1, 0)), s_zero, use_acc=False)
     mbarrier.arrive(k_free.index(s0), count=1)
     p, m_i, l_i, _ = _softmax_tile(scores, m_i, l_i, rows, 0, qk_scale, MASKED)
-    return gl.convert_layout(_packed(p, q.dtype), p_layout), m_i, l_i
+    return gl.convert_layout(_packed(p, q.dtype, GROUPS == 3), p_layout), m_i, l_i
 
 
 @gluon.jit
@@ -241,7 +245,7 @@ def _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, r, c, start
     acc = warpgroup_mma_wait(0, deps=(acc, ))
     mbarrier.arrive(v_free.index(prev), count=1)
     acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, acc.type.layout))[:, None]
-    return gl.convert_layout(_packed(p_new, p.dtype), p.type.layout), acc, m_i, l_i
+    return gl.convert_layout(_packed(p_new, p.dtype, GROUPS == 3), p.type.layout), acc, m_i, l_i
 
 
 @gluon.jit
@@ -291,9 +295,11 @@ def _softmax_partition(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_rea
         c0 = it - n  # steps taken in earlier items: each item takes one per key tile after its first
         if GROUPS == 2:
             if n_tiles == 1:  # key tile 0 is the diagonal
-                p_d, m_i, l_i = _first_tile(q, k_smem, k_free, s0, d_zero, m_i, l_i, rows, qk_scale, p_layout, True)
+                p_d, m_i, l_i = _first_tile(q, k_smem, k_free, s0, d_zero, m_i, l_i, rows, qk_scale,
+                                            p_layout, True, GROUPS)
             else:
-                p, m_i, l_i = _first_tile(q, k_smem, k_free, s0, s_zero, m_i, l_i, rows, qk_scale, p_layout, False)
+                p, m_i, l_i = _first_tile(q, k_smem, k_free, s0, s_zero, m_i, l_i, rows, qk_scale,
+                                          p_layout, False, GROUPS)
                 for j in range(1, n_tiles - 1):
                     p, acc, m_i, l_i = _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, it + j,
                                              c0 + j - 1, j * BLOCK_N, p, acc, m_i, l_i, rows, qk_scale, s_zero,
@@ -308,9 +314,11 @@ def _softmax_partition(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_rea
             # that sees none of a tile's keys gets no weight from it: key 0, in the first tile, keeps its max finite)
             masked = start_m // BLOCK_N
             if masked == 0:
-                p, m_i, l_i = _first_tile(q, k_smem, k_free, s0, s_zero, m_i, l_i, rows, qk_scale, p_layout, True)
+                p, m_i, l_i = _first_tile(q, k_smem, k_free, s0, s_zero, m_i, l_i, rows, qk_scale,
+                                          p_layout, True, GROUPS)
             else:
-                p, m_i, l_i = _first_tile(q, k_smem, k_free, s0, s_zero, m_i, l_i, rows, qk_scale, p_layout, False)
+                p, m_i, l_i = _first_tile(q, k_smem, k_free, s0, s_zero, m_i, l_i, rows, qk_scale,
+                                          p_layout, False, GROUPS)
             for j in range(1, masked):
                 p, acc, m_i, l_i = _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, it + j,
                                          c0 + j - 1, j * BLOCK_N, p, acc, m_i, l_i, rows, qk_scale, s_zero, GROUP,
