@@ -58,10 +58,6 @@ FWD_WORKER_WARPS_2 = gl.constexpr((4, 1))
 FWD_WORKER_REGS_2 = gl.constexpr((240, 24))
 FWD_WORKER_WARPS_3 = gl.constexpr((4, 4, 1))
 FWD_WORKER_REGS_3 = gl.constexpr((160, 160, 24))
-# Two groups at head dim 64 take the row sums l = rowsum(P) from the tensor cores, as one more product P 1 behind
-# P V (_row_sums), which frees the softmax of 64 adds and 4 shuffles per thread and key tile; at head dim 128 the
-# extra accumulator made ptxas spill, and three groups have 160 registers
-ONES = gl.constexpr(8)  # rows of the tile of ones (1^T) that P is multiplied by: the narrowest wgmma
 
 
 @gluon.jit
@@ -171,10 +167,9 @@ def _causal(x, q_idx, k_idx, FILL: gl.constexpr):
 
 
 @gluon.jit
-def _softmax_tile(scores, m_i, l_i, rows, start_n, qk_scale, MASKED: gl.constexpr, SUMS: gl.constexpr):
+def _softmax_tile(scores, m_i, l_i, rows, start_n, qk_scale, MASKED: gl.constexpr):
     # The Triton forward's online softmax: base 2, the row max taken on the raw scores, one FMA per score. The
     # statistics come back in m_i's layout: a 64-key tile's rows sit on the same threads as a 128-key tile's.
-    # Without SUMS the row sums are the tensor cores' (_row_sums) and l_i comes back as it went in.
     row_layout: gl.constexpr = m_i.type.layout
     row: gl.constexpr = gl.SliceLayout(1, scores.type.layout)
     m_i = gl.convert_layout(m_i, row)
@@ -184,9 +179,8 @@ def _softmax_tile(scores, m_i, l_i, rows, start_n, qk_scale, MASKED: gl.constexp
     m_new = gl.maximum(m_i, gl.max(scores, 1) * qk_scale)
     p = gl.exp2(scores * qk_scale - m_new[:, None])
     alpha = gl.convert_layout(gl.exp2(m_i - m_new), row_layout)
-    if SUMS:
-        l_i = l_i * alpha + gl.convert_layout(gl.sum(p, 1), row_layout)
-    return p, gl.convert_layout(m_new, row_layout), l_i, alpha
+    l_new = l_i * alpha + gl.convert_layout(gl.sum(p, 1), row_layout)
+    return p, gl.convert_layout(m_new, row_layout), l_new, alpha
 
 
 @gluon.jit
@@ -220,22 +214,13 @@ def _first_tile(q, k_smem, k_free, s0, s_zero, m_i, l_i, rows, qk_scale, p_layou
     # softmax, and P in the register layout of P V's A operand
     scores = warpgroup_mma(q, _keys(k_smem, s0, s_zero.shape[1]).permute((1, 0)), s_zero, use_acc=False)
     mbarrier.arrive(k_free.index(s0), count=1)
-    p, m_i, l_i, _ = _softmax_tile(scores, m_i, l_i, rows, 0, qk_scale, MASKED, len(l_i.shape) == 1)
+    p, m_i, l_i, _ = _softmax_tile(scores, m_i, l_i, rows, 0, qk_scale, MASKED)
     return gl.convert_layout(_packed(p, q.dtype, GROUPS == 3), p_layout), m_i, l_i
 
 
 @gluon.jit
-def _row_sums(p, ones_smem, l_acc):
-    # l += P 1, issued behind P V: the row sums of the bf16 P that O's product takes, in a [rows, ONES] accumulator
-    # whose columns are all equal. The ones lie K-major (1^T, ONES x 128), as K does for S = Q K^T
-    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=l_acc.type.layout, k_width=2)
-    ones = ones_smem.slice(0, p.shape[1], dim=1).permute((1, 0))
-    return warpgroup_mma(gl.convert_layout(p, a_layout), ones, l_acc, is_async=True)
-
-
-@gluon.jit
-def _step(q, k_smem, v_smem, ones_smem, k_ready, v_ready, k_free, v_free, turn, r, c, start_n, p, acc, m_i, l_i,
-          rows, qk_scale, s_zero, GROUP: gl.constexpr, MASKED: gl.constexpr):
+def _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, r, c, start_n, p, acc, m_i, l_i, rows,
+          qk_scale, s_zero, GROUP: gl.constexpr, MASKED: gl.constexpr):
     # One key tile after an item's first, for one softmax group: issue S_j = Q K_j^T and O += P_{j-1} V_{j-1}
     # back to back, hand the turn to the other group, then compute the softmax of S_j while the P V product is
     # still running. r is the tile's place in the K/V ring and c the group's count of steps so far (the turn
@@ -253,27 +238,19 @@ def _step(q, k_smem, v_smem, ones_smem, k_ready, v_ready, k_free, v_free, turn, 
                            is_async=True)
     mbarrier.wait(v_ready.index(prev), ((r - 1) // STAGES) & 1)
     acc = warpgroup_mma(p, v_smem.index(prev).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
-    MMA_SUMS: gl.constexpr = len(l_i.shape) == 2
-    if MMA_SUMS:
-        l_i = _row_sums(p, ones_smem, l_i)
     mbarrier.arrive(turn.index((GROUP + 1) % GROUPS), count=1)
-    # S_j is done; P_{j-1} V_{j-1} (and P_{j-1} 1) may still run
-    scores = warpgroup_mma_wait(2 if MMA_SUMS else 1, deps=(scores, ))
+    scores = warpgroup_mma_wait(1, deps=(scores, ))  # S_j is done; P_{j-1} V_{j-1} may still run
     mbarrier.arrive(k_free.index(s), count=1)
-    p_new, m_i, l_i, alpha = _softmax_tile(scores, m_i, l_i, rows, start_n, qk_scale, MASKED, not MMA_SUMS)
-    if MMA_SUMS:
-        acc, l_i = warpgroup_mma_wait(0, deps=(acc, l_i))
-        l_i = l_i * gl.convert_layout(alpha, gl.SliceLayout(1, l_i.type.layout))[:, None]
-    else:
-        acc = warpgroup_mma_wait(0, deps=(acc, ))
+    p_new, m_i, l_i, alpha = _softmax_tile(scores, m_i, l_i, rows, start_n, qk_scale, MASKED)
+    acc = warpgroup_mma_wait(0, deps=(acc, ))
     mbarrier.arrive(v_free.index(prev), count=1)
     acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, acc.type.layout))[:, None]
     return gl.convert_layout(_packed(p_new, p.dtype, GROUPS == 3), p.type.layout), acc, m_i, l_i
 
 
 @gluon.jit
-def _softmax_partition(q_smem, k_smem, v_smem, ones_smem, item_smem, q_ready, q_free, k_ready, v_ready, k_free,
-                       v_free, turn, o_desc, LSE, BH, n_m, H, T, qk_scale, GROUP: gl.constexpr):
+def _softmax_partition(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_ready, v_ready, k_free, v_free, turn,
+                       o_desc, LSE, BH, n_m, H, T, qk_scale, GROUP: gl.constexpr):
     # One warpgroup: rows [row0, row0 + 64) of each item's row tile. Each step issues two products back to back,
     # S = Q K_j^T and O += P_{j-1} V_{j-1}, then computes the softmax of S_j while O's product runs. The groups
     # take turns issuing (the `turn` barriers), so one group's softmax runs under the others' products.
@@ -297,9 +274,6 @@ def _softmax_partition(q_smem, k_smem, v_smem, ones_smem, item_smem, q_ready, q_
     DIAG: gl.constexpr = ROWS * (GROUP + 1) if GROUPS == 2 else BLOCK_N
     d_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, DIAG, 16])
     d_zero = gl.zeros([ROWS, DIAG], gl.float32, layout=d_layout)
-    MMA_SUMS: gl.constexpr = HEAD_DIM == 64 and GROUPS == 2
-    l_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, ONES, 16])
 
     it = 0  # key tiles consumed by earlier items: the K/V ring's position
     n = 0  # earlier items
@@ -314,10 +288,7 @@ def _softmax_partition(q_smem, k_smem, v_smem, ones_smem, item_smem, q_ready, q_
         acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=o_layout)
 
         m_i = gl.full([ROWS], float("-inf"), gl.float32, layout=row_s)
-        if MMA_SUMS:
-            l_i = gl.zeros([ROWS, ONES], gl.float32, layout=l_layout)
-        else:
-            l_i = gl.zeros([ROWS], gl.float32, layout=row_s)
+        l_i = gl.zeros([ROWS], gl.float32, layout=row_s)
         s0 = it % STAGES
         last = it + n_tiles - 1
         mbarrier.wait(k_ready.index(s0), (it // STAGES) & 1)
@@ -330,12 +301,12 @@ def _softmax_partition(q_smem, k_smem, v_smem, ones_smem, item_smem, q_ready, q_
                 p, m_i, l_i = _first_tile(q, k_smem, k_free, s0, s_zero, m_i, l_i, rows, qk_scale,
                                           p_layout, False, GROUPS)
                 for j in range(1, n_tiles - 1):
-                    p, acc, m_i, l_i = _step(q, k_smem, v_smem, ones_smem, k_ready, v_ready, k_free, v_free, turn,
-                                             it + j, c0 + j - 1, j * BLOCK_N, p, acc, m_i, l_i, rows, qk_scale,
-                                             s_zero, GROUP, False)
+                    p, acc, m_i, l_i = _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, it + j,
+                                             c0 + j - 1, j * BLOCK_N, p, acc, m_i, l_i, rows, qk_scale, s_zero,
+                                             GROUP, False)
                 # the diagonal tile, out of the loop so that the loop carries no mask
-                p_d, acc, m_i, l_i = _step(q, k_smem, v_smem, ones_smem, k_ready, v_ready, k_free, v_free, turn,
-                                           last, c0 + n_tiles - 2, (n_tiles - 1) * BLOCK_N, p, acc, m_i, l_i, rows,
+                p_d, acc, m_i, l_i = _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, last,
+                                           c0 + n_tiles - 2, (n_tiles - 1) * BLOCK_N, p, acc, m_i, l_i, rows,
                                            qk_scale, d_zero, GROUP, True)
         else:
             # key tiles from `masked` on hold keys after some of the item's rows: the last one or two, run masked
@@ -349,22 +320,16 @@ def _softmax_partition(q_smem, k_smem, v_smem, ones_smem, item_smem, q_ready, q_
                 p, m_i, l_i = _first_tile(q, k_smem, k_free, s0, s_zero, m_i, l_i, rows, qk_scale,
                                           p_layout, False, GROUPS)
             for j in range(1, masked):
-                p, acc, m_i, l_i = _step(q, k_smem, v_smem, ones_smem, k_ready, v_ready, k_free, v_free, turn,
-                                         it + j, c0 + j - 1, j * BLOCK_N, p, acc, m_i, l_i, rows, qk_scale, s_zero,
-                                         GROUP, False)
+                p, acc, m_i, l_i = _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, it + j,
+                                         c0 + j - 1, j * BLOCK_N, p, acc, m_i, l_i, rows, qk_scale, s_zero, GROUP,
+                                         False)
             for j in range(gl.maximum(masked, 1), n_tiles):
-                p, acc, m_i, l_i = _step(q, k_smem, v_smem, ones_smem, k_ready, v_ready, k_free, v_free, turn,
-                                         it + j, c0 + j - 1, j * BLOCK_N, p, acc, m_i, l_i, rows, qk_scale, s_zero,
-                                         GROUP, True)
+                p, acc, m_i, l_i = _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, it + j,
+                                         c0 + j - 1, j * BLOCK_N, p, acc, m_i, l_i, rows, qk_scale, s_zero, GROUP,
+                                         True)
             p_d = p
         mbarrier.wait(v_ready.index(last % STAGES), (last // STAGES) & 1)
-        if MMA_SUMS:
-            acc = warpgroup_mma(p_d, _keys(v_smem, last % STAGES, DIAG), acc, is_async=True)
-            l_i = _row_sums(p_d, ones_smem, l_i)
-            acc, l_i = warpgroup_mma_wait(0, deps=(acc, l_i))
-            l_i = gl.convert_layout(gl.max(l_i, 1), row_s)  # the columns are equal
-        else:
-            acc = warpgroup_mma(p_d, _keys(v_smem, last % STAGES, DIAG), acc)
+        acc = warpgroup_mma(p_d, _keys(v_smem, last % STAGES, DIAG), acc)
         mbarrier.arrive(v_free.index(last % STAGES), count=1)
 
         # O leaves through this group's Q tile, which no product reads any more, with one TMA store (it writes
@@ -383,17 +348,17 @@ def _softmax_partition(q_smem, k_smem, v_smem, ones_smem, item_smem, q_ready, q_
 
 
 @gluon.jit
-def _softmax_partition_1(q_smem, k_smem, v_smem, ones_smem, item_smem, q_ready, q_free, k_ready, v_ready, k_free,
-                         v_free, turn, o_desc, LSE, BH, n_m, H, T, qk_scale):
-    _softmax_partition(q_smem, k_smem, v_smem, ones_smem, item_smem, q_ready, q_free, k_ready, v_ready, k_free, v_free,
-                       turn, o_desc, LSE, BH, n_m, H, T, qk_scale, 1)
+def _softmax_partition_1(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_ready, v_ready, k_free, v_free, turn,
+                         o_desc, LSE, BH, n_m, H, T, qk_scale):
+    _softmax_partition(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_ready, v_ready, k_free, v_free, turn,
+                       o_desc, LSE, BH, n_m, H, T, qk_scale, 1)
 
 
 @gluon.jit
-def _softmax_partition_2(q_smem, k_smem, v_smem, ones_smem, item_smem, q_ready, q_free, k_ready, v_ready, k_free,
-                         v_free, turn, o_desc, LSE, BH, n_m, H, T, qk_scale):
-    _softmax_partition(q_smem, k_smem, v_smem, ones_smem, item_smem, q_ready, q_free, k_ready, v_ready, k_free, v_free,
-                       turn, o_desc, LSE, BH, n_m, H, T, qk_scale, 2)
+def _softmax_partition_2(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_ready, v_ready, k_free, v_free, turn,
+                         o_desc, LSE, BH, n_m, H, T, qk_scale):
+    _softmax_partition(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_ready, v_ready, k_free, v_free, turn,
+                       o_desc, LSE, BH, n_m, H, T, qk_scale, 2)
 
 
 @gluon.jit
@@ -416,13 +381,6 @@ def _attn_fwd_hopper_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, BH, H,
     k_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     turn = gl.allocate_shared_memory(gl.int64, [GROUPS, 1], mbarrier.MBarrierLayout())
-    # B of the row sums' product (_row_sums), written once; unused where the sums stay on the CUDA cores
-    ones_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([ONES, BLOCK_N], dtype)
-    ones_smem = gl.allocate_shared_memory(dtype, [ONES, BLOCK_N], ones_layout)
-    if HEAD_DIM == 64 and GROUPS == 2:
-        ones_regs: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [4, 1], [1, 0])
-        ones_smem.store(gl.full([ONES, BLOCK_N], 1.0, dtype, layout=ones_regs))
-        fence_async_shared()
     for i in gl.static_range(STAGES):
         mbarrier.init(k_ready.index(i), count=1)
         mbarrier.init(v_ready.index(i), count=1)
@@ -434,8 +392,8 @@ def _attn_fwd_hopper_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, BH, H,
     for i in gl.static_range(GROUPS):
         mbarrier.init(turn.index(i), count=1)
 
-    softmax_args = (q_smem, k_smem, v_smem, ones_smem, item_smem, q_ready, q_free, k_ready, v_ready, k_free, v_free,
-                    turn, o_desc, LSE, BH, n_m, H, T, qk_scale)
+    softmax_args = (q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_ready, v_ready, k_free, v_free, turn,
+                    o_desc, LSE, BH, n_m, H, T, qk_scale)
     load_args = (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_ready, v_ready, k_free,
                  v_free, COUNTER, BH, n_m, H, SECTION, T)
     if GROUPS == 2:
