@@ -63,7 +63,8 @@ FWD_WORKER_REGS_3 = gl.constexpr((160, 160, 24))
 @gluon.jit
 def _tile_count(start_m, T, BLOCK_M: gl.constexpr):
     # The key tiles that rows [start_m, start_m + BLOCK_M) see: up to the last row's, and none past T
-    if BLOCK_M == BLOCK_N:  # two groups: the item's own diagonal tile is its last
+    if BLOCK_M == BLOCK_N:  # two groups: the same count, as a 128-row item never reaches past T's tile; without
+        # the min the two-group kernels compile to the instructions they were timed with
         return start_m // BLOCK_N + 1
     return gl.minimum(gl.cdiv(T, BLOCK_N), (start_m + BLOCK_M - 1) // BLOCK_N + 1)
 
