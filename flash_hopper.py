@@ -160,27 +160,6 @@ def _get_item(item_smem, q_ready, n):
     return item, b, h, pid_m
 
 
-# Hardware barrier ids for the forward's turns, one per softmax group. Gluon's own warp-specialized code uses ids 0-3
-# (the whole program's and each partition's 128-thread barriers), and a program has 16
-TURN_BARRIER = gl.constexpr(8)
-
-
-@gluon.jit
-def _turn_wait(GROUP: gl.constexpr):
-    # Wait until the group before this one has issued its products. A named barrier of two warpgroups: this group's
-    # 128 threads wait (bar.sync) and the previous group's 128 arrive without waiting (bar.arrive), so the hand-over
-    # is the barrier unit's, not a poll of an mbarrier in shared memory as FlashAttention-4's forward does too
-    gl.inline_asm_elementwise("bar.sync $1, 256;\n\tmov.u32 $0, 0;", "=r,r", [TURN_BARRIER + GROUP], dtype=gl.int32,
-                              is_pure=False, pack=1)
-
-
-@gluon.jit
-def _turn_pass(GROUP: gl.constexpr):
-    # Hand the turn to group GROUP: arrive at its barrier without waiting
-    gl.inline_asm_elementwise("bar.arrive $1, 256;\n\tmov.u32 $0, 0;", "=r,r", [TURN_BARRIER + GROUP],
-                              dtype=gl.int32, is_pure=False, pack=1)
-
-
 @gluon.jit
 def _causal(x, q_idx, k_idx, FILL: gl.constexpr):
     # x with FILL where the key comes after the query (and so, for the stored rows, where it is past T); the query
@@ -254,13 +233,13 @@ def _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, r, c, start
     prev = (r - 1) % STAGES
     # the turn passes round the groups in order; group 0 goes first (a fresh barrier passes a wait for the phase
     # before its first), each other group once the one before it has issued its step c
-    _turn_wait(GROUP)
+    mbarrier.wait(turn.index(GROUP), (c & 1) ^ (1 if GROUP == 0 else 0))
     mbarrier.wait(k_ready.index(s), (r // STAGES) & 1)
     scores = warpgroup_mma(q, _keys(k_smem, s, s_zero.shape[1]).permute((1, 0)), s_zero, use_acc=False,
                            is_async=True)
     mbarrier.wait(v_ready.index(prev), ((r - 1) // STAGES) & 1)
     acc = warpgroup_mma(p, v_smem.index(prev).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
-    _turn_pass((GROUP + 1) % GROUPS)
+    mbarrier.arrive(turn.index((GROUP + 1) % GROUPS), count=1)
     scores = warpgroup_mma_wait(1, deps=(scores, ))  # S_j is done; P_{j-1} V_{j-1} may still run
     mbarrier.arrive(k_free.index(s), count=1)
     p_new, m_i, l_i, alpha = _softmax_tile(scores, m_i, l_i, rows, start_n, qk_scale, MASKED)
@@ -297,8 +276,6 @@ def _softmax_partition(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_rea
     d_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, DIAG, 16])
     d_zero = gl.zeros([ROWS, DIAG], gl.float32, layout=d_layout)
 
-    if GROUP == 0:  # group 0 goes first: its own arrival lets its first wait through
-        _turn_pass(0)
     it = 0  # key tiles consumed by earlier items: the K/V ring's position
     n = 0  # earlier items
     item, b, h, pid_m = _get_item(item_smem, q_ready, n)
