@@ -161,20 +161,6 @@ def _get_item(item_smem, q_ready, n):
 
 
 @gluon.jit
-def _bar_sync(ID, THREADS: gl.constexpr):
-    # Wait at hardware barrier ID until THREADS threads (this warp's or warpgroup's among them) have reached it
-    gl.inline_asm_elementwise("bar.sync $1, $2;\n\tmov.u32 $0, 0;", "=r,r,r", [ID, THREADS], dtype=gl.int32,
-                              is_pure=False, pack=1)
-
-
-@gluon.jit
-def _bar_arrive(ID, THREADS: gl.constexpr):
-    # Count this warp or warpgroup at hardware barrier ID without waiting
-    gl.inline_asm_elementwise("bar.arrive $1, $2;\n\tmov.u32 $0, 0;", "=r,r,r", [ID, THREADS], dtype=gl.int32,
-                              is_pure=False, pack=1)
-
-
-@gluon.jit
 def _causal(x, q_idx, k_idx, FILL: gl.constexpr):
     # x with FILL where the key comes after the query (and so, for the stored rows, where it is past T); the query
     # and key indices broadcast to x's shape, so a tile with keys on rows passes them transposed
@@ -443,15 +429,6 @@ BWD_WORKER_REGS_D64 = gl.constexpr((200, 88, 24))
 # registers for each MMA group
 BWD_WORKER_WARPS_D128 = gl.constexpr((4, 1, 1))
 BWD_WORKER_REGS_D128 = gl.constexpr((240, 24, 24))
-# Head dim 128: hardware barrier ids for the dS swap (both MMA groups) and the dQ hand-over to the reduce warp, one
-# per group and staging buffer, "ready" then "free". Gluon's own code uses ids 0-3, and a program has 16
-BWD_DS_BARRIER = gl.constexpr(4)
-BWD_DQ_READY = gl.constexpr(5)
-BWD_DQ_FREE = gl.constexpr(9)
-# Head dim 64: the dS hand-over to the dQ warpgroup, "ready" per staging buffer (both MMA groups arrive, the dQ group
-# waits), then "free" per buffer and MMA group
-BWD_DS_READY_D64 = gl.constexpr(4)
-BWD_DS_FREE_D64 = gl.constexpr(6)
 
 
 @gluon.jit
@@ -553,19 +530,15 @@ def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar
         dk = warpgroup_mma(gl.convert_layout(dst, op_a), q, dk, is_async=True)
         # dQ = dS K needs both groups' dS: swap halves through shared memory, then group g makes dQ's column
         # half g from all 128 keys (at head dim 64 group 0 makes all of dQ)
-        if DQ_GROUP and i >= 2:  # the dQ group has read this buffer's dS from two steps ago
-            _bar_sync(BWD_DS_FREE_D64 + buf * 2 + GROUP, 256)
-        # at head dim 128 the buffer is free: the other group read it two steps ago, before it met this group at
-        # the last step's barrier below
+        mbarrier.wait(ds_free.index(buf), ((i // 2) & 1) ^ 1)
         ds_smem.index(buf * 2 + GROUP).store(dst)
         fence_async_shared()
-        if DQ_GROUP:
-            _bar_arrive(BWD_DS_READY_D64 + buf, 384)
+        mbarrier.arrive(ds_ready.index(buf), count=1)
         # P^T and dS^T leave the registers once dV and dK have them; Q and dO go back to the loader
         dv, dk = warpgroup_mma_wait(0, deps=(dv, dk))
         mbarrier.arrive(q_free.index(s), count=1)
         if GROUP < NCOL and not DQ_GROUP:
-            _bar_sync(BWD_DS_BARRIER, 256)  # both groups' dS^T are in shared memory
+            mbarrier.wait(ds_ready.index(buf), (i // 2) & 1)
             dq = warpgroup_mma(ds_smem.index(buf * 2).permute((1, 0)), k_smem.index(GROUP).reshape([TILE, TILE]),
                                zero, use_acc=False, is_async=True)
             dq = warpgroup_mma(ds_smem.index(buf * 2 + 1).permute((1, 0)),
@@ -574,11 +547,12 @@ def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar
             # hand the tile to _bwd_reduce_partition through one of this group's two staging buffers, once its
             # reduction from two steps ago has read it (dq_bar: 4 "ready" then 4 "free" barriers)
             idx = GROUP * 2 + buf
-            if i >= 2:
-                _bar_sync(BWD_DQ_FREE + idx, 160)  # with the reduce warp's arrival
+            mbarrier.wait(dq_bar.index(4 + idx), ((i // 2) & 1) ^ 1)
             dq_smem.index(idx).reshape([TILE, TILE]).store(dq)
             fence_async_shared()
-            _bar_arrive(BWD_DQ_READY + idx, 160)
+            mbarrier.arrive(dq_bar.index(idx), count=1)
+        if not DQ_GROUP:
+            mbarrier.arrive(ds_free.index(buf), count=1)
 
     # dK and dV leave as the forward's O does, through shared memory with TMA stores: into the Q and dO ring, once
     # both groups' products have read all of it (each group releases a stage on q_free after its dV and dK)
@@ -607,15 +581,13 @@ def _bwd_dq_partition(k_smem, ds_smem, dq_smem, kv_bar, ds_ready, ds_free, dq_de
     mbarrier.wait(kv_bar, 0)
     for i in range(n_steps):
         buf = i % 2
-        _bar_sync(BWD_DS_READY_D64 + buf, 384)
+        mbarrier.wait(ds_ready.index(buf), (i // 2) & 1)
         dq = warpgroup_mma(ds_smem.index(buf * 2).permute((1, 0)), k_smem.index(0).reshape([TILE, TILE]), zero,
                            use_acc=False, is_async=True)
         dq = warpgroup_mma(ds_smem.index(buf * 2 + 1).permute((1, 0)), k_smem.index(1).reshape([TILE, TILE]), dq,
                            is_async=True)
         dq = warpgroup_mma_wait(0, deps=(dq, ))
-        if i + 2 < n_steps:  # each MMA group waits for the buffer two steps on, if there is such a step
-            _bar_arrive(BWD_DS_FREE_D64 + buf * 2, 256)
-            _bar_arrive(BWD_DS_FREE_D64 + buf * 2 + 1, 256)
+        mbarrier.arrive(ds_free.index(buf), count=1)
         tma.store_wait(1)  # two staging buffers: the reduction sent two steps ago has read this one
         dq_buf = dq_smem.index(buf)
         dq_buf.reshape([TILE, TILE]).store(dq)
@@ -632,12 +604,12 @@ def _bwd_reduce_partition(dq_smem, dq_bar, dq_desc, b, h, start_m, n_steps):
     for i in range(n_steps):
         for g in gl.static_range(2):
             idx = g * 2 + i % 2
-            _bar_sync(BWD_DQ_READY + idx, 160)
+            mbarrier.wait(dq_bar.index(idx), (i // 2) & 1)
             _tma_add(dq_desc, [b, h, start_m + i * TILE, g * TILE], dq_smem.index(idx))
         tma.store_wait(2)  # the previous step's two reductions are done: their buffers can be refilled
-        if i > 0 and i + 1 < n_steps:  # a group waits for its buffer only in step i + 1, if there is one
+        if i > 0:
             for g in gl.static_range(2):
-                _bar_arrive(BWD_DQ_FREE + g * 2 + (i - 1) % 2, 160)
+                mbarrier.arrive(dq_bar.index(4 + g * 2 + (i - 1) % 2), count=1)
     tma.store_wait(0)
 
 
