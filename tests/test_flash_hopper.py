@@ -179,3 +179,26 @@ def test_dispatch_refuses_what_the_kernel_does_not_do():
     assert not supported(q, q, q, True, 0.0)  # CPU tensors
     assert not supported(q, q, q, False, 0.0)
     assert not supported(q, q, q, True, 0.1)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("layout", ["dense", "model_views", "packed"])
+def test_dq_cast_scales_and_converts_into_any_layout(layout, dtype):
+    # The backward's last step, a plain Triton kernel (runs under the interpreter too): dq = scale * acc from the
+    # fp32 (B, H, T, D) buffer into dq's own dtype and strides, a ragged last block of rows included. Exact: one
+    # fp32 multiply and one rounding, as torch does them
+    if flash_kernel.flash_hopper is None:
+        pytest.skip("this Triton has no Gluon")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and dtype == torch.bfloat16:
+        pytest.skip("Triton's interpreter converts fp32 to bf16 by truncation, not rounding; bf16 runs on the GPU")
+    B, H, T, D = 2, 3, flash_kernel.flash_hopper.DQ_CAST_ROWS + 13, 64
+    acc = torch.randn(B, H, T, D, device=device)
+    if layout == "dense":
+        dq = torch.empty(B, H, T, D, device=device, dtype=dtype)
+    elif layout == "model_views":
+        dq = torch.empty(B, T, H, D, device=device, dtype=dtype).transpose(1, 2)
+    else:  # dq as a view of flash_attn_qkvpacked's (B, T, 3, H, D) gradient
+        dq = torch.empty(B, T, 3, H, D, device=device, dtype=dtype)[:, :, 0].transpose(1, 2)
+    flash_kernel.flash_hopper._dq_cast(acc, dq, 0.3)
+    assert torch.equal(dq, torch.mul(acc, 0.3).to(dtype))
