@@ -156,6 +156,19 @@ def test_ncu_table_reads_nsight_computes_raw_csv(tmp_path):
     assert first[head.index('instructions (M)')] == '249' and second[head.index('registers')] == '128'
 
 
+@pytest.mark.parametrize("unit,value", [("msecond", "0.668"), ("ms", "0.668"), ("us", "668.4"), ("nsecond", "668,400")])
+def test_ncu_table_reads_the_durations_unit_long_or_short(tmp_path, unit, value):
+    """Nsight Compute names the duration's unit "msecond" in some versions and "ms" in others; both scale it."""
+    sys.path.insert(0, str(ROOT / 'tools'))
+    import ncu_table
+    names = ['ID', 'Kernel Name', 'gpu__time_duration.sum']
+    path = tmp_path / 'attn.csv'
+    lines = [names, ['', '', unit], ['0', 'k', value]]
+    path.write_text('\n'.join(','.join(f'"{c}"' for c in line) for line in lines) + '\n')
+    row = ncu_table.table(*ncu_table.read(str(path))).splitlines()[2]
+    assert [c.strip() for c in row.strip('|').split('|')][2] == '0.668'
+
+
 def test_ncu_table_ranks_stalls_without_instruction_counts(tmp_path):
     """A report without InstructionStats still gets its stall columns: the reasons with the largest summed ratios."""
     sys.path.insert(0, str(ROOT / 'tools'))

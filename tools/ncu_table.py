@@ -18,7 +18,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from utils import ArgumentParser  # noqa: E402
 
 STALL = re.compile(r"smsp__average_warps_issue_stalled_(\w+)_per_issue_active\.ratio")
-TO_MS = {"second": 1e3, "msecond": 1.0, "usecond": 1e-3, "nsecond": 1e-6}
+# the duration's unit as the units row names it: the long names, or the short ones some Nsight Compute versions print
+TO_MS = {"second": 1e3, "msecond": 1.0, "usecond": 1e-3, "nsecond": 1e-6, "s": 1e3, "ms": 1.0, "us": 1e-3, "ns": 1e-6}
 # (header, metric name prefix): the first column of the report whose name starts with the prefix
 PERCENTS = [("issue active %", "smsp__issue_active.avg.pct_of_peak_sustained_active"),
             ("tensor pipe %", "sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active"),
