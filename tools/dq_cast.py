@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 import triton  # noqa: E402
 
-import flash_hopper  # noqa: E402
+from flash_kernel import flash_hopper  # noqa: E402
 from utils import require_gpu  # noqa: E402
 
 # bench.py's sweep size (B*T = 16384, hidden 2048) at both head dims, and the GPT-2 model's shape
@@ -48,6 +48,8 @@ def cast_times(shape: tuple) -> list:
 def main():
     argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     require_gpu('tools/dq_cast.py')
+    if flash_hopper is None:
+        raise SystemExit("error: tools/dq_cast.py times flash_hopper.py's cast kernel, which needs a Triton with Gluon")
     print(f"{torch.cuda.get_device_name()} | dq = scale * acc, fp32 -> bf16, do_bench median, us")
     print("| B,H,T,D | dq layout | torch.mul | cast kernel | speedup | equal |\n|---|---|---|---|---|---|")
     for shape in SHAPES:
