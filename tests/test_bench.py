@@ -191,6 +191,18 @@ def test_ncu_table_refuses_another_csv(tmp_path):
     assert proc.returncode == 1 and proc.stderr.strip().startswith('error: ') and '\n' not in proc.stderr.strip()
 
 
+@pytest.mark.parametrize("layout", ["bhtd", "bthd"])
+def test_ab_kernel_times_either_layout(layout):
+    """tools/ab_kernel.py --layout: dense (B, H, T, D) inputs or the model's (B, T, H, D) views, as bench.py makes them,
+    without autograd's graph (the launchers are timed, not autograd)."""
+    sys.path.insert(0, str(ROOT / 'tools'))
+    import ab_kernel
+    B, H, T, D = 2, 3, 5, 16
+    for t in ab_kernel.inputs(B, H, T, D, layout, device="cpu"):
+        assert t.shape == (B, H, T, D) and not t.requires_grad
+        assert t.stride() == ((T * H * D, D, H * D, 1) if layout == "bthd" else (H * T * D, T * D, D, 1))
+
+
 def test_ab_kernel_loads_each_variant_as_a_module_of_its_own(tmp_path):
     """tools/ab_kernel.py --variant: a folder with only a flash_hopper.py runs it under this tree's flash_kernel.py,
     in modules and torch-op namespaces of its own beside the baseline's, so one process can time them all."""

@@ -6,12 +6,15 @@ baseline in the same run. A developer's tool; the A/B numbers in docs/design.md 
     python tools/ab_kernel.py REV [--sweep]        # e.g. HEAD~1
     python tools/ab_kernel.py FOLDER [--sweep]     # a folder with the old flash_kernel.py (and flash_hopper.py)
     python tools/ab_kernel.py REV --sweep --variant DIR [--variant DIR ...] [--rounds 2]
+    python tools/ab_kernel.py REV --sweep --layout bthd    # the model's (B, T, H, D) views, as bench.py times
 
 Times the launchers (_attn_fwd, _attn_bwd) with do_bench, median ms, bf16 causal, dropout off and at 0.2; with
 --sweep, dropout off over bench.py's sweep (B*T = 16384, hidden 2048, T = 512 ... 16384) instead. With --variant,
 each folder's flash_hopper.py (and flash_kernel.py, else this tree's) is timed against REV instead of this tree,
 all in one process: at each shape, in each of --rounds rounds, REV then every variant, so that every ratio comes
 from back-to-back timings; a variant whose outputs leave bench.py's CHECK_TOL of REV's is timed no further.
+Inputs are contiguous (B, H, T, D) tensors unless --layout bthd asks for the model's views, the layout bench.py and
+the model use: a change to what happens around the kernels (the layouts of buffers, copies) shows only there.
 load_old() imports the old files, compare() and compare_variants() return the times; main prints them.
 """
 import argparse
@@ -32,6 +35,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 
 import flash_kernel as new  # noqa: E402
+import bench  # noqa: E402
 from bench import CHECK_TOL  # noqa: E402
 from utils import require_gpu  # noqa: E402
 
@@ -77,14 +81,14 @@ def load_old(source: str, tag: str = "old", tree_kernel: bool = False):
         sys.path.remove(folder)
 
 
-def inputs(B, H, T, D) -> list:
-    """q, k, v and the upstream gradient, (B, H, T, D) bf16."""
-    return [torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16) for _ in range(4)]
+def inputs(B, H, T, D, layout: str = "bhtd", device: str = "cuda") -> list:
+    """q, k, v and the upstream gradient, (B, H, T, D) bf16 in one of bench.LAYOUTS."""
+    return [t.detach() for t in bench.inputs(B, H, T, D, layout, device)]
 
 
-def time_ms(fk, B, H, T, D, p, tensors: Optional[list] = None) -> tuple:
-    """(forward ms, backward ms) of module fk's launchers, on `tensors` (inputs()) or fresh ones."""
-    q, k, v, do = tensors or inputs(B, H, T, D)
+def time_ms(fk, B, H, T, D, p, tensors: Optional[list] = None, layout: str = "bhtd") -> tuple:
+    """(forward ms, backward ms) of module fk's launchers, on `tensors` (inputs()) or fresh ones in `layout`."""
+    q, k, v, do = tensors or inputs(B, H, T, D, layout)
     seed = torch.randint(0, 2**62, (1,), dtype=torch.int64, device="cuda") if p > 0 else None
     s = D ** -0.5
     o, lse = fk._attn_fwd(q, k, v, seed, True, s, p)
@@ -95,13 +99,13 @@ def time_ms(fk, B, H, T, D, p, tensors: Optional[list] = None) -> tuple:
     return fwd, bwd
 
 
-def compare(old, shapes: list, dropouts: tuple) -> list:
+def compare(old, shapes: list, dropouts: tuple, layout: str = "bhtd") -> list:
     """Old against this tree's kernels at each (B, H, T, D) and dropout_p: one dict of ms per point."""
     rows = []
     for B, H, T, D in shapes:
         for p in dropouts:
-            fo, bo = time_ms(old, B, H, T, D, p)
-            fn, bn = time_ms(new, B, H, T, D, p)
+            fo, bo = time_ms(old, B, H, T, D, p, layout=layout)
+            fn, bn = time_ms(new, B, H, T, D, p, layout=layout)
             rows.append(dict(B=B, H=H, T=T, D=D, p=p, fwd_old=fo, fwd_new=fn, bwd_old=bo, bwd_new=bn))
     return rows
 
@@ -120,13 +124,13 @@ def mismatch(new: list, old: list) -> float:
     return max(((a.float() - b.float()).norm() / b.float().norm().clamp_min(1.0)).item() for a, b in zip(new, old))
 
 
-def compare_variants(old, variants: dict, shape: tuple, rounds: int) -> tuple[list, dict]:
+def compare_variants(old, variants: dict, shape: tuple, rounds: int, layout: str = "bhtd") -> tuple[list, dict]:
     """Old against each of {name: module} at one (B, H, T, D), dropout off: in each round old then every variant
     back to back on the same inputs. A variant whose outputs differ from old's by more than bench.py's CHECK_TOL is
     not timed (a fast wrong kernel is no result). Returns one dict of ms per variant and round, and {name: error}
     for the variants left out."""
     B, H, T, D = shape
-    tensors = inputs(B, H, T, D)
+    tensors = inputs(B, H, T, D, layout)
     want = outputs(old, tensors)
     errors = {name: mismatch(outputs(module, tensors), want) for name, module in variants.items()}
     wrong = {name: err for name, err in errors.items() if not err < CHECK_TOL}
@@ -174,6 +178,8 @@ def main():
                         help="time this folder's flash_hopper.py (and flash_kernel.py, else this tree's) against OLD "
                              "instead of this tree; give it once per variant")
     parser.add_argument("--rounds", type=int, default=1, help="with --variant: timings of each at each shape")
+    parser.add_argument("--layout", choices=list(bench.LAYOUTS), default="bhtd",
+                        help="bhtd: contiguous (B, H, T, D) inputs (default); bthd: the model's (B, T, H, D) views")
     args = parser.parse_args()
     folders = _variant_names(args.variant)
     if args.rounds < 1:
@@ -181,19 +187,19 @@ def main():
     require_gpu('tools/ab_kernel.py')
     old = load_old(args.old)
     shapes = SWEEP if args.sweep else SHAPES
-    print(f"{torch.cuda.get_device_name()} | triton {triton.__version__} | bf16 causal | median ms, {args.old} -> "
-          f"{', '.join(folders) or 'this tree'} (new/old speed)")
+    print(f"{torch.cuda.get_device_name()} | triton {triton.__version__} | bf16 causal | {args.layout} | median ms, "
+          f"{args.old} -> {', '.join(folders) or 'this tree'} (new/old speed)")
     if not folders:
         print(HEADER)
         for shape in shapes:
-            for r in compare(old, [shape], (0.0,) if args.sweep else (0.0, 0.2)):
+            for r in compare(old, [shape], (0.0,) if args.sweep else (0.0, 0.2), args.layout):
                 print(_row(r), flush=True)
         return
     variants = {name: load_old(folder, name, tree_kernel=True) for name, folder in folders.items()}
     rows, wrong = [], {}  # wrong: {name: (shape, error)}, each variant timed up to its first wrong shape
     for shape in shapes:
         found, dropped = compare_variants(old, {n: m for n, m in variants.items() if n not in wrong}, shape,
-                                          args.rounds)
+                                          args.rounds, args.layout)
         rows += found
         wrong.update({name: (shape, err) for name, err in dropped.items()})
         print(f"done: {shape}", file=sys.stderr, flush=True)  # progress, for a run cut short by a timeout
