@@ -494,17 +494,20 @@ TUNED = (
     # hopper_ab.py: the shortest T at which the Hopper forward beats the Triton one (docs/design.md, "Which kernel
     # runs where"). Below it a program has few key tiles, and what it pays once (setting up three partitions, loading Q, the
     # epilogue) is not won back. The Hopper paths also cost more host time per call (tensor-map descriptors, the
-    # zeroed buffers): in GPU time this forward already wins from T=512 at head dim 128 and T=1024 at 64, and the
-    # backward from T=1024 at 128, but an eager fwd+bwd there is host-bound and the Triton kernels' shorter launches
-    # win it.
+    # zeroed buffers): in GPU time this forward already wins from T=512 at head dim 128 and T=1024 at 64, but an
+    # eager fwd+bwd there is host-bound and the Triton kernels' shorter launches win it.
     ("fwd", _HALF, (64,),        2048,   "hopper", None),
     # hopper_ab.py, as the row above
     ("fwd", _HALF, (128,),       1024,   "hopper", None),
     # tune_blocks.py: best or within 2% of the best at every swept shape, D=64 and 128, T=256 to 16384
     ("bwd", _HALF, _ALL_D,       1,      "triton", (64, 32, 64, 4, 2)),
     # hopper_ab.py (docs/design.md, "Which kernel runs where"): below this the Hopper backward's dQ reductions and
-    # launch cost more than the Triton backward's second pass over the keys
-    ("bwd", _HALF, (64, 128),    2048,   "hopper", None),
+    # launch cost more than the Triton backward's second pass over the keys. At head dim 64, T=1024 it is faster in
+    # GPU time too, but the GPT-2 model's shape (144 heads) is host-bound eagerly there, and its launches cost more
+    ("bwd", _HALF, (64,),        2048,   "hopper", None),
+    # bench.py: from T=1024 at head dim 128 the Hopper backward makes an eager fwd+bwd 1.11-1.13x faster since its
+    # dQ cast is a kernel of its own, for the fp32 dQ buffer's memory (level with cuDNN's peak there)
+    ("bwd", _HALF, (128,),       1024,   "hopper", None),
     # not swept: fp32's 4-byte elements and FMA (not tensor-core) dots take small tiles
     ("fwd", _FP32, _ALL_D,       1,      "triton", (64, 32, 4, 2)),
     # not swept, as the row above
