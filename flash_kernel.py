@@ -501,9 +501,10 @@ TUNED = (
     ("fwd", _HALF, (128,),       1024,   "hopper", None),
     # tune_blocks.py: best or within 2% of the best at every swept shape, D=64 and 128, T=256 to 16384
     ("bwd", _HALF, _ALL_D,       1,      "triton", (64, 32, 64, 4, 2)),
-    # hopper_ab.py (docs/design.md, "Which kernel runs where"): below this the Hopper backward's dQ reductions and
-    # launch cost more than the Triton backward's second pass over the keys. At head dim 64, T=1024 it is faster in
-    # GPU time too, but the GPT-2 model's shape (144 heads) is host-bound eagerly there, and its launches cost more
+    # hopper_ab.py and bench.py (docs/design.md, "Which kernel runs where"): at T=1024 the Hopper backward is faster
+    # in GPU time and 1-4% faster on the sweep's shape, but it doubles the eager fwd+bwd of the GPT-2 model's shape
+    # (144 heads), which is host-bound there; below 1024 its dQ reductions and launches cost more than the Triton
+    # backward's second pass over the keys
     ("bwd", _HALF, (64,),        2048,   "hopper", None),
     # bench.py: from T=1024 at head dim 128 the Hopper backward makes an eager fwd+bwd 1.11-1.13x faster since its
     # dQ cast is a kernel of its own, for the fp32 dQ buffer's memory (level with cuDNN's peak there)
