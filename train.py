@@ -12,6 +12,7 @@ train(TrainConfig) and main(argv).
 
 import dataclasses
 import datetime
+import gc
 import json
 import math
 import os
@@ -263,6 +264,10 @@ def end_processes(procs: Processes, finished: bool = False) -> None:
         import torch.distributed as dist
         if finished:
             dist.barrier()
+        # The DDP wrapper holds the group too. train() drops it, but dead frames of earlier calls, in a reference
+        # cycle, can keep train()'s frame and so the wrapper alive until a garbage collection: without this one,
+        # often the one at interpreter exit, where tearing gloo down half-finalized sometimes aborted the process.
+        gc.collect()
         dist.destroy_process_group()
 
 
@@ -894,6 +899,7 @@ def train(cfg: TrainConfig) -> dict:
                 iter_num += 1
             ok = True
     finally:
+        model = None  # the DDP wrapper: end_processes frees it before the group it holds
         end_processes(procs, ok)
     if not procs.master:
         return {}

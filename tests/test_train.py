@@ -1,7 +1,9 @@
 """train.py end to end on tiny models: each attention implementation, checkpoints and resume, DDP over gloo."""
 
+import gc
 import math
 import os
+import socket
 import subprocess
 import sys
 
@@ -71,6 +73,29 @@ def test_missing_data_says_how_to_prepare(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"train\.bin and val\.bin and meta\.pkl not found in .*no_data: "
                                                 r"prepare the dataset first.*prepare\.py.*shakespeare_char"):
         train(tiny_config(tmp_path / 'out', tmp_path / 'no_data'))
+
+
+def test_a_distributed_run_frees_its_ddp_wrapper_before_it_returns(char_data, tmp_path, monkeypatch):
+    """Regression: the DDP wrapper outlived train() until a garbage collection (a reference cycle kept train()'s
+    frame), often the one at interpreter exit, and with it the gloo group it holds; tearing that down there
+    sometimes aborted a process after a finished run. A one-process group, automatic collection off."""
+    from torch.nn.parallel import DistributedDataParallel
+    with socket.socket() as s:  # a free local port for the group's store
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    env = {'RANK': '0', 'LOCAL_RANK': '0', 'WORLD_SIZE': '1', 'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': str(port)}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    gc.collect()
+    gc.disable()
+    try:
+        result = train(tiny_config(tmp_path, char_data, backend='gloo', max_iters=2, eval_interval=2))
+        left = [o for o in gc.get_objects() if isinstance(o, DistributedDataParallel)]
+    finally:
+        gc.enable()
+    assert result['iter_num'] == 2
+    assert left == []
+    assert not torch.distributed.is_initialized()
 
 
 def test_two_processes_on_cpu_with_gloo(char_data, tmp_path):
