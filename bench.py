@@ -16,7 +16,9 @@ bhtd: contiguous (B, H, T, D) tensors instead); triton.testing.do_bench(warmup=2
 return_mode="median"); fwd+bwd = forward then out.backward(dout) with a fixed random dout; FLOPs forward =
 2*B*H*T*T*D (the causal half of 4*B*H*T*T*D), fwd+bwd = 3.5x forward. Sweep: B*T = 16384 tokens, hidden 2048
 (H = 2048 / D). Before timing a shape every provider's output and gradients are checked against the fp32
-reference on one (batch, head), so nothing wrong gets timed. providers() and measure() return the data; main prints.
+reference on one (batch, head), so nothing wrong gets timed. FA4 is imported and timed after every other provider
+at every shape: with flash_attn.cute imported, the others' eager calls cost the host more (BENCHMARKS.md).
+measure_everything() and measure() return the data; main prints.
 """
 import argparse
 import importlib.metadata
@@ -83,16 +85,6 @@ def fa4_provider() -> tuple[Optional[Callable], str]:
     except importlib.metadata.PackageNotFoundError:
         version = "version unknown"
     return fa4, f"FA4: flash_attn.cute.flash_attn_func (flash-attn-4 {version})"
-
-
-def providers() -> tuple[dict, list]:
-    """The providers this machine has, ours first, FA4 next where it imports, and notes on what was left out."""
-    fa4, note = fa4_provider()
-    found = {"ours": PROVIDERS["ours"]}
-    if fa4 is not None:
-        found["FA4"] = fa4
-    found.update((name, fn) for name, fn in PROVIDERS.items() if name != "ours")
-    return found, [note]
 
 
 @dataclass
@@ -198,6 +190,32 @@ def measure_all(fns: dict, B, H, T, D, graph=False, layout="bthd") -> dict:
     return {p: measure(fn, B, H, T, D, graph=graph, layout=layout) for p, fn in fns.items()}
 
 
+def measure_shapes(fns: dict, todo: list, layout: str) -> list:
+    """(label, B, H, T, D, {provider: Result}) at every shape in todo (as shapes() gives them), printed as they
+    come."""
+    rows = []
+    for label, B, H, T, D, graph in todo:
+        results = measure_all(fns, B, H, T, D, graph=graph, layout=layout)
+        rows.append((label, B, H, T, D, results))
+        print(f"{label}: " + ", ".join(f"{p} {r.fwdbwd_ms:.3f} ms" if r.status == "ok" else f"{p} {r.status}"
+                                       for p, r in results.items()), flush=True)
+    return rows
+
+
+def measure_everything(todo: list, layout: str) -> tuple[list, list]:
+    """Rows as measure_shapes gives them, every provider's, FA4's second (after ours) where it imports, and the
+    notes on what ran. FA4 is imported only after the others have run at every shape: with flash_attn.cute
+    imported, their eager calls cost the host more (ours about 4x at the model shapes)."""
+    rows = measure_shapes(PROVIDERS, todo, layout)
+    fa4, note = fa4_provider()
+    print(f"- {note}", flush=True)
+    if fa4 is not None:
+        fa4_rows = measure_shapes({"FA4": fa4}, todo, layout)
+        rows = [(*shape, {"ours": res["ours"], "FA4": fa4_res["FA4"], **res})
+                for (*shape, res), (*_, fa4_res) in zip(rows, fa4_rows)]
+    return rows, [note]
+
+
 def tflops(ms, B, H, T, D, mult):
     return mult * 2 * B * H * T * T * D / (ms * 1e-3) / 1e12
 
@@ -278,15 +296,8 @@ def main() -> None:
     if args.out:
         check_writable(args.out)
 
-    found, notes = providers()
-    print(protocol(args.layout, notes), flush=True)
-    rows = []
-    for label, B, H, T, D, graph in shapes(args.quick):
-        results = measure_all(found, B, H, T, D, graph=graph, layout=args.layout)
-        rows.append((label, B, H, T, D, results))
-        print(f"{label}: " + ", ".join(f"{p} {r.fwdbwd_ms:.3f} ms" if r.status == "ok" else f"{p} {r.status}"
-                                       for p, r in results.items()), flush=True)
-
+    print(protocol(args.layout, []), flush=True)
+    rows, notes = measure_everything(shapes(args.quick), args.layout)
     report = "\n\n".join([
         header(),
         protocol(args.layout, notes),

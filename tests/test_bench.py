@@ -16,13 +16,12 @@ import flash_kernel
 from helpers import ROOT
 
 
-def test_providers_without_fa4(monkeypatch):
+def test_fa4_provider_without_fa4(monkeypatch):
     # A None in sys.modules makes `import flash_attn.cute` raise ImportError, installed or not
     monkeypatch.setitem(sys.modules, "flash_attn", None)
     monkeypatch.setitem(sys.modules, "flash_attn.cute", None)
-    found, notes = bench.providers()
-    assert list(found) == list(bench.PROVIDERS)
-    assert len(notes) == 1 and notes[0].startswith("FA4: skipped") and "pip install flash-attn-4" in notes[0]
+    fa4, note = bench.fa4_provider()
+    assert fa4 is None and note.startswith("FA4: skipped") and "pip install flash-attn-4" in note
 
 
 def _fake_flash_attn_cute(calls):
@@ -40,21 +39,54 @@ def _fake_flash_attn_cute(calls):
 
 
 def test_fa4_provider_takes_the_model_layout(monkeypatch):
-    # With flash_attn.cute importable, FA4 comes right after ours; it gets (B, T, H, D) tensors without a copy
-    # (the model's views transposed back), causal, and passes bench's own correctness check
+    # With flash_attn.cute importable, FA4 gets (B, T, H, D) tensors without a copy (the model's views transposed
+    # back), causal, and passes bench's own correctness check
     calls = []
     package, cute = _fake_flash_attn_cute(calls)
     monkeypatch.setitem(sys.modules, "flash_attn", package)
     monkeypatch.setitem(sys.modules, "flash_attn.cute", cute)
-    found, notes = bench.providers()
-    assert list(found)[:2] == ["ours", "FA4"] and notes[0].startswith("FA4: flash_attn.cute.flash_attn_func")
+    fa4, note = bench.fa4_provider()
+    assert note.startswith("FA4: flash_attn.cute.flash_attn_func")
     B, H, T, D = 2, 3, 17, 16
     q, k, v, do = bench.inputs(B, H, T, D, layout="bthd", device="cpu")
     assert q.shape == (B, H, T, D) and q.transpose(1, 2).is_contiguous()
-    err = bench.check(found["FA4"], q.float(), k.float(), v.float(), do.float())
+    err = bench.check(fa4, q.float(), k.float(), v.float(), do.float())
     # fp32 SDPA against the fp32 reference: summation order only (measured ~1e-7)
     assert err < 1e-5
     assert calls[0] == ((B, T, H, D), q.transpose(1, 2).stride(), True)
+
+
+@pytest.mark.parametrize('fa4_imports', [True, False], ids=['with-fa4', 'without-fa4'])
+def test_fa4_is_imported_and_timed_after_every_other_provider(fa4_imports, monkeypatch):
+    """With flash_attn.cute imported, the other providers' eager calls cost the host more: none of them may be
+    timed after the import. FA4's column still comes second, after ours."""
+    def fa4(q, k, v):
+        raise AssertionError("measure is faked: nothing runs")
+
+    name_of = {fn: name for name, fn in bench.PROVIDERS.items()} | {fa4: "FA4"}
+    events = []  # "import", then (provider, T) for each measure call, in order
+
+    def fake_fa4_provider():
+        events.append("import")
+        return (fa4, "FA4: fake") if fa4_imports else (None, "FA4: skipped, fake")
+
+    def fake_measure(fn, B, H, T, D, graph=False, layout="bthd"):
+        events.append((name_of[fn], T))
+        return bench.Result(fwd_ms=T / 1000, fwdbwd_ms=T / 500)
+
+    monkeypatch.setattr(bench, "fa4_provider", fake_fa4_provider)
+    monkeypatch.setattr(bench, "measure", fake_measure)
+    todo = bench.shapes(quick=True)
+    rows, notes = bench.measure_everything(todo, "bthd")
+
+    imported = events.index("import")
+    assert sorted(events[:imported]) == sorted((p, T) for _, _, _, T, _, _ in todo for p in bench.PROVIDERS)
+    assert events[imported + 1:] == ([("FA4", T) for _, _, _, T, _, _ in todo] if fa4_imports else [])
+    assert [label for label, *_ in rows] == [label for label, *_ in todo]
+    columns = ["ours", "FA4", *list(bench.PROVIDERS)[1:]] if fa4_imports else list(bench.PROVIDERS)
+    assert all(list(results) == columns for *_, results in rows)
+    assert all(r.fwd_ms == T / 1000 for _, _, _, T, _, results in rows for r in results.values())
+    assert notes == (["FA4: fake"] if fa4_imports else ["FA4: skipped, fake"])
 
 
 def test_inputs_layouts():
