@@ -264,10 +264,12 @@ def end_processes(procs: Processes, finished: bool = False) -> None:
         import torch.distributed as dist
         if finished:
             dist.barrier()
-        # The DDP wrapper holds the group too. train() drops it, but dead frames of earlier calls, in a reference
-        # cycle, can keep train()'s frame and so the wrapper alive until a garbage collection: without this one,
-        # often the one at interpreter exit, where tearing gloo down half-finalized sometimes aborted the process.
-        gc.collect()
+            # The DDP wrapper holds the group too. train() drops it, but dead frames of earlier calls, in a
+            # reference cycle, can keep train()'s frame and so the wrapper alive until a garbage collection: without
+            # this one, often the one at interpreter exit, where tearing gloo down half-finalized sometimes aborted
+            # the process. Not after a failure: freeing what the failed step left (a collective still waiting on a
+            # dead peer) can block, and the launcher's SIGTERM then ends this process before its error line.
+            gc.collect()
         dist.destroy_process_group()
 
 
@@ -897,9 +899,9 @@ def train(cfg: TrainConfig) -> dict:
                     log.print(progress_line(iter_num, cfg.max_iters, row))
                 log.write(iter_num, row)
                 iter_num += 1
+            model = None  # the DDP wrapper: end_processes frees it before the group it holds
             ok = True
     finally:
-        model = None  # the DDP wrapper: end_processes frees it before the group it holds
         end_processes(procs, ok)
     if not procs.master:
         return {}
