@@ -25,8 +25,8 @@ Dropout draws its mask from Philox keyed on (seed, row, column, batch*head): the
 same mask, and the seed comes from torch's generator, so torch.manual_seed makes a run reproducible.
 
 On Hopper GPUs the launchers hand long causal fp16/bf16 calls without dropout to flash_hopper.py's warp-specialized
-Gluon kernels (flash_hopper.supported says which calls they can take, the table TUNED from which length on they
-are worth it); they fill the same o, lse and gradients, so either forward pairs with either backward.
+Gluon kernels (flash_hopper.supported says which calls they can take, the table TUNED from which length and how many
+heads on they are worth it); they fill the same o, lse and gradients, so either forward pairs with either backward.
 
 Tests and tools choose what runs through arguments, never by changing this module's state: flash_attn and
 flash_attn_qkvpacked take `_backend` ("hopper", "triton", or None for TUNED's choice), `_fwd_config` and
@@ -470,9 +470,9 @@ def _attn_bwd_kernel(
 #
 # One table says it all. A "triton" row gives the Triton kernels' tiles from its T on, until the next row of its
 # pass, dtype and head dim: (BLOCK_M, BLOCK_N, num_warps, num_stages) for the forward, (BLOCK, BLOCK_M1, BLOCK_N2,
-# num_warps, num_stages) for the backward. A "hopper" row sends the calls from its T on that flash_hopper.supported
-# accepts (a Hopper GPU, causal, no dropout, TMA-aligned strides) to the Hopper kernels, whose tiles are their own;
-# the calls it does not accept run the Triton row's tiles. The numbers come from an H100 in bf16 (BENCHMARKS.md has
+# num_warps, num_stages) for the backward. A "hopper" row sends the calls from its T on that have at least its number
+# of (batch, head) pairs and that flash_hopper.supported accepts (a Hopper GPU, causal, no dropout, TMA-aligned
+# strides) to the Hopper kernels, whose tiles are their own; the calls it does not take run the Triton row's tiles. The numbers come from an H100 in bf16 (BENCHMARKS.md has
 # the runs): tools/tune_blocks.py times every tile candidate, tools/hopper_ab.py the two kernels against each other.
 # On an H100 the tiles need up to 128 KB of shared memory (of 227 KB per block); a GPU with less, such as an RTX 3090
 # or 4090 (99 KB), runs the next smaller tiles that fit (_smaller).
@@ -481,7 +481,7 @@ _HALF = (torch.float16, torch.bfloat16)
 _FP32 = (torch.float32,)
 _ALL_D = SUPPORTED_HEAD_DIMS
 TUNED = (
-    # pass  dtypes  head dims     from T  backend   Triton tiles
+    # pass  dtypes  head dims     from T  backend   Triton tiles, or the fewest (batch, head) pairs of a Hopper row
     #
     # tune_blocks.py: up to 4096 keys, 64-row query blocks give more programs to fill the H100's 132 SMs
     ("fwd", _HALF, (16, 32, 64), 1,      "triton", (64, 64, 4, 3)),
@@ -492,23 +492,23 @@ TUNED = (
     # tune_blocks.py: past 2048 keys, 128-row query blocks
     ("fwd", _HALF, (128,),       2049,   "triton", (128, 64, 8, 3)),
     # hopper_ab.py: the shortest T at which the Hopper forward beats the Triton one (docs/design.md, "Which kernel
-    # runs where"). Below it a program has few key tiles, and what it pays once (setting up three partitions, loading Q, the
-    # epilogue) is not won back. The Hopper paths also cost more host time per call (tensor-map descriptors, the
-    # zeroed buffers): in GPU time this forward already wins from T=512 at head dim 128 and T=1024 at 64, but an
-    # eager fwd+bwd there is host-bound and the Triton kernels' shorter launches win it.
-    ("fwd", _HALF, (64,),        2048,   "hopper", None),
-    # hopper_ab.py, as the row above
-    ("fwd", _HALF, (128,),       1024,   "hopper", None),
+    # runs where"). Below it a program has few key tiles, and what it pays once (setting up three partitions, loading
+    # Q, the epilogue) is not won back. The Hopper paths also cost more host time per call (tensor-map descriptors,
+    # the zeroed buffers): in GPU time this forward already wins from T=512 at head dim 128 and T=1024 at 64, but an
+    # eager call with little GPU work is host-bound there and the Triton kernels' shorter launches win it.
+    ("fwd", _HALF, (64,),        2048,   "hopper", 1),
+    # bench.py: at T=1024 with 256 or more heads a call has the GPU work to pay for that host time (1.08x and 1.15x
+    # the Triton forward with B=16, H=32); the GPT-2 model's 144 heads do not (0.54x, hopper_ab.py)
+    ("fwd", _HALF, (64,),        1024,   "hopper", 256),
+    # hopper_ab.py, as the first Hopper row
+    ("fwd", _HALF, (128,),       1024,   "hopper", 1),
     # tune_blocks.py: best or within 2% of the best at every swept shape, D=64 and 128, T=256 to 16384
     ("bwd", _HALF, _ALL_D,       1,      "triton", (64, 32, 64, 4, 2)),
     # hopper_ab.py and bench.py (docs/design.md, "Which kernel runs where"): at T=1024 the Hopper backward is faster
-    # in GPU time and 1-4% faster on the sweep's shape, but it doubles the eager fwd+bwd of the GPT-2 model's shape
-    # (144 heads), which is host-bound there; below 1024 its dQ reductions and launches cost more than the Triton
-    # backward's second pass over the keys
-    ("bwd", _HALF, (64,),        2048,   "hopper", None),
-    # bench.py: from T=1024 at head dim 128 the Hopper backward makes an eager fwd+bwd 1.11-1.13x faster since its
-    # dQ cast is a kernel of its own, for the fp32 dQ buffer's memory (level with cuDNN's peak there)
-    ("bwd", _HALF, (128,),       1024,   "hopper", None),
+    # in GPU time, but eagerly it doubles the fwd+bwd of the GPT-2 model's shape (144 heads), which is host-bound
+    # there, and at head dim 128 (B=16, H=16) the fwd+bwd read 1.11x faster on one machine and 0.62-0.93x on others,
+    # set by the host; below 1024 its dQ reductions and launches cost more than the Triton backward's second pass
+    ("bwd", _HALF, (64, 128),    2048,   "hopper", 1),
     # not swept: fp32's 4-byte elements and FMA (not tensor-core) dots take small tiles
     ("fwd", _FP32, _ALL_D,       1,      "triton", (64, 32, 4, 2)),
     # not swept, as the row above
@@ -519,31 +519,32 @@ BWD_CONFIG = ("BLOCK", "BLOCK_M1", "BLOCK_N2", "num_warps", "num_stages")
 
 
 def _index(table: tuple) -> dict:
-    # TUNED as {(pass, dtype, head dim): (the first T of the Hopper kernels, ((from T, tiles), ...) longest first)}
-    # so that a call looks its choice up in one dict access
+    # TUNED as {(pass, dtype, head dim): (((from T, fewest heads), ...) of the Hopper rows, ((from T, tiles), ...)
+    # longest first)} so that a call looks its choice up in one dict access
     index = {}
-    for kind, dtypes, head_dims, from_t, backend, tiles in table:
+    for kind, dtypes, head_dims, from_t, backend, last in table:
         for dtype in dtypes:
             for D in head_dims:
-                hopper_from, rows = index.get((kind, dtype, D), (math.inf, ()))
+                hopper, rows = index.get((kind, dtype, D), ((), ()))
                 if backend == "hopper":
-                    hopper_from = from_t
+                    hopper += ((from_t, last),)
                 else:
-                    rows = tuple(sorted(rows + ((from_t, tiles),), reverse=True))
-                index[kind, dtype, D] = (hopper_from, rows)
+                    rows = tuple(sorted(rows + ((from_t, last),), reverse=True))
+                index[kind, dtype, D] = (hopper, rows)
     return index
 
 
 _CHOICES = _index(TUNED)
 
 
-def _choice(kind: str, dtype: torch.dtype, D: int, T: int) -> tuple[bool, tuple]:
-    """TUNED's choice for one pass ("fwd" or "bwd") of a call: (whether the Hopper kernels take it where they can,
-    the Triton kernels' tiles)."""
-    hopper_from, rows = _CHOICES[kind, dtype, D]
+def _choice(kind: str, dtype: torch.dtype, D: int, T: int, heads: int = 1) -> tuple[bool, tuple]:
+    """TUNED's choice for one pass ("fwd" or "bwd") of a call with `heads` (batch, head) pairs: (whether the Hopper
+    kernels take it where they can, the Triton kernels' tiles)."""
+    hopper_rows, rows = _CHOICES[kind, dtype, D]
+    hopper = any(T >= from_t and heads >= fewest for from_t, fewest in hopper_rows)
     for from_t, tiles in rows:
         if T >= from_t:
-            return T >= hopper_from, tiles
+            return hopper, tiles
     raise AssertionError(f"TUNED has no {kind} row for {dtype}, head dim {D}, T={T}")
 
 
@@ -666,7 +667,7 @@ def _attn_fwd(q, k, v, seed, causal, softmax_scale, dropout_p, backend=None, con
     B, H, T, D = q.shape
     o = _empty_bhtd(B, H, T, D, q)
     lse = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
-    hopper, tiles = _choice("fwd", q.dtype, D, T)
+    hopper, tiles = _choice("fwd", q.dtype, D, T, B * H)
     if config is None and _hopper_takes(backend, hopper, q, k, v, causal, dropout_p):
         flash_hopper._attn_fwd(q, k, v, o, lse, softmax_scale * LOG2E)  # same o and lse, warp-specialized
         return o, lse
@@ -707,7 +708,7 @@ def _attn_bwd_into(dq, dk, dv, do, q, k, v, o, lse, seed, causal, softmax_scale,
         do.stride(0), do.stride(1), do.stride(2),
         H, T, HEAD_DIM=D, BLOCK_M=DELTA_BLOCK,
     )
-    hopper, tiles = _choice("bwd", q.dtype, D, T)
+    hopper, tiles = _choice("bwd", q.dtype, D, T, B * H)
     if config is None and _hopper_takes(backend, hopper, q, k, v, causal, dropout_p, do):
         flash_hopper._attn_bwd(do, q, k, v, lse, delta, dq, dk, dv, softmax_scale, softmax_scale * LOG2E)
         return

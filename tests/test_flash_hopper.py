@@ -17,11 +17,11 @@ needs_hopper = pytest.mark.skipif(not HOPPER or flash_kernel.flash_hopper is Non
                                   reason="needs a Hopper GPU (H100, H200) and a Triton with Gluon")
 
 
-def hopper_from(kind: str, D: int) -> int:
-    """The shortest T at which flash_kernel.TUNED sends a bf16 pass ("fwd" or "bwd") to the Hopper kernels."""
-    (T,) = [from_t for k, dtypes, dims, from_t, backend, _ in flash_kernel.TUNED
-            if (k, backend) == (kind, "hopper") and torch.bfloat16 in dtypes and D in dims]
-    return T
+def hopper_from(kind: str, D: int, heads: int = 1) -> int:
+    """The shortest T at which flash_kernel.TUNED sends a bf16 pass ("fwd" or "bwd") with this many (batch, head)
+    pairs to the Hopper kernels."""
+    return min(from_t for k, dtypes, dims, from_t, backend, fewest in flash_kernel.TUNED
+               if (k, backend) == (kind, "hopper") and torch.bfloat16 in dtypes and D in dims and heads >= fewest)
 
 
 def kernels_of(fn) -> set:
@@ -122,6 +122,12 @@ def test_flash_attn_dispatch():
     q, k, v = qkv_like_the_model(1, 2, T // 2, 128, torch.bfloat16, device="cuda")
     assert "triton bwd" in kernels_of(lambda: flash_attn(q, k, v).sum().backward())
     assert "hopper bwd" in kernels_of(lambda: flash_attn(q, k, v, _backend="hopper").sum().backward())
+    # a call with many heads takes the Hopper forward from a shorter T at head dim 64; one with fewer, there, does not
+    T = hopper_from("fwd", 64, heads=256)
+    if T < hopper_from("fwd", 64):
+        many = [t.detach() for t in qkv_like_the_model(16, 16, T, 64, torch.bfloat16, device="cuda")]
+        assert kernels_of(lambda: flash_attn(*many)) == {"hopper fwd"}
+        assert kernels_of(lambda: flash_attn(*(t[:12, :12] for t in many))) == {"triton fwd"}
 
 
 @needs_hopper

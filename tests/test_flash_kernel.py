@@ -377,6 +377,21 @@ def test_tuned_covers_every_supported_call(kind):
                 assert not (hopper and dtype == torch.float32)
 
 
+def test_a_hopper_row_takes_only_calls_with_its_heads():
+    # Each Hopper row of TUNED takes calls from its T on with at least its number of (batch, head) pairs; shorter
+    # calls, and calls with fewer heads where no other row takes them, stay on the Triton kernels
+    hopper_rows = [(kind, dims, from_t, fewest) for kind, dtypes, dims, from_t, backend, fewest in flash_kernel.TUNED
+                   if backend == "hopper"]
+    assert any(fewest > 1 for *_, fewest in hopper_rows)
+    for kind, dims, from_t, fewest in hopper_rows:
+        for D in dims:
+            assert flash_kernel._choice(kind, torch.bfloat16, D, from_t, fewest)[0]
+            assert not flash_kernel._choice(kind, torch.bfloat16, D, from_t - 1, 1)[0]
+            others = [t for k, d, t, f in hopper_rows if k == kind and D in d and f < fewest]
+            if others and from_t < min(others):
+                assert not flash_kernel._choice(kind, torch.bfloat16, D, from_t, fewest - 1)[0]
+
+
 @pytest.mark.parametrize("kwargs,message", [
     (dict(_backend="cuda"), r"_backend must be one of \('hopper', 'triton'\) or None, got 'cuda'"),
     (dict(_fwd_config=(64, 64, 4)), r"_fwd_config must be 4 positive ints"),
