@@ -472,10 +472,11 @@ def _attn_bwd_kernel(
 # pass, dtype and head dim: (BLOCK_M, BLOCK_N, num_warps, num_stages) for the forward, (BLOCK, BLOCK_M1, BLOCK_N2,
 # num_warps, num_stages) for the backward. A "hopper" row sends the calls from its T on that have at least its number
 # of (batch, head) pairs and that flash_hopper.supported accepts (a Hopper GPU, causal, no dropout, TMA-aligned
-# strides) to the Hopper kernels, whose tiles are their own; the calls it does not take run the Triton row's tiles. The numbers come from an H100 in bf16 (BENCHMARKS.md has
-# the runs): tools/tune_blocks.py times every tile candidate, tools/hopper_ab.py the two kernels against each other.
-# On an H100 the tiles need up to 128 KB of shared memory (of 227 KB per block); a GPU with less, such as an RTX 3090
-# or 4090 (99 KB), runs the next smaller tiles that fit (_smaller).
+# strides) to the Hopper kernels, whose tiles are their own; the calls it does not take run the Triton row's tiles.
+# The numbers come from an H100 in bf16 (BENCHMARKS.md has the runs): tools/tune_blocks.py times every tile
+# candidate, tools/hopper_ab.py the two kernels against each other. On an H100 the tiles need up to 128 KB of shared
+# memory (of 227 KB per block); a GPU with less, such as an RTX 3090 or 4090 (99 KB), runs the next smaller tiles
+# that fit (_smaller).
 
 _HALF = (torch.float16, torch.bfloat16)
 _FP32 = (torch.float32,)
@@ -506,8 +507,8 @@ TUNED = (
     ("bwd", _HALF, _ALL_D,       1,      "triton", (64, 32, 64, 4, 2)),
     # hopper_ab.py and bench.py (docs/design.md, "Which kernel runs where"): at T=1024 the Hopper backward is faster
     # in GPU time, but eagerly it doubles the fwd+bwd of the GPT-2 model's shape (144 heads), which is host-bound
-    # there, and at head dim 128 (B=16, H=16) the fwd+bwd read 1.11x faster on one machine and 0.62-0.93x on others,
-    # set by the host; below 1024 its dQ reductions and launches cost more than the Triton backward's second pass
+    # there, and at head dim 128 (B=16, H=16) that fwd+bwd read 0.745-1.378 ms with the host, the Triton backward's
+    # 0.816-0.845; below 1024 its dQ reductions and launches cost more than the Triton backward's second pass
     ("bwd", _HALF, (64, 128),    2048,   "hopper", 1),
     # not swept: fp32's 4-byte elements and FMA (not tensor-core) dots take small tiles
     ("fwd", _FP32, _ALL_D,       1,      "triton", (64, 32, 4, 2)),
