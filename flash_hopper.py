@@ -502,11 +502,10 @@ def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar
     k = _rows(k_smem, 2, HEAD_DIM).index(GROUP)
     v = _rows(v_smem, 2, HEAD_DIM).index(GROUP)
 
-    s = 0
-    ph = 0
     for i in range(n_steps):
+        s = i % STAGES
         buf = i % 2
-        mbarrier.wait(q_ready.index(s), ph)
+        mbarrier.wait(q_ready.index(s), (i // STAGES) & 1)
         q = q_rows.index(s)
         do = do_rows.index(s)
         # S^T and dP^T, keys on rows: [64 keys, 64 queries]
@@ -548,18 +547,13 @@ def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar
             dq = warpgroup_mma_wait(0, deps=(dq, ))
             # hand the tile to _bwd_reduce_partition through one of this group's two staging buffers, once its
             # reduction from two steps ago has read it (dq_bar: 4 "ready" then 4 "free" barriers)
-            DQB: gl.constexpr = dq_smem.shape[0] // 2
-            idx = GROUP * DQB + i % DQB
-            mbarrier.wait(dq_bar.index(4 + idx), ((i // DQB) & 1) ^ 1)
+            idx = GROUP * 2 + buf
+            mbarrier.wait(dq_bar.index(4 + idx), ((i // 2) & 1) ^ 1)
             dq_smem.index(idx).reshape([TILE, TILE]).store(dq)
             fence_async_shared()
             mbarrier.arrive(dq_bar.index(idx), count=1)
         if not DQ_GROUP:
             mbarrier.arrive(ds_free.index(buf), count=1)
-        s = s + 1
-        if s == STAGES:
-            s = 0
-            ph = ph ^ 1
 
     # dK and dV leave as the forward's O does, through shared memory with TMA stores: into the Q and dO ring, once
     # both groups' products have read all of it (each group releases a stage on q_free after its dV and dK)
@@ -608,21 +602,15 @@ def _bwd_reduce_partition(dq_smem, dq_bar, dq_desc, b, h, start_m, n_steps):
     # Head dim 128: one warp sends both groups' dQ halves into the fp32 buffer with TMA reductions and frees their
     # staging buffers once the reductions have read them, so the groups never wait on a reduction (docs/design.md,
     # "Hopper backward, head dim 128: a reduce warp")
-    DQB: gl.constexpr = dq_smem.shape[0] // 2
     for i in range(n_steps):
         for g in gl.static_range(2):
-            idx = g * DQB + i % DQB
-            mbarrier.wait(dq_bar.index(idx), (i // DQB) & 1)
+            idx = g * 2 + i % 2
+            mbarrier.wait(dq_bar.index(idx), (i // 2) & 1)
             _tma_add(dq_desc, [b, h, start_m + i * TILE, g * TILE], dq_smem.index(idx))
-        if DQB == 2:
-            tma.store_wait(2)  # the previous step's two reductions are done: their buffers can be refilled
-            if i > 0:
-                for g in gl.static_range(2):
-                    mbarrier.arrive(dq_bar.index(4 + g * 2 + (i - 1) % 2), count=1)
-        else:
-            tma.store_wait(0)
+        tma.store_wait(2)  # the previous step's two reductions are done: their buffers can be refilled
+        if i > 0:
             for g in gl.static_range(2):
-                mbarrier.arrive(dq_bar.index(4 + g), count=1)
+                mbarrier.arrive(dq_bar.index(4 + g * 2 + (i - 1) % 2), count=1)
     tma.store_wait(0)
 
 
@@ -659,8 +647,7 @@ def _attn_bwd_hopper_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, d
     delta_smem = gl.allocate_shared_memory(gl.float32, [STAGES, TILE], vec_layout)
     ds_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
     ds_smem = gl.allocate_shared_memory(dtype, [4, TILE, TILE], ds_layout)  # 2 buffers x 2 groups
-    DQ_COUNT: gl.constexpr = 2 if NCOL == 1 else 2 * (4 - STAGES)  # 3 stages at 128: one staging buffer a group
-    dq_smem = gl.allocate_shared_memory(gl.float32, [DQ_COUNT] + dq_desc.block_type.shape, dq_desc.layout)
+    dq_smem = gl.allocate_shared_memory(gl.float32, [2 * NCOL] + dq_desc.block_type.shape, dq_desc.layout)
     dq_bar = gl.allocate_shared_memory(gl.int64, [8, 1], mbarrier.MBarrierLayout())
     kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     q_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -831,7 +818,7 @@ def _attn_bwd(do, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, qk_scal
     _attn_bwd_hopper_kernel[(triton.cdiv(T, 2 * tile), B * H)](
         _descriptor(q, tile, tile), _descriptor(k, tile, tile), _descriptor(v, tile, tile), _descriptor(do, tile, tile),
         _descriptor(dq_acc, tile, tile), _descriptor(dk, tile, tile), _descriptor(dv, tile, tile), lse, delta,
-        H, T, qk_scale, softmax_scale, HEAD_DIM=D, STAGES=3, num_warps=4,
+        H, T, qk_scale, softmax_scale, HEAD_DIM=D, STAGES=NUM_STAGES, num_warps=4,
         maxnreg=_maxnreg(BWD_WARPGROUPS[D]),
     )
     _dq_cast(dq_acc, dq, softmax_scale)  # the scale dS left out (_bwd_mma_partition), and dq's dtype
