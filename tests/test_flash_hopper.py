@@ -187,19 +187,31 @@ def test_dispatch_refuses_what_the_kernel_does_not_do():
     assert not supported(q, q, q, True, 0.1)
 
 
+def test_dq_acc_rows_are_a_permutation_within_groups_of_8():
+    # The backward's fp32 dQ buffer holds row r of dQ in row _dq_acc_row(r): every row must land on a row of its own
+    # group of 8, no two on the same
+    if flash_kernel.flash_hopper is None:
+        pytest.skip("this Triton has no Gluon")
+    rows = torch.arange(64)
+    moved = flash_kernel.flash_hopper._dq_acc_row(rows)
+    assert torch.equal(moved // 8, rows // 8)
+    assert torch.equal(moved.sort().values, rows)
+    assert not torch.equal(moved, rows)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("layout", ["dense", "model_views", "packed"])
 def test_dq_cast_scales_and_converts_into_any_layout(layout, dtype):
     # The backward's last step, a plain Triton kernel (runs under the interpreter too): dq = scale * acc from the
-    # fp32 (B, H, T, D) buffer into dq's own dtype and strides, a ragged last block of rows included. Exact: one
-    # fp32 multiply and one rounding, as torch does them
+    # fp32 (B, H, T rounded up to 8, D) buffer, its rows in _dq_acc_row's order, into dq's own dtype and strides, a
+    # ragged last block of rows included. Exact: one fp32 multiply and one rounding, as torch does them
     if flash_kernel.flash_hopper is None:
         pytest.skip("this Triton has no Gluon")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and dtype == torch.bfloat16:
         pytest.skip("Triton's interpreter converts fp32 to bf16 by truncation, not rounding; bf16 runs on the GPU")
     B, H, T, D = 2, 3, flash_kernel.flash_hopper.DQ_CAST_ROWS + 13, 64
-    acc = torch.randn(B, H, T, D, device=device)
+    acc = torch.randn(B, H, (T + 7) // 8 * 8, D, device=device)
     if layout == "dense":
         dq = torch.empty(B, H, T, D, device=device, dtype=dtype)
     elif layout == "model_views":
@@ -207,4 +219,5 @@ def test_dq_cast_scales_and_converts_into_any_layout(layout, dtype):
     else:  # dq as a view of flash_attn_qkvpacked's (B, T, 3, H, D) gradient
         dq = torch.empty(B, T, 3, H, D, device=device, dtype=dtype)[:, :, 0].transpose(1, 2)
     flash_kernel.flash_hopper._dq_cast(acc, dq, 0.3)
-    assert torch.equal(dq, torch.mul(acc, 0.3).to(dtype))
+    rows = flash_kernel.flash_hopper._dq_acc_row(torch.arange(T, device=device))
+    assert torch.equal(dq, torch.mul(acc[:, :, rows], 0.3).to(dtype))
