@@ -260,3 +260,39 @@ def test_ab_kernel_loads_each_variant_as_a_module_of_its_own(tmp_path):
     assert ab_kernel.mismatch([x * 1.001, x], [x, x]) == pytest.approx(1e-3, rel=1e-3)
     assert not ab_kernel.mismatch([x.clone().fill_(float('nan'))], [x]) < ab_kernel.CHECK_TOL
     assert ab_kernel.mismatch([torch.zeros(4)], [torch.zeros(4)]) == 0  # dq at T=1: no division by zero
+
+
+def test_ncu_sass_reads_the_source_page_per_kernel(tmp_path):
+    """tools/ncu_sass.py: kernels split at their "Kernel Name" lines, samples shared out by reason and instruction
+    (most first, a branch's target address dropped), and the bank-conflicted instructions' excess over all the
+    kernel's shared-memory wavefronts."""
+    sys.path.insert(0, str(ROOT / 'tools'))
+    import ncu_sass
+    head = ['Address', 'Source', 'Warp Stall Sampling (All Samples)', 'L1 Wavefronts Shared Excessive',
+            'L1 Wavefronts Shared', 'stall_barrier', 'stall_long_sb', 'stall_barrier (Not Issued)']
+    first = [['0x10', '  NOP', '60', '0', '0', '60', '0', '60'],
+             ['0x20', '@!P0  BRA 0x7f00', '30', '0', '0', '0', '30', '0'],
+             ['0x30', '  STS.64 [R2+UR4], R8', '10', '1,000', '2,000', '4', '6', '4'],
+             ['0x40', '  LDS.64 R4, [R2]', '0', '0', '2,000', '0', '0', '0']]
+    second = [['0x10', '  EXIT', '5', '-', '-', '0', '5', '0']]
+    lines = [['Kernel Name', 'a'], head, *first, ['Kernel Name', 'b'], head, *second]
+    path = tmp_path / 'src.csv'
+    path.write_text('\n'.join(','.join(f'"{c}"' for c in line) for line in lines) + '\n')
+    kernels = ncu_sass.read(str(path))
+    assert [(name, len(rows)) for name, rows in kernels] == [('a', 4), ('b', 1)]
+    text = ncu_sass.summary(*kernels[0], top=2).splitlines()
+    assert text[2] == '100 stall samples; by reason: barrier 64.0%, long_sb 36.0%'
+    assert text[6:] == ['| 60.0% | `NOP` | barrier 100%, long_sb 0% |',
+                        '| 30.0% | `@!P0 BRA` | long_sb 100%, barrier 0% |', '',
+                        'Shared-memory instructions with more wavefronts than their ideal: 1 STS.64; their excess '
+                        "is 25.0% of the kernel's shared-memory wavefronts."]
+    assert 'wavefronts than' not in ncu_sass.summary(*kernels[1])
+
+
+def test_ncu_sass_refuses_another_csv(tmp_path):
+    sys.path.insert(0, str(ROOT / 'tools'))
+    import ncu_sass
+    path = tmp_path / 'raw.csv'
+    path.write_text('"ID","Kernel Name"\n"0","k"\n')
+    with pytest.raises(SystemExit, match='not Nsight Compute.s source page'):
+        ncu_sass.read(str(path))

@@ -1,0 +1,91 @@
+"""
+Nsight Compute's per-instruction source page as Markdown: for each profiled kernel, where its warps' stall samples
+fall by reason, the SASS instructions that carry the most of them, and the shared-memory instructions that take more
+wavefronts than their ideal (bank conflicts). The tables of results/ncu_h100_bwd_sass.md come from it.
+
+    ncu --section SourceCounters --section WarpStateStats --import-source no -k regex:NAME -o src python ...
+    ncu -i src.ncu-rep --page source --csv --print-source sass > src_sass.csv
+    python tools/ncu_sass.py src_sass.csv [--top 12]
+
+A sample is charged to the instruction its warp waits to issue, so a warp that waits the whole kernel (one that pads
+a warpgroup, a loader polling a barrier) shows as one instruction with many samples.
+"""
+import csv
+import os
+import sys
+from collections import Counter
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from utils import ArgumentParser  # noqa: E402
+
+SAMPLES = "Warp Stall Sampling (All Samples)"
+EXCESS = "L1 Wavefronts Shared Excessive"
+
+
+def read(path: str) -> list:
+    """[(kernel name, [row as a dict, one per SASS instruction])] from `ncu --page source --csv --print-source sass`,
+    which writes each kernel as a "Kernel Name" line, a header and its instructions."""
+    with open(path, newline="") as f:
+        lines = list(csv.reader(f))
+    kernels = []
+    for i, line in enumerate(lines):
+        if line[:1] == ["Kernel Name"] and i + 1 < len(lines):
+            kernels.append((line[1], lines[i + 1], []))
+        elif kernels and line and line != kernels[-1][1]:
+            kernels[-1][2].append(dict(zip(kernels[-1][1], line)))
+    if not kernels or SAMPLES not in kernels[0][1]:
+        raise SystemExit(f"error: {path} is not Nsight Compute's source page with stall samples: make it with "
+                         f"`ncu -i REPORT.ncu-rep --page source --csv --print-source sass > {path}` from a report "
+                         "with the SourceCounters section")
+    return [(name, rows) for name, _, rows in kernels]
+
+
+def number(text) -> float:
+    try:
+        return float(str(text).replace(",", ""))  # ncu may group thousands with commas
+    except ValueError:
+        return 0.0  # "-": not applicable to this instruction
+
+
+def summary(name: str, rows: list, top: int = 12) -> str:
+    """One kernel's Markdown: its samples by reason, its `top` instructions by samples, its bank conflicts."""
+    reasons = [key for key in rows[0] if key.startswith("stall_") and "Not Issued" not in key] if rows else []
+    total = sum(number(row[SAMPLES]) for row in rows) or 1.0
+    by_reason = Counter({reason[6:]: sum(number(row[reason]) for row in rows) for reason in reasons})
+    lines = [f"### {name}", "",
+             f"{total:.0f} stall samples; by reason: "
+             + ", ".join(f"{reason} {100 * n / total:.1f}%" for reason, n in by_reason.most_common(6)), "",
+             "| share | instruction | main reasons |", "|---|---|---|"]
+    for row in sorted(rows, key=lambda r: -number(r[SAMPLES]))[:top]:
+        samples = number(row[SAMPLES])
+        main = sorted(((number(row[r]), r[6:]) for r in reasons), reverse=True)[:2]
+        source = " ".join(row["Source"].split())
+        if "BRA" in source:  # a branch's absolute target address says nothing across runs
+            source = source.rsplit(" ", 1)[0]
+        lines.append(f"| {100 * samples / total:.1f}% | `{source}` | "
+                     + ", ".join(f"{r} {100 * n / max(samples, 1):.0f}%" for n, r in main) + " |")
+    conflicted = [row for row in rows if number(row.get(EXCESS, 0)) > 0]
+    wavefronts = sum(number(row.get("L1 Wavefronts Shared", 0)) for row in rows)
+    if conflicted and wavefronts:
+        excess = sum(number(row[EXCESS]) for row in conflicted)
+        kinds = Counter(" ".join(row["Source"].split()).split(" ")[0] for row in conflicted)
+        lines += ["", "Shared-memory instructions with more wavefronts than their ideal: "
+                  + ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
+                  + f"; their excess is {100 * excess / wavefronts:.1f}% of the kernel's shared-memory wavefronts."]
+    return "\n".join(lines)
+
+
+def main():
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("csv", help="the output of `ncu -i REPORT --page source --csv --print-source sass`")
+    parser.add_argument("--top", type=int, default=12, help="how many instructions to list per kernel")
+    args = parser.parse_args()
+    if not os.path.isfile(args.csv):
+        parser.error(f"no file {args.csv!r}")
+    kernels = read(args.csv)
+    print("\n\n".join(summary(f"{i}. {name}", rows, args.top) for i, (name, rows) in enumerate(kernels, 1)))
+
+
+if __name__ == "__main__":
+    main()
