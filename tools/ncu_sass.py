@@ -17,6 +17,7 @@ from collections import Counter
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from ncu_table import number  # noqa: E402
 from utils import ArgumentParser  # noqa: E402
 
 SAMPLES = "Warp Stall Sampling (All Samples)"
@@ -41,34 +42,32 @@ def read(path: str) -> list:
     return [(name, rows) for name, _, rows in kernels]
 
 
-def number(text) -> float:
-    try:
-        return float(str(text).replace(",", ""))  # ncu may group thousands with commas
-    except ValueError:
-        return 0.0  # "-": not applicable to this instruction
+def count(text: str) -> float:
+    value = number(text)
+    return value if value == value else 0.0  # NaN from "-": not applicable to this instruction
 
 
 def summary(name: str, rows: list, top: int = 12) -> str:
     """One kernel's Markdown: its samples by reason, its `top` instructions by samples, its bank conflicts."""
     reasons = [key for key in rows[0] if key.startswith("stall_") and "Not Issued" not in key] if rows else []
-    total = sum(number(row[SAMPLES]) for row in rows) or 1.0
-    by_reason = Counter({reason[6:]: sum(number(row[reason]) for row in rows) for reason in reasons})
+    total = sum(count(row[SAMPLES]) for row in rows) or 1.0
+    by_reason = Counter({reason[6:]: sum(count(row[reason]) for row in rows) for reason in reasons})
     lines = [f"### {name}", "",
              f"{total:.0f} stall samples; by reason: "
              + ", ".join(f"{reason} {100 * n / total:.1f}%" for reason, n in by_reason.most_common(6)), "",
              "| share | instruction | main reasons |", "|---|---|---|"]
-    for row in sorted(rows, key=lambda r: -number(r[SAMPLES]))[:top]:
-        samples = number(row[SAMPLES])
-        main = sorted(((number(row[r]), r[6:]) for r in reasons), reverse=True)[:2]
+    for row in sorted(rows, key=lambda r: -count(r[SAMPLES]))[:top]:
+        samples = count(row[SAMPLES])
+        main = sorted(((count(row[r]), r[6:]) for r in reasons), reverse=True)[:2]
         source = " ".join(row["Source"].split())
         if "BRA" in source:  # a branch's absolute target address says nothing across runs
             source = source.rsplit(" ", 1)[0]
         lines.append(f"| {100 * samples / total:.1f}% | `{source}` | "
                      + ", ".join(f"{r} {100 * n / max(samples, 1):.0f}%" for n, r in main) + " |")
-    conflicted = [row for row in rows if number(row.get(EXCESS, 0)) > 0]
-    wavefronts = sum(number(row.get("L1 Wavefronts Shared", 0)) for row in rows)
+    conflicted = [row for row in rows if count(row.get(EXCESS, "0")) > 0]
+    wavefronts = sum(count(row.get("L1 Wavefronts Shared", "0")) for row in rows)
     if conflicted and wavefronts:
-        excess = sum(number(row[EXCESS]) for row in conflicted)
+        excess = sum(count(row[EXCESS]) for row in conflicted)
         kinds = Counter(" ".join(row["Source"].split()).split(" ")[0] for row in conflicted)
         lines += ["", "Shared-memory instructions with more wavefronts than their ideal: "
                   + ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
