@@ -545,9 +545,10 @@ def _bwd_step(i, masked, q_rows, do_rows, k, v, k_smem, ds_smem, dq_smem, dq_bar
     ds_smem.index(buf * 2 + GROUP).store(dst)
     fence_async_shared()
     mbarrier.arrive(ds_ready.index(buf), count=1)
-    # P^T and dS^T leave the registers once dV and dK have them; Q and dO go back to the loader
-    dv, dk = warpgroup_mma_wait(0, deps=(dv, dk))
-    mbarrier.arrive(q_free.index(s), count=1)
+    if QROWS == TILE:
+        # P^T and dS^T leave the registers once dV and dK have them; Q and dO go back to the loader
+        dv, dk = warpgroup_mma_wait(0, deps=(dv, dk))
+        mbarrier.arrive(q_free.index(s), count=1)
     mbarrier.wait(ds_ready.index(buf), (i // 2) & 1)
     if NCOL == 2:
         ds0 = ds_smem.index(buf * 2).permute((1, 0))
@@ -561,6 +562,11 @@ def _bwd_step(i, masked, q_rows, do_rows, k, v, k_smem, ds_smem, dq_smem, dq_bar
         kq1 = k_smem.index(1).reshape([TILE, TILE])
     dq = warpgroup_mma(ds0, kq0, zero, use_acc=False, is_async=True)
     dq = warpgroup_mma(ds1, kq1, dq, is_async=True)
+    if QROWS > TILE:
+        # dQ queued behind dV and dK, as FlashAttention-3 orders them: the wait for the other group's dS^T and the
+        # issue overlap dV's and dK's products instead of following them
+        dv, dk = warpgroup_mma_wait(1, deps=(dv, dk))
+        mbarrier.arrive(q_free.index(s), count=1)
     dq = warpgroup_mma_wait(0, deps=(dq, ))
     # hand the tile to _bwd_reduce_partition through one of this group's two staging buffers, once its
     # reduction from two steps ago has read it (dq_bar: 4 "ready" then 4 "free" barriers)
