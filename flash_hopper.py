@@ -185,40 +185,6 @@ def _softmax_tile(scores, m_i, l_i, rows, start_n, qk_scale, MASKED: gl.constexp
     return p, gl.convert_layout(m_new, row_layout), l_new, alpha
 
 
-# How far (log2 units) a row's max may pass the running max that the exponentials are taken against before it is
-# moved up: P stays <= 2^8, which bf16 and the fp32 sums hold as well as P <= 1 (FlashAttention-4's threshold)
-STALE_MAX = gl.constexpr(8.0)
-
-
-@gluon.jit
-def _stale_softmax_tile(scores, m_i, l_i, rows, start_n, qk_scale, MASKED: gl.constexpr):
-    # _softmax_tile for a tile after an item's first, with the exponentials taken against the running max m_i as it
-    # stands, not against the max with this tile's scores: they start as soon as S is in the registers, and the
-    # row max, which no exponential waits for any more, runs beside them. Only if some row's max passed m_i by more
-    # than STALE_MAX (rare once an item's first tiles are in) are the exponentials taken again against the new max,
-    # and l and O rescaled; otherwise neither is, and m_i stays. Returns P, m_i, l_i, the rows' rescale factors and
-    # whether to apply them to O.
-    row_layout: gl.constexpr = m_i.type.layout
-    row: gl.constexpr = gl.SliceLayout(1, scores.type.layout)
-    m_s = gl.convert_layout(m_i, row)
-    if MASKED:  # the diagonal tile: keys after the query (and past T) get no weight
-        cols = start_n + gl.arange(0, scores.shape[1], layout=gl.SliceLayout(0, scores.type.layout))
-        scores = _causal(scores, gl.convert_layout(rows, row)[:, None], cols[None, :], float("-inf"))
-    p = gl.exp2(scores * qk_scale - m_s[:, None])
-    m_tile = gl.max(scores, 1) * qk_scale
-    # one decision for the whole warpgroup: a reduction across its four warps, off the exponentials' path
-    rescale = gl.max(m_tile - m_s, 0) > STALE_MAX
-    if rescale:
-        m_new = gl.maximum(m_s, m_tile)
-        p = gl.exp2(scores * qk_scale - m_new[:, None])
-        alpha = gl.convert_layout(gl.exp2(m_s - m_new), row_layout)
-        m_i = gl.convert_layout(m_new, row_layout)
-    else:
-        alpha = gl.full(m_i.shape, 1.0, gl.float32, layout=row_layout)
-    l_new = l_i * alpha + gl.convert_layout(gl.sum(p, 1), row_layout)
-    return p, m_i, l_new, alpha, rescale
-
-
 @gluon.jit
 def _packed(p, dtype: gl.constexpr, BY_HAND: gl.constexpr):
     # P in the products' dtype, two values per register by one cvt each (cvt.rn.bf16x2.f32). The compiler emits
@@ -277,19 +243,10 @@ def _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, r, c, start
     mbarrier.arrive(turn.index((GROUP + 1) % GROUPS), count=1)
     scores = warpgroup_mma_wait(1, deps=(scores, ))  # S_j is done; P_{j-1} V_{j-1} may still run
     mbarrier.arrive(k_free.index(s), count=1)
-    if GROUPS == 2 and HEAD_DIM == 64:
-        # where the exponentials take as long as the products (_stale_softmax_tile). With three groups (160
-        # registers) and at head dim 128 keeping S for the rare second pass spills
-        p_new, m_i, l_i, alpha, rescale = _stale_softmax_tile(scores, m_i, l_i, rows, start_n, qk_scale, MASKED)
-        acc = warpgroup_mma_wait(0, deps=(acc, ))
-        mbarrier.arrive(v_free.index(prev), count=1)
-        if rescale:
-            acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, acc.type.layout))[:, None]
-    else:
-        p_new, m_i, l_i, alpha = _softmax_tile(scores, m_i, l_i, rows, start_n, qk_scale, MASKED)
-        acc = warpgroup_mma_wait(0, deps=(acc, ))
-        mbarrier.arrive(v_free.index(prev), count=1)
-        acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, acc.type.layout))[:, None]
+    p_new, m_i, l_i, alpha = _softmax_tile(scores, m_i, l_i, rows, start_n, qk_scale, MASKED)
+    acc = warpgroup_mma_wait(0, deps=(acc, ))
+    mbarrier.arrive(v_free.index(prev), count=1)
+    acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, acc.type.layout))[:, None]
     return gl.convert_layout(_packed(p_new, p.dtype, GROUPS == 3), p.type.layout), acc, m_i, l_i
 
 
