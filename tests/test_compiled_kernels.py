@@ -107,6 +107,9 @@ def test_hopper_kernels_do_not_spill(request, hopper):
     assert hopper["forward"]["stack"] == 0, hopper
     assert hopper.get("forward3", {"stack": 0})["stack"] <= 16, hopper
     assert hopper["backward"]["stack"] <= (0 if request.node.callspec.id == "D64" else 16), hopper
+    # and whatever ptxas spills, none of it is stored or reloaded inside a softmax loop, where every step would pay
+    for kernel in hopper.values():
+        assert kernel["loop_spills"] == 0, hopper
 
 
 def test_hopper_wgmmas_are_not_serialized(hopper):
@@ -138,6 +141,16 @@ def test_inner_loop_is_the_softmax_loops_step():
     _needs_nvidia_backend()
     assert call_without_interpreter("compile_sm90", "inner_loop", SASS) == 10
     assert call_without_interpreter("compile_sm90", "inner_loop", SASS.replace("MUFU.EX2", "FMUL")) == 0
+
+
+def test_loop_spills_counts_only_the_softmax_loops():
+    # tools/compile_sm90.py's "spills in the loops": a reload inside the softmax loop counts, a store in the loop
+    # around it (once per item) does not
+    _needs_nvidia_backend()
+    spilled = SASS.replace("MOV R1, c[0x0][0x28]", "STL [R1], R0").replace("FADD R4, R4, R3", "LDL R4, [R1]", 1)
+    assert call_without_interpreter("compile_sm90", "loop_spills", spilled) == 1
+    assert call_without_interpreter("compile_sm90", "inner_loop", spilled) == 10
+    assert call_without_interpreter("compile_sm90", "loop_spills", SASS) == 0
 
 
 def test_hopper_kernels_have_a_softmax_loop(hopper):

@@ -5,12 +5,12 @@ and wgmma waits in the PTX. A developer's tool for checking a layout change befo
 
     python tools/compile_sm90.py [--head-dim 64] [--dump DIR]
 
-Uses the shipped tile configurations for bf16 at T=4096 (the forward's and the backward's), with and without
-dropout, then the Hopper forward and backward (flash_hopper.py): their warps, wgmma count, the registers and
-local memory (spills) that ptxas gave them, whether ptxas serialized their wgmmas (a wait after each one in the
-SASS), the SASS's size and the length of one step of its softmax loop, read from the cubin with the cuobjdump that
-Triton bundles. Needs triton's NVIDIA backend, which bundles ptxas; no GPU and no CUDA driver. counts() returns the
-numbers; main prints them.
+Uses the shipped tile configurations for bf16 at T=4096 (the forward's and the backward's), with and without dropout,
+then the Hopper forward and backward (flash_hopper.py): their warps, wgmma count, the registers and local memory
+(spills) that ptxas gave them, whether ptxas serialized their wgmmas (a wait after each one in the SASS), the SASS's
+size, the length of one step of its softmax loop and the spilled registers stored or reloaded inside its loops, read
+from the cubin with the cuobjdump that Triton bundles. Needs triton's NVIDIA backend, which bundles ptxas; no GPU and no
+CUDA driver. counts() returns the numbers; main prints them.
 
     python tools/compile_sm90.py --fa4 [--head-dim 128]
 
@@ -152,22 +152,36 @@ def sass_size(sass: str) -> int:
     return len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/", sass, re.M))
 
 
-def inner_loop(sass: str) -> int:
-    """Instructions in one step of a kernel's softmax loop: the shortest body of a backward branch (from its target
-    to the branch) that holds both an HGMMA and an exponential. Only branches ahead of the last EXIT count: after it
-    sit the waits' out-of-line retry paths, which branch back into the loops. A kernel with a loop per warpgroup or
-    per masked and unmasked step gives its shortest."""
+def _softmax_loops(sass: str) -> list:
+    """The bodies of a kernel's softmax loops, each a list of its SASS instructions' opcodes: the code from a backward
+    branch's target to the branch, where it holds both an HGMMA and an exponential. Only branches ahead of the last
+    EXIT count: after it sit the waits' out-of-line retry paths, which branch back into the loops. A loop around
+    another (a persistent program's loop over items) is left out: its body holds the other's."""
     code = [(int(a, 16), op, rest) for a, op, rest in
             re.findall(r"^\s+/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);", sass, re.M)]
     end = max((a for a, op, _ in code if op == "EXIT"), default=0)
-    steps = []
+    spans = []
     for addr, op, rest in code:
         target = re.match(r"\s*(0x[0-9a-f]+)", rest) if op == "BRA" and addr < end else None
         if target and int(target.group(1), 16) < addr:
-            body = [o for a, o, _ in code if int(target.group(1), 16) <= a <= addr]
+            start = int(target.group(1), 16)
+            body = [o for a, o, _ in code if start <= a <= addr]
             if any(o.startswith("HGMMA") for o in body) and "MUFU.EX2" in body:
-                steps.append(len(body))
-    return min(steps, default=0)
+                spans.append((start, addr, body))
+    return [body for start, stop, body in spans
+            if not any((start, stop) != (a, b) and start <= a and b <= stop for a, b, _ in spans)]
+
+
+def inner_loop(sass: str) -> int:
+    """Instructions in one step of a kernel's softmax loop (_softmax_loops). A kernel with a loop per warpgroup or
+    per masked and unmasked step gives its shortest."""
+    return min((len(body) for body in _softmax_loops(sass)), default=0)
+
+
+def loop_spills(sass: str) -> int:
+    """Local-memory loads and stores (spilled registers) inside a kernel's softmax loops, which pay them every step;
+    the spills ptxas places around the loops (once per item or per program) are left out."""
+    return sum(op.startswith(("LDL", "STL")) for body in _softmax_loops(sass) for op in body)
 
 
 FA4_TARGET = {"FLASH_ATTENTION_ARCH": "sm_90", "CUTE_DSL_ARCH": "sm_90a", "FLASH_ATTENTION_NUM_SMS": "132"}
@@ -199,12 +213,13 @@ def sass_row(cubin: bytes) -> dict:
     usage, sass = resource_usage(cubin), _cuobjdump(cubin, "--dump-sass")
     hgmma, waits = sass_waits(sass)
     return dict(registers=usage["REG"], stack=usage["STACK"], hgmma=hgmma, waits=waits, sass=sass_size(sass),
-                loop=inner_loop(sass))
+                loop=inner_loop(sass), loop_spills=loop_spills(sass))
 
 
 TRITON_COUNTS = ("convert_layout", "st.shared", "ld.shared", "mul.hi", "wgmma.wait_group", "shared")
-HOPPER_COUNTS = ("warps", "wgmma", "setmaxnreg", "registers", "stack", "shared", "hgmma", "waits", "sass", "loop")
-FA4_COUNTS = ("registers", "stack", "hgmma", "waits", "sass", "loop")
+HOPPER_COUNTS = ("warps", "wgmma", "setmaxnreg", "registers", "stack", "shared", "hgmma", "waits", "sass", "loop",
+                 "loop_spills")
+FA4_COUNTS = ("registers", "stack", "hgmma", "waits", "sass", "loop", "loop_spills")
 T_TILES = 4096  # the Triton kernels are compiled with the tiles the shipped table gives this length
 
 
@@ -214,7 +229,8 @@ def counts(head_dim: int = 64, dump: Optional[str] = None) -> dict:
     st.shared, ld.shared, mul.hi and wgmma.wait_group in the PTX, shared memory in bytes. A Hopper row is
     {"kernel": "forward" | "backward" | "forward3" (head dim 64's three-group forward)} and HOPPER_COUNTS: warps,
     wgmma.mma_async and setmaxnreg in the PTX, registers and stack bytes per thread, shared bytes, HGMMA, wgmma
-    waits and instructions in the SASS, and the instructions of one step of its softmax loop (inner_loop). With
+    waits and instructions in the SASS, the instructions of one step of its softmax loop (inner_loop) and the
+    local-memory loads and stores in its softmax loops (loop_spills). With
     dump, each kernel's TTGIR and PTX (and the Hopper kernels' SASS) are also written to that folder."""
     D = head_dim
     rows = {"triton": [], "hopper": []}
@@ -279,15 +295,16 @@ def main():
         print(f"| {row['kernel']} | {row['dropout']} | " + " | ".join(str(row[c]) for c in TRITON_COUNTS) + " |")
     print(f"\nHopper kernels (flash_hopper.py), head dim {args.head_dim}:")
     print("| kernel | warps | wgmma.mma_async | setmaxnreg | registers | stack bytes | shared bytes | SASS HGMMA | "
-          "SASS wgmma waits | SASS instructions | loop step |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "SASS wgmma waits | SASS instructions | loop step | spills in the loops |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows["hopper"]:
         print(f"| hopper {row['kernel']} | " + " | ".join(str(row[c]) for c in HOPPER_COUNTS) + " |")
     if fa4:
         print(f"\nFlashAttention-4 (flash-attn-4 {importlib.metadata.version('flash-attn-4')}), head dim "
               f"{args.head_dim}, T={T_TILES}:")
-        print("| kernel | registers | stack bytes | SASS HGMMA | SASS wgmma waits | SASS instructions | loop step |")
-        print("|---|---|---|---|---|---|---|")
+        print("| kernel | registers | stack bytes | SASS HGMMA | SASS wgmma waits | SASS instructions | loop step | "
+              "spills in the loops |")
+        print("|---|---|---|---|---|---|---|---|")
         for name, row in fa4.items():
             print(f"| {name} | " + " | ".join(str(row[c]) for c in FA4_COUNTS) + " |")
 
