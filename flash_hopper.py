@@ -17,9 +17,9 @@ groups take turns, as in FlashAttention-4's forward (_fwd_groups).
 
 Backward. One program holds 128 keys, 64 per warpgroup with their dK and dV in registers, and sweeps the query
 blocks that see them with five products per tile; dQ is added into an fp32 buffer by TMA reductions (docs/design.md,
-"Hopper backward: five products, dQ by TMA reduction"). The two groups make dQ's pieces and one more warp sends the
-reductions (docs/design.md, "Hopper backward, head dim 128: a reduce warp"); at head dim 64 a step takes 128
-queries (_bwd_rows).
+"Hopper backward: five products, dQ by TMA reduction"). At head dim 64 a third warpgroup makes dQ, off the other
+two's critical path (docs/design.md, "Hopper backward, head dim 64: a dQ warpgroup"); at 128 the two groups make its
+halves and one more warp sends the reductions (docs/design.md, "Hopper backward, head dim 128: a reduce warp").
 
 Only flash_kernel.py calls this: its launchers call _attn_fwd and _attn_bwd for the calls that supported() says
 these kernels can run and that flash_kernel.TUNED says they are worth it for. Everything else runs the Triton
@@ -421,17 +421,15 @@ def _attn_fwd_hopper_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, BH, H,
 # wgmma shape.
 
 TILE = gl.constexpr(64)
-# The backward's partitions after MMA group 0 (the kernel's own 4 warps): MMA group 1, the loader and the reduce
-# warp, which share the third warpgroup; 12 warps, 240 registers for each MMA group
-BWD_WORKER_WARPS = gl.constexpr((4, 1, 1))
-BWD_WORKER_REGS = gl.constexpr((240, 24, 24))
-
-
-def _bwd_rows(D: int) -> int:
-    """Queries per backward step: 128 at head dim 64, where the MMA groups' registers hold S^T and dP^T that wide
-    (every product twice as wide as at 64 queries, each step's synchronisation serving twice the work, as
-    FlashAttention-4's head-dim-64 backward runs); 64 at head dim 128, where dK and dV take those registers."""
-    return 128 if D == 64 else 64
+# The backward's partitions after MMA group 0 (the kernel's own 4 warps), their warps and registers per thread.
+# Head dim 64, 16 warps: MMA group 1, the dQ group and the loader; 200 registers for each MMA group and 88 for the
+# dQ group do not spill (168 for every group spilled)
+BWD_WORKER_WARPS_D64 = gl.constexpr((4, 4, 1))
+BWD_WORKER_REGS_D64 = gl.constexpr((200, 88, 24))
+# Head dim 128, 12 warps: MMA group 1, the loader and the reduce warp, which share the third warpgroup; 240
+# registers for each MMA group
+BWD_WORKER_WARPS_D128 = gl.constexpr((4, 1, 1))
+BWD_WORKER_REGS_D128 = gl.constexpr((240, 24, 24))
 
 
 @gluon.jit
@@ -443,8 +441,7 @@ def _bwd_load_partition(q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem,
     # delta through shared memory": 1.04-1.10x the backward).
     NCOL: gl.constexpr = k_smem.shape[0] // 2
     STAGES: gl.constexpr = q_smem.shape[0] // NCOL
-    QROWS: gl.constexpr = q_smem.shape[3]
-    vec: gl.constexpr = gl.BlockedLayout([QROWS // 32], [32], [1], [0])
+    vec: gl.constexpr = gl.BlockedLayout([TILE // 32], [32], [1], [0])
     mbarrier.expect(kv_bar, 4 * NCOL * k_desc.block_type.nbytes)
     for g in gl.static_range(2):
         for c in gl.static_range(NCOL):
@@ -454,7 +451,7 @@ def _bwd_load_partition(q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem,
                                             v_smem.index(g * NCOL + c))
     for i in range(n_steps):
         s = i % STAGES
-        rows = start_m + i * QROWS + gl.arange(0, QROWS, layout=vec)
+        rows = start_m + i * TILE + gl.arange(0, TILE, layout=vec)
         lse = gl.load(LSE + bh.to(gl.int64) * T + rows, mask=rows < T, other=float("inf"))
         delta = gl.load(DELTA + bh.to(gl.int64) * T + rows, mask=rows < T, other=0.0)
         mbarrier.wait(q_free.index(s), ((i // STAGES) & 1) ^ 1)
@@ -463,9 +460,9 @@ def _bwd_load_partition(q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem,
         # the arrive in expect() publishes these stores with the TMA copies
         mbarrier.expect(q_ready.index(s), 2 * NCOL * q_desc.block_type.nbytes)
         for c in gl.static_range(NCOL):
-            tma.async_copy_global_to_shared(q_desc, [b, h, start_m + i * QROWS, c * TILE], q_ready.index(s),
+            tma.async_copy_global_to_shared(q_desc, [b, h, start_m + i * TILE, c * TILE], q_ready.index(s),
                                             q_smem.index(s * NCOL + c))
-            tma.async_copy_global_to_shared(do_desc, [b, h, start_m + i * QROWS, c * TILE], q_ready.index(s),
+            tma.async_copy_global_to_shared(do_desc, [b, h, start_m + i * TILE, c * TILE], q_ready.index(s),
                                             do_smem.index(s * NCOL + c))
 
 
@@ -483,94 +480,11 @@ def _dq_rows(dq):
 
 @gluon.jit
 def _rows(smem, n: gl.constexpr, HEAD_DIM: gl.constexpr):
-    # A ring of [R, 64] column halves seen as n tiles of [R, HEAD_DIM]. A stage's (or a key group's) halves sit
-    # side by side, which is the memory order of one [R, HEAD_DIM] tile of the same 128-byte swizzle (its column
+    # A ring of 64 x 64 column halves seen as n tiles of [64, HEAD_DIM]. A stage's (or a key group's) halves sit
+    # side by side, which is the memory order of one [64, HEAD_DIM] tile of the same 128-byte swizzle (its column
     # bit 64 is the highest offset bit), so one wgmma chain can run across the whole head dim.
     layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
-    return smem._reinterpret(smem.dtype, [n, smem.shape[3], HEAD_DIM], layout)
-
-
-@gluon.jit
-def _bwd_step(i, masked, q_rows, do_rows, k, v, k_smem, ds_smem, dq_smem, dq_bar, q_ready, q_free, ds_ready, ds_free,
-              lse_smem, delta_smem, dk, dv, keys, start_m, qk_scale, GROUP: gl.constexpr):
-    # One query block (QROWS queries) against this group's 64 keys: the five products, dK and dV accumulated in
-    # registers, this group's piece of dQ handed to the reduce warp. `masked`: the block overlaps the program's
-    # keys and needs the causal mask.
-    NCOL: gl.constexpr = k_smem.shape[0] // 2
-    STAGES: gl.constexpr = q_rows.shape[0]
-    QROWS: gl.constexpr = q_rows.shape[1]
-    HEAD_DIM: gl.constexpr = NCOL * TILE
-    # S^T and dP^T are [64 keys, QROWS queries], one wgmma wide; dQ's pieces are 64 x 64; dV and dK are
-    # [64 keys, HEAD_DIM], each one wgmma chain across the head dim (at 128, 64 x 128 instructions: half as many
-    # as two 64-column halves take)
-    mma_s: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                    instr_shape=[16, QROWS, 16])
-    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16])
-    wide: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                   instr_shape=[16, HEAD_DIM, 16])
-    op_a: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=wide, k_width=2)
-    dtype: gl.constexpr = q_rows.dtype
-    zero_s = gl.zeros([TILE, QROWS], gl.float32, layout=mma_s)
-    zero = gl.zeros([TILE, TILE], gl.float32, layout=mma)
-
-    s = i % STAGES
-    buf = i % 2
-    mbarrier.wait(q_ready.index(s), (i // STAGES) & 1)
-    q = q_rows.index(s)
-    do = do_rows.index(s)
-    # S^T and dP^T, keys on rows: [64 keys, QROWS queries]
-    st = warpgroup_mma(k, q.permute((1, 0)), zero_s, use_acc=False, is_async=True)
-    dpt = warpgroup_mma(v, do.permute((1, 0)), zero_s, use_acc=False, is_async=True)
-    rows = start_m + i * QROWS + gl.arange(0, QROWS, layout=gl.SliceLayout(0, mma_s))  # the queries, on columns
-    if QROWS == 64 and HEAD_DIM == 64:  # LSE and delta before the wait: off the step's path, registers suffice
-        lse = lse_smem.index(s).load(gl.SliceLayout(0, mma_s))
-        delta = delta_smem.index(s).load(gl.SliceLayout(0, mma_s))
-    st, dpt = warpgroup_mma_wait(0, deps=(st, dpt))
-    if QROWS > 64 or HEAD_DIM == 128:  # each as late as it can be: live across the products, they spill
-        lse = lse_smem.index(s).load(gl.SliceLayout(0, mma_s))
-    pt = gl.exp2(st * qk_scale - lse[None, :])
-    if masked:
-        pt = _causal(pt, rows[None, :], keys[:, None], 0.0)
-    if QROWS > 64 or HEAD_DIM == 128:
-        delta = delta_smem.index(s).load(gl.SliceLayout(0, mma_s))
-    # dS without the softmax scale (S = scale * Q K^T, so dS = scale * dP'): dK takes it once at the end and
-    # dQ in _attn_bwd's conversion, one multiply each instead of one per score
-    dst = (pt * (dpt - delta[None, :])).to(dtype)
-    # dV += P^T dO and dK += dS^T Q
-    dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), op_a), do, dv, is_async=True)
-    dk = warpgroup_mma(gl.convert_layout(dst, op_a), q, dk, is_async=True)
-    # dQ = dS K needs both groups' dS: swap them through shared memory, then each group makes a 64 x 64 piece
-    # of dQ from all 128 keys: column half GROUP at head dim 128, query half GROUP at 64 (128 queries a step)
-    mbarrier.wait(ds_free.index(buf), ((i // 2) & 1) ^ 1)
-    ds_smem.index(buf * 2 + GROUP).store(dst)
-    fence_async_shared()
-    mbarrier.arrive(ds_ready.index(buf), count=1)
-    # P^T and dS^T leave the registers once dV and dK have them; Q and dO go back to the loader
-    dv, dk = warpgroup_mma_wait(0, deps=(dv, dk))
-    mbarrier.arrive(q_free.index(s), count=1)
-    mbarrier.wait(ds_ready.index(buf), (i // 2) & 1)
-    if NCOL == 2:
-        ds0 = ds_smem.index(buf * 2).permute((1, 0))
-        ds1 = ds_smem.index(buf * 2 + 1).permute((1, 0))
-        kq0 = k_smem.index(GROUP).reshape([TILE, TILE])
-        kq1 = k_smem.index(NCOL + GROUP).reshape([TILE, TILE])
-    else:
-        ds0 = ds_smem.index(buf * 2).slice(GROUP * TILE, TILE, dim=1).permute((1, 0))
-        ds1 = ds_smem.index(buf * 2 + 1).slice(GROUP * TILE, TILE, dim=1).permute((1, 0))
-        kq0 = k_smem.index(0).reshape([TILE, TILE])
-        kq1 = k_smem.index(1).reshape([TILE, TILE])
-    dq = warpgroup_mma(ds0, kq0, zero, use_acc=False, is_async=True)
-    dq = warpgroup_mma(ds1, kq1, dq, is_async=True)
-    dq = warpgroup_mma_wait(0, deps=(dq, ))
-    # hand the tile to _bwd_reduce_partition through one of this group's two staging buffers, once its
-    # reduction from two steps ago has read it (dq_bar: 4 "ready" then 4 "free" barriers)
-    idx = GROUP * 2 + buf
-    mbarrier.wait(dq_bar.index(4 + idx), ((i // 2) & 1) ^ 1)
-    dq_smem.index(idx).reshape([TILE, TILE]).store(_dq_rows(dq))
-    fence_async_shared()
-    mbarrier.arrive(dq_bar.index(idx), count=1)
-    mbarrier.arrive(ds_free.index(buf), count=1)
-    return dk, dv
+    return smem._reinterpret(smem.dtype, [n, TILE, HEAD_DIM], layout)
 
 
 @gluon.jit
@@ -579,15 +493,19 @@ def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar
                        qk_scale, sm_scale, GROUP: gl.constexpr):
     NCOL: gl.constexpr = k_smem.shape[0] // 2
     STAGES: gl.constexpr = q_smem.shape[0] // NCOL
-    QROWS: gl.constexpr = q_smem.shape[3]
     HEAD_DIM: gl.constexpr = NCOL * TILE
-    mma_s: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                    instr_shape=[16, QROWS, 16])
+    DQ_GROUP: gl.constexpr = NCOL == 1  # head dim 64: dQ is _bwd_dq_partition's job
+    # S^T, dP^T and dQ's column halves are 64 x 64; dV and dK are [64 keys, HEAD_DIM], each one wgmma chain
+    # across the head dim (at 128, 64 x 128 instructions: half as many as two 64-column halves take)
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16])
     wide: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                    instr_shape=[16, HEAD_DIM, 16])
+    op_a: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=wide, k_width=2)
     dtype: gl.constexpr = q_smem.dtype
 
-    keys = start_n + GROUP * TILE + gl.arange(0, TILE, layout=gl.SliceLayout(1, mma_s))
+    keys = start_n + GROUP * TILE + gl.arange(0, TILE, layout=gl.SliceLayout(1, mma))
+    cols = gl.arange(0, TILE, layout=gl.SliceLayout(0, mma))
+    zero = gl.zeros([TILE, TILE], gl.float32, layout=mma)
     dk = gl.zeros([TILE, HEAD_DIM], gl.float32, layout=wide)
     dv = gl.zeros([TILE, HEAD_DIM], gl.float32, layout=wide)
     q_rows = _rows(q_smem, STAGES, HEAD_DIM)
@@ -595,51 +513,112 @@ def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar
     mbarrier.wait(kv_bar, 0)
     k = _rows(k_smem, 2, HEAD_DIM).index(GROUP)
     v = _rows(v_smem, 2, HEAD_DIM).index(GROUP)
-    step_args = (q_rows, do_rows, k, v, k_smem, ds_smem, dq_smem, dq_bar, q_ready, q_free, ds_ready, ds_free,
-                 lse_smem, delta_smem)
-    if QROWS == TILE:  # the first two query blocks overlap this program's 128 keys
-        for i in range(n_steps):
-            dk, dv = _bwd_step(i, i < 2, *step_args, dk, dv, keys, start_m, qk_scale, GROUP)
-    else:
-        # 128 queries a step: the first block is the one that overlaps the keys, run masked outside the loop.
-        # Under a branch inside it, ptxas predicated the mask's 124 instructions into every step of one group.
-        dk, dv = _bwd_step(0, True, *step_args, dk, dv, keys, start_m, qk_scale, GROUP)
-        for j in range(n_steps - 1):  # counted from 0: from 1, ptxas with triton 3.8 spilled two registers in it
-            dk, dv = _bwd_step(j + 1, False, *step_args, dk, dv, keys, start_m, qk_scale, GROUP)
+
+    for i in range(n_steps):
+        s = i % STAGES
+        buf = i % 2
+        mbarrier.wait(q_ready.index(s), (i // STAGES) & 1)
+        q = q_rows.index(s)
+        do = do_rows.index(s)
+        # S^T and dP^T, keys on rows: [64 keys, 64 queries]
+        st = warpgroup_mma(k, q.permute((1, 0)), zero, use_acc=False, is_async=True)
+        dpt = warpgroup_mma(v, do.permute((1, 0)), zero, use_acc=False, is_async=True)
+        rows = start_m + i * TILE + cols  # the queries, on columns
+        if HEAD_DIM == 64:  # LSE and delta before the wait: off the step's path, and registers suffice at 64
+            lse = lse_smem.index(s).load(gl.SliceLayout(0, mma))
+            delta = delta_smem.index(s).load(gl.SliceLayout(0, mma))
+        st, dpt = warpgroup_mma_wait(0, deps=(st, dpt))
+        if HEAD_DIM == 128:  # each as late as it can be: live across the products, they spill at 128
+            lse = lse_smem.index(s).load(gl.SliceLayout(0, mma))
+        pt = gl.exp2(st * qk_scale - lse[None, :])
+        if i < 2:  # the two query blocks that overlap this program's 128 keys
+            pt = _causal(pt, rows[None, :], keys[:, None], 0.0)
+        if HEAD_DIM == 128:
+            delta = delta_smem.index(s).load(gl.SliceLayout(0, mma))
+        # dS without the softmax scale (S = scale * Q K^T, so dS = scale * dP'): dK takes it once at the end and
+        # dQ in _attn_bwd's conversion, one multiply each instead of one per score
+        dst = (pt * (dpt - delta[None, :])).to(dtype)
+        # dV += P^T dO and dK += dS^T Q
+        dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), op_a), do, dv, is_async=True)
+        dk = warpgroup_mma(gl.convert_layout(dst, op_a), q, dk, is_async=True)
+        # dQ = dS K needs both groups' dS: swap halves through shared memory, then group g makes dQ's column
+        # half g from all 128 keys (at head dim 64 group 0 makes all of dQ)
+        mbarrier.wait(ds_free.index(buf), ((i // 2) & 1) ^ 1)
+        ds_smem.index(buf * 2 + GROUP).store(dst)
+        fence_async_shared()
+        mbarrier.arrive(ds_ready.index(buf), count=1)
+        # P^T and dS^T leave the registers once dV and dK have them; Q and dO go back to the loader
+        dv, dk = warpgroup_mma_wait(0, deps=(dv, dk))
+        mbarrier.arrive(q_free.index(s), count=1)
+        if GROUP < NCOL and not DQ_GROUP:
+            mbarrier.wait(ds_ready.index(buf), (i // 2) & 1)
+            dq = warpgroup_mma(ds_smem.index(buf * 2).permute((1, 0)), k_smem.index(GROUP).reshape([TILE, TILE]),
+                               zero, use_acc=False, is_async=True)
+            dq = warpgroup_mma(ds_smem.index(buf * 2 + 1).permute((1, 0)),
+                               k_smem.index(NCOL + GROUP).reshape([TILE, TILE]), dq, is_async=True)
+            dq = warpgroup_mma_wait(0, deps=(dq, ))
+            # hand the tile to _bwd_reduce_partition through one of this group's two staging buffers, once its
+            # reduction from two steps ago has read it (dq_bar: 4 "ready" then 4 "free" barriers)
+            idx = GROUP * 2 + buf
+            mbarrier.wait(dq_bar.index(4 + idx), ((i // 2) & 1) ^ 1)
+            dq_smem.index(idx).reshape([TILE, TILE]).store(_dq_rows(dq))
+            fence_async_shared()
+            mbarrier.arrive(dq_bar.index(idx), count=1)
+        if not DQ_GROUP:
+            mbarrier.arrive(ds_free.index(buf), count=1)
 
     # dK and dV leave as the forward's O does, through shared memory with TMA stores: into the Q and dO ring, once
-    # both groups' products have read all of it (each group releases a stage on q_free after its dV and dK). A
-    # stage's first 64 rows hold one [64, HEAD_DIM] tile.
+    # both groups' products have read all of it (each group releases a stage on q_free after its dV and dK)
     for s in gl.static_range(STAGES):
         if s < n_steps:
             last = n_steps - 1 - (n_steps - 1 - s) % STAGES  # the last step that used stage s
             mbarrier.wait(q_free.index(s), (last // STAGES) & 1)
-    q_rows.index(GROUP).slice(0, TILE).store((dk * sm_scale).to(dtype))
-    do_rows.index(GROUP).slice(0, TILE).store(dv.to(dtype))
+    q_rows.index(GROUP).store((dk * sm_scale).to(dtype))
+    do_rows.index(GROUP).store(dv.to(dtype))
     fence_async_shared()
     first_key = start_n + GROUP * TILE
     for c in gl.static_range(NCOL):
-        tma.async_copy_shared_to_global(dk_desc, [b, h, first_key, c * TILE],
-                                        q_smem.index(GROUP * NCOL + c).slice(0, TILE, dim=2))
-        tma.async_copy_shared_to_global(dv_desc, [b, h, first_key, c * TILE],
-                                        do_smem.index(GROUP * NCOL + c).slice(0, TILE, dim=2))
+        tma.async_copy_shared_to_global(dk_desc, [b, h, first_key, c * TILE], q_smem.index(GROUP * NCOL + c))
+        tma.async_copy_shared_to_global(dv_desc, [b, h, first_key, c * TILE], do_smem.index(GROUP * NCOL + c))
     tma.store_wait(0)  # the copies read shared memory, which must outlive them
 
 
 @gluon.jit
-def _bwd_reduce_partition(dq_smem, dq_bar, dq_desc, b, h, start_m, n_steps, QROWS: gl.constexpr):
-    # One warp sends both groups' dQ pieces into the fp32 buffer with TMA reductions and frees their staging buffers
-    # once the reductions have read them, so the groups never wait on a reduction (docs/design.md, "Hopper
-    # backward, head dim 128: a reduce warp"). Group g's piece is dQ's column half g at head dim 128 (64 queries a
-    # step), its query half g at 64 (128 queries a step).
+def _bwd_dq_partition(k_smem, ds_smem, dq_smem, kv_bar, ds_ready, ds_free, dq_desc, b, h, start_m, n_steps):
+    # Head dim 64: a warpgroup of its own makes dQ = dS K from both groups' dS^T and sends it out, so storing the fp32
+    # tile and the TMA reduction leave the other two groups' critical path (docs/design.md, "Hopper backward: five
+    # products, dQ by TMA reduction"). At head dim 128 the two groups need all the registers, and each makes half of dQ
+    # itself.
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16])
+    zero = gl.zeros([TILE, TILE], gl.float32, layout=mma)
+    mbarrier.wait(kv_bar, 0)
+    for i in range(n_steps):
+        buf = i % 2
+        mbarrier.wait(ds_ready.index(buf), (i // 2) & 1)
+        dq = warpgroup_mma(ds_smem.index(buf * 2).permute((1, 0)), k_smem.index(0).reshape([TILE, TILE]), zero,
+                           use_acc=False, is_async=True)
+        dq = warpgroup_mma(ds_smem.index(buf * 2 + 1).permute((1, 0)), k_smem.index(1).reshape([TILE, TILE]), dq,
+                           is_async=True)
+        dq = warpgroup_mma_wait(0, deps=(dq, ))
+        mbarrier.arrive(ds_free.index(buf), count=1)
+        tma.store_wait(1)  # two staging buffers: the reduction sent two steps ago has read this one
+        dq_buf = dq_smem.index(buf)
+        dq_buf.reshape([TILE, TILE]).store(_dq_rows(dq))
+        fence_async_shared()
+        _tma_add(dq_desc, [b, h, start_m + i * TILE, 0], dq_buf)
+    tma.store_wait(0)
+
+
+@gluon.jit
+def _bwd_reduce_partition(dq_smem, dq_bar, dq_desc, b, h, start_m, n_steps):
+    # Head dim 128: one warp sends both groups' dQ halves into the fp32 buffer with TMA reductions and frees their
+    # staging buffers once the reductions have read them, so the groups never wait on a reduction (docs/design.md,
+    # "Hopper backward, head dim 128: a reduce warp")
     for i in range(n_steps):
         for g in gl.static_range(2):
             idx = g * 2 + i % 2
             mbarrier.wait(dq_bar.index(idx), (i // 2) & 1)
-            if QROWS == TILE:
-                _tma_add(dq_desc, [b, h, start_m + i * QROWS, g * TILE], dq_smem.index(idx))
-            else:
-                _tma_add(dq_desc, [b, h, start_m + i * QROWS + g * TILE, 0], dq_smem.index(idx))
+            _tma_add(dq_desc, [b, h, start_m + i * TILE, g * TILE], dq_smem.index(idx))
         tma.store_wait(2)  # the previous step's two reductions are done: their buffers can be refilled
         if i > 0:
             for g in gl.static_range(2):
@@ -666,21 +645,21 @@ def _attn_bwd_hopper_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, d
     h = bh % H
     start_n = gl.program_id(0) * 2 * TILE
     start_m = start_n  # the first query block that sees any of these keys
-    QROWS: gl.constexpr = q_desc.block_type.shape[2]  # queries per step (_bwd_rows)
-    n_steps = gl.cdiv(T - start_m, QROWS)
+    n_steps = gl.cdiv(T - start_m, TILE)
     NCOL: gl.constexpr = HEAD_DIM // TILE
 
     dtype: gl.constexpr = q_desc.dtype
-    k_smem = gl.allocate_shared_memory(dtype, [2 * NCOL] + k_desc.block_type.shape, k_desc.layout)
-    v_smem = gl.allocate_shared_memory(dtype, [2 * NCOL] + k_desc.block_type.shape, k_desc.layout)
-    q_smem = gl.allocate_shared_memory(dtype, [STAGES * NCOL] + q_desc.block_type.shape, q_desc.layout)
-    do_smem = gl.allocate_shared_memory(dtype, [STAGES * NCOL] + q_desc.block_type.shape, q_desc.layout)
+    layout: gl.constexpr = q_desc.layout
+    k_smem = gl.allocate_shared_memory(dtype, [2 * NCOL] + q_desc.block_type.shape, layout)
+    v_smem = gl.allocate_shared_memory(dtype, [2 * NCOL] + q_desc.block_type.shape, layout)
+    q_smem = gl.allocate_shared_memory(dtype, [STAGES * NCOL] + q_desc.block_type.shape, layout)
+    do_smem = gl.allocate_shared_memory(dtype, [STAGES * NCOL] + q_desc.block_type.shape, layout)
     vec_layout: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[0])
-    lse_smem = gl.allocate_shared_memory(gl.float32, [STAGES, QROWS], vec_layout)
-    delta_smem = gl.allocate_shared_memory(gl.float32, [STAGES, QROWS], vec_layout)
+    lse_smem = gl.allocate_shared_memory(gl.float32, [STAGES, TILE], vec_layout)
+    delta_smem = gl.allocate_shared_memory(gl.float32, [STAGES, TILE], vec_layout)
     ds_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
-    ds_smem = gl.allocate_shared_memory(dtype, [4, TILE, QROWS], ds_layout)  # 2 buffers x 2 groups
-    dq_smem = gl.allocate_shared_memory(gl.float32, [4] + dq_desc.block_type.shape, dq_desc.layout)  # 2 x 2 too
+    ds_smem = gl.allocate_shared_memory(dtype, [4, TILE, TILE], ds_layout)  # 2 buffers x 2 groups
+    dq_smem = gl.allocate_shared_memory(gl.float32, [2 * NCOL] + dq_desc.block_type.shape, dq_desc.layout)
     dq_bar = gl.allocate_shared_memory(gl.int64, [8, 1], mbarrier.MBarrierLayout())
     kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     q_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -693,7 +672,7 @@ def _attn_bwd_hopper_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, d
         mbarrier.init(q_free.index(i), count=2)
     for i in gl.static_range(2):
         mbarrier.init(ds_ready.index(i), count=2)
-        mbarrier.init(ds_free.index(i), count=2)  # both groups read both groups' dS
+        mbarrier.init(ds_free.index(i), count=1 if NCOL == 1 else 2)  # whoever reads dS for dQ frees it
     for i in gl.static_range(8):
         mbarrier.init(dq_bar.index(i), count=1)
 
@@ -701,12 +680,21 @@ def _attn_bwd_hopper_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, d
                 dk_desc, dv_desc, lse_smem, delta_smem, b, h, start_n, start_m, n_steps, qk_scale, sm_scale)
     load_args = (q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, lse_smem, delta_smem, kv_bar,
                  q_ready, q_free, LSE, DELTA, b, h, bh, T, start_n, start_m, n_steps)
-    gl.warp_specialize([
-        (_bwd_mma_partition, mma_args + (0, )),
-        (_bwd_mma_partition_1, mma_args),
-        (_bwd_load_partition, load_args),
-        (_bwd_reduce_partition, (dq_smem, dq_bar, dq_desc, b, h, start_m, n_steps, QROWS)),
-    ], BWD_WORKER_WARPS, BWD_WORKER_REGS)
+    if NCOL == 1:
+        gl.warp_specialize([
+            (_bwd_mma_partition, mma_args + (0, )),
+            (_bwd_mma_partition_1, mma_args),
+            (_bwd_dq_partition, (k_smem, ds_smem, dq_smem, kv_bar, ds_ready, ds_free, dq_desc, b, h, start_m,
+                                 n_steps)),
+            (_bwd_load_partition, load_args),
+        ], BWD_WORKER_WARPS_D64, BWD_WORKER_REGS_D64)
+    else:
+        gl.warp_specialize([
+            (_bwd_mma_partition, mma_args + (0, )),
+            (_bwd_mma_partition_1, mma_args),
+            (_bwd_load_partition, load_args),
+            (_bwd_reduce_partition, (dq_smem, dq_bar, dq_desc, b, h, start_m, n_steps)),
+        ], BWD_WORKER_WARPS_D128, BWD_WORKER_REGS_D128)
 
 
 _GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}
@@ -734,12 +722,12 @@ def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, d
 
 def _maxnreg(warpgroups: int) -> int:
     """The kernel's register cap: the whole register file (64K) over its warps, 12 for two warpgroups that do the
-    math (and the load warp's group), 16 for three: the forward's three softmax groups. warp_specialize then hands
-    out each partition's share with setmaxnreg."""
+    math (and the load warp's group), 16 for three: the forward's three softmax groups, the backward's dQ group at
+    head dim 64. warp_specialize then hands out each partition's share with setmaxnreg."""
     return 128 if warpgroups == 3 else 168
 
 
-BWD_WARPGROUPS = {64: 2, 128: 2}  # the backward's, by head dim
+BWD_WARPGROUPS = {64: 3, 128: 2}  # the backward's, by head dim: at 64 with the dQ group (BWD_WORKER_WARPS_D64)
 
 
 # Head dim 64 from this length: three softmax groups on 192-row items, as FlashAttention-4's sm90 forward runs there,
@@ -851,9 +839,8 @@ def _attn_bwd(do, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, qk_scal
     # rows rounded up to 8: _dq_acc_row moves rows within groups of 8, so a last group cut short by T would lose some
     dq_acc = torch.zeros((B, H, triton.cdiv(T, 8) * 8, D), dtype=torch.float32, device=q.device)
     tile = TILE.value
-    rows = _bwd_rows(D)
     _attn_bwd_hopper_kernel[(triton.cdiv(T, 2 * tile), B * H)](
-        _descriptor(q, rows, tile), _descriptor(k, tile, tile), _descriptor(v, tile, tile), _descriptor(do, rows, tile),
+        _descriptor(q, tile, tile), _descriptor(k, tile, tile), _descriptor(v, tile, tile), _descriptor(do, tile, tile),
         _descriptor(dq_acc, tile, tile), _descriptor(dk, tile, tile), _descriptor(dv, tile, tile), lse, delta,
         H, T, qk_scale, softmax_scale, HEAD_DIM=D, STAGES=NUM_STAGES, num_warps=4,
         maxnreg=_maxnreg(BWD_WARPGROUPS[D]),

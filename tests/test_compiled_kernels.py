@@ -84,10 +84,10 @@ def hopper(request, compiled_64):
 
 def test_hopper_kernels_are_warp_specialized(request, hopper):
     # flash_hopper.py's partitions: two 4-warp groups that do the math and a 1-warp loader (warps are allotted in
-    # groups of 4, so 12), plus at head dim 64 the long forward's third softmax group (16), with registers moved
-    # between them by setmaxnreg
+    # groups of 4, so 12), plus at head dim 64 the backward's 4-warp dQ group and the long forward's third softmax
+    # group (16), with registers moved between them by setmaxnreg
     d64 = request.node.callspec.id == "D64"
-    assert hopper["forward"]["warps"] == 12 and hopper["backward"]["warps"] == 12, hopper
+    assert hopper["forward"]["warps"] == 12 and hopper["backward"]["warps"] == (16 if d64 else 12), hopper
     assert not d64 or hopper["forward3"]["warps"] == 16, hopper
     for kernel in hopper.values():
         assert kernel["setmaxnreg"] > 0, hopper
@@ -98,14 +98,15 @@ def test_hopper_kernels_do_not_spill(request, hopper):
     # Each softmax group holds S, P and O for 64 rows in registers. If ptxas spills them to local memory, the
     # loop reloads them every key tile (docs/design.md, "Hopper forward: ping-pong warpgroups": an early version
     # spilled 200 bytes per thread).
-    # The backward spills 16 bytes with triton 3.6's ptxas (at head dim 64, 8 with 3.8's; none at 128), none of them
-    # reloaded in the loops; before LSE and delta were loaded late it spilled 64-96 at 128 and reloaded them every
-    # step (docs/design.md, "Compiled side by side").
+    # The backward at head dim 64 gives its third warpgroup 88 registers so the other two get 200: 168 spilled 80
+    # bytes (docs/design.md, "Hopper backward, head dim 64: a dQ warpgroup"). At head dim 128 the backward spills 16
+    # bytes with triton 3.6's ptxas and none with 3.8's, none of them reloaded in the loop; before LSE and delta were
+    # loaded late it spilled 64-96 and reloaded them every step (docs/design.md, "Compiled side by side").
     # Three forward groups at 160 registers (head dim 64) spill 16 bytes of an item's setup, stored and reloaded
     # once per item, outside the loop
     assert hopper["forward"]["stack"] == 0, hopper
     assert hopper.get("forward3", {"stack": 0})["stack"] <= 16, hopper
-    assert hopper["backward"]["stack"] <= 16, hopper
+    assert hopper["backward"]["stack"] <= (0 if request.node.callspec.id == "D64" else 16), hopper
     # and whatever ptxas spills, none of it is stored or reloaded inside a softmax loop, where every step would pay
     for kernel in hopper.values():
         assert kernel["loop_spills"] == 0, hopper

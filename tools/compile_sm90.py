@@ -102,8 +102,8 @@ def compile_hopper(kind, D, dtype=torch.bfloat16, groups=2):
     else:
         kernel = fh._attn_bwd_hopper_kernel
         tile = fh.TILE.value
-        descs = {name: fh._descriptor(q, tile, tile) for name in ("k_desc", "v_desc", "dk_desc", "dv_desc")}
-        descs.update({name: fh._descriptor(q, fh._bwd_rows(D), tile) for name in ("q_desc", "do_desc")})
+        descs = {name: fh._descriptor(q, tile, tile) for name in ("q_desc", "k_desc", "v_desc", "do_desc", "dk_desc",
+                                                                  "dv_desc")}
         descs["dq_desc"] = fh._descriptor(torch.empty(B, H, T, D), tile, tile)
     pointers = {"COUNTER": "*i32", "LSE": "*fp32", "DELTA": "*fp32"}
 
