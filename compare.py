@@ -35,8 +35,8 @@ import torch
 
 from model import ATTN_IMPLS as IMPLS
 from train import TrainConfig, TrainingError, end_processes, setup_processes, train
-from utils import (HELP_FLAGS, CheckpointError, ConfigError, git_commit, parse_config, read_settings, settings_help,
-                   table_cell)
+from utils import (HELP_FLAGS, CheckpointError, ConfigError, first_line, git_commit, out_of_memory, parse_config,
+                   read_settings, settings_help, table_cell)
 
 
 @dataclass
@@ -50,17 +50,17 @@ def _run_one(cfg: TrainConfig, result_path: str) -> None:
     try:
         result = train(cfg)
         result['status'] = 'ok'
-    except torch.cuda.OutOfMemoryError as e:
-        result = {'status': 'OOM', 'error': str(e).splitlines()[0]}
     except (ConfigError, CheckpointError, FileNotFoundError, TrainingError) as e:
         # what train.py's main reports in one line: a mistake to fix or a fault to retry, not a bug to trace
         print(f"error: attn={cfg.attn}: {e}", file=sys.stderr, flush=True)
         result = {'status': 'failed', 'error': str(e)}
     except Exception as e:  # a failed run is reported in the table; the comparison goes on
-        traceback.print_exc()
-        # inside a compiled graph an allocation failure can surface as a plain RuntimeError
-        status = 'OOM' if 'out of memory' in str(e).lower() else 'failed'
-        result = {'status': status, 'error': f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+        if out_of_memory(e):  # a result, on the GPU or the CPU: the table says OOM
+            print(f"attn={cfg.attn}: out of memory ({first_line(e, 160)})", file=sys.stderr, flush=True)
+            result = {'status': 'OOM', 'error': first_line(e)}
+        else:
+            traceback.print_exc()
+            result = {'status': 'failed', 'error': f"{type(e).__name__}: {first_line(e)}"}
     with open(result_path, 'w') as f:
         json.dump(result, f)
 

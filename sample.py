@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 import torch
 
 import hf_gpt2
-from model import ATTN_IMPLS, GPT, MIN_TEMPERATURE, check_attn_device
-from utils import (REPO_DIR, CheckpointError, ConfigError, autocast_context, get_codec, load_checkpoint,
-                   meta_mismatch, model_from_checkpoint, parse_config, read_meta, resolve_dtype, tokenizer_of)
+from model import ATTN_IMPLS, MIN_TEMPERATURE, check_attn_device
+from utils import (REPO_DIR, CheckpointError, ConfigError, autocast_context, first_line, get_codec, load_checkpoint,
+                   meta_mismatch, model_from_checkpoint, out_of_memory, parse_config, read_meta, resolve_dtype,
+                   tokenizer_of)
 
 
 def _default_device() -> str:
@@ -108,7 +109,8 @@ def read_prompt(start: str) -> str:
         except UnicodeDecodeError:
             raise ValueError(f"prompt file {path!r} is not UTF-8 text: save it as UTF-8") from None
     if not start:
-        raise ValueError("the prompt is empty: give at least one token, e.g. --start='\\n'")
+        raise ValueError("the prompt is empty: give at least one token, e.g. --start='ROMEO:', or leave --start "
+                         "out for the default, a newline")
     return start
 
 
@@ -231,6 +233,12 @@ def main(argv: list[str] | None = None) -> None:
         samples = generate_samples(cfg, timings)
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
+    except (RuntimeError, MemoryError) as e:
+        where = out_of_memory(e)
+        if not where:  # anything else is a bug, with its traceback
+            raise
+        sys.exit(f"error: the {where} ran out of memory ({first_line(e, 160)}): lower --max_new_tokens (the KV "
+                 f"cache grows with it), or sample where more memory is free")
     for s in samples:
         print(s)
         print('---------------')

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,8 +32,9 @@ import torch
 import hf_gpt2
 from model import ATTN_IMPLS, GPT, GPTConfig, check_attn_device
 from utils import (REPO_DIR, CheckpointError, ConfigError, autocast_context, checkpoint_path, describe_meta,
-                   gpu_peak_flops, load_checkpoint, load_tokens, meta_mismatch, model_from_checkpoint, parse_config,
-                   prepare_hint, read_meta, replace_file, resolve_dtype, save_checkpoint, tokenizer_of)
+                   first_line, gpu_peak_flops, load_checkpoint, load_tokens, meta_mismatch, model_from_checkpoint,
+                   out_of_memory, parse_config, prepare_hint, read_meta, replace_file, resolve_dtype, save_checkpoint,
+                   tokenizer_of)
 
 try:
     import fcntl
@@ -123,13 +124,17 @@ class TrainConfig:
         # torch's generators take seeds below 2**64, and the eval and data-order seeds add to this one
         ranges += [('seed', lambda v: 0 <= v < 2**32, 'in [0, 2**32)')]
         ranges += [
-            ('learning_rate', lambda v: 0 < v < math.inf, '> 0'),
+            # AdamW applies it in float32, where a rate past 3.4e38 is an error, not a divergence; 1e6 is far past
+            # any rate that trains
+            ('learning_rate', lambda v: 0 < v <= 1e6, 'in (0, 1e6]'),
             ('min_lr', lambda v: 0 <= v < math.inf, '>= 0'),
             ('weight_decay', lambda v: 0 <= v < math.inf, '>= 0'),
             ('grad_clip', lambda v: 0 <= v < math.inf, '>= 0 (0 turns clipping off)'),
             ('beta1', lambda v: 0 <= v < 1, 'in [0, 1)'),
             ('beta2', lambda v: 0 <= v < 1, 'in [0, 1)'),
-            ('ddp_timeout', lambda v: 0 < v < math.inf, '> 0 seconds'),
+            # torch holds it in int64 nanoseconds: past 2**63 ns (9.2e9 s) the store's timeout wraps and every
+            # process gives up at once
+            ('ddp_timeout', lambda v: 0 < v <= 1e9, 'in (0, 1e9] seconds'),
             ('device', lambda v: re.fullmatch(r'cpu|cuda(:\d+)?', v), "'cpu', 'cuda' or 'cuda:N'"),
             ('out_dir', lambda v: v.strip() != '', 'a directory path'),
             ('dataset', lambda v: v.strip() != '' or self.data_dir, "a folder name under data/ (or give --data_dir)"),
@@ -141,6 +146,10 @@ class TrainConfig:
         for key, valid, allowed in ranges:
             if not valid(getattr(self, key)):
                 raise ConfigError(f"{key} must be {allowed}, got {getattr(self, key)!r}")
+        data_dir = self.data_dir or os.path.join(REPO_DIR, 'data', self.dataset)
+        if os.path.realpath(self.out_dir) == os.path.realpath(data_dir):  # prepare.py then refuses the dataset
+            raise ConfigError(f"out_dir is the dataset's directory ({self.out_dir}): give the run a directory of its "
+                              f"own, e.g. --out_dir=out-{self.dataset}")
         try:
             model_config(self, vocab_size=GPTConfig.vocab_size)  # the model's own checks (n_embd % n_head, ...)
         except ValueError as e:
@@ -460,9 +469,12 @@ class RunLog:
 
     out_dir's config.json and metrics.jsonl go with its checkpoint: config.json is written at each save, and a run
     that replaces another run's checkpoint (replaces: --overwrite=True) holds its rows until its first save, so a
-    run that fails before it leaves the other run's three files as they were."""
+    run that fails before it leaves the other run's three files as they were. A resumed run (resumes_at: its
+    checkpoint's iteration) first drops the rows from that iteration on: they tell of steps after the save, which
+    it takes again (the saving run went on past it; an earlier resume may have failed before saving), so each
+    iteration has one row."""
 
-    def __init__(self, cfg: TrainConfig, master: bool, replaces: bool):
+    def __init__(self, cfg: TrainConfig, master: bool, replaces: bool, resumes_at: int | None):
         self.master, self.wandb, self.metrics, self.held = master, None, None, None
         if not master:
             return
@@ -476,12 +488,35 @@ class RunLog:
         # a scratch run replaces the file along with the checkpoint; resume (and a look with eval_only) add to it
         self.mode = 'a' if cfg.init_from == 'resume' or cfg.eval_only else 'w'
         self.held = [] if replaces else None  # rows not yet written, while the checkpoint is another run's
+        self.resumes_at = resumes_at
 
     def _append(self, lines: list[str]) -> None:
         if self.metrics is None:  # opened at the first row: a run that fails before one leaves no file behind
+            if self.resumes_at is not None and os.path.isfile(self.path):
+                self._drop_rows_from(self.resumes_at)
             self.metrics = open(self.path, self.mode)
         self.metrics.writelines(lines)
         self.metrics.flush()
+
+    def _drop_rows_from(self, iter_num: int) -> None:
+        """Rewrite metrics.jsonl without its rows from iter_num on (and any line that is not a row: a run killed
+        mid-write leaves half of one)."""
+        def before(line: str) -> bool:
+            try:
+                return json.loads(line)['iter'] < iter_num
+            except (ValueError, TypeError, KeyError):
+                return False
+
+        with open(self.path, errors='replace') as f:
+            lines = f.readlines()
+        kept = [line.rstrip('\n') + '\n' for line in lines if before(line)]
+
+        def write(tmp: str) -> None:
+            with open(tmp, 'w') as f:
+                f.writelines(kept)
+
+        if kept != lines:
+            replace_file(self.path, write)
 
     def saved(self) -> None:
         """After a checkpoint save: config.json names the settings that trained it, and a replacing run's rows
@@ -579,6 +614,11 @@ def build_model(cfg: TrainConfig, ckpt: dict | None, weights: dict | None, vocab
         fresh = [{k: g[k] for k in ('fused', 'foreach')} for g in optimizer.param_groups]
         try:
             optimizer.load_state_dict(ckpt['optimizer'])
+            # load_state_dict matches parameters by count and order, not shape: AdamW's moments must fit each one
+            for p, state in optimizer.state.items():
+                for name, t in state.items():
+                    if name != 'step' and isinstance(t, torch.Tensor) and t.shape != p.shape:
+                        raise ValueError(f"{name} of shape {tuple(t.shape)} for a parameter of shape {tuple(p.shape)}")
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"checkpoint {ckpt['source']} holds optimizer state that does not fit its model "
                                   f"({type(e).__name__}: {str(e)[:200]}): restore it from a copy") from None
@@ -796,7 +836,9 @@ class Throughput:
 
 
 def progress_line(iter_num: int, max_iters: int, row: dict) -> str:
-    clock = lambda s: str(datetime.timedelta(seconds=round(s)))  # noqa: E731 (h:mm:ss)
+    def clock(s: float) -> str:  # h:mm:ss, or days past timedelta's billion (an absurd max_iters)
+        return str(datetime.timedelta(seconds=round(s))) if s < 8.64e13 else f"{s / 86400:.3g} days"
+
     mfu = f", mfu {row['mfu'] * 100:.1f}%" if row['mfu'] is not None else ""
     return (f"iter {iter_num}/{max_iters}: loss {row['train/step_loss']:.4f}, lr {row['lr']:.2e}, "
             f"{row['ms_per_iter']:.2f} ms/iter, {row['tokens_per_sec']:,.0f} tok/s{mfu}, "
@@ -845,7 +887,8 @@ def train(cfg: TrainConfig) -> dict:
             cfg, weights = pretrained_weights(cfg, procs)
             data = open_data(cfg, procs.device, ckpt or weights)
             check_model_fits(cfg, data.vocab_size, procs)
-            log = RunLog(cfg, procs.master, replaces)  # only now: a run refused above leaves out_dir as it was
+            # only now: a run refused above leaves out_dir as it was
+            log = RunLog(cfg, procs.master, replaces, ckpt['iter_num'] if ckpt and not cfg.eval_only else None)
             stack.callback(lambda: log.close(ok))
             tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
             log.print(f"device {procs.device} ({device_name(procs)}), dtype {procs.dtype}, attn {cfg.attn}, "
@@ -948,12 +991,11 @@ def main(argv: list[str] | None = None) -> None:
         train(cfg)
     except (ConfigError, CheckpointError, FileNotFoundError, TrainingError) as e:
         sys.exit(f"error: {e}")
-    except torch.cuda.OutOfMemoryError as e:
-        sys.exit(f"error: the GPU ran out of memory ({str(e).splitlines()[0][:160]}): {SMALLER}")
-    except RuntimeError as e:
-        if "can't allocate memory" not in str(e):  # torch's CPU allocator says this; anything else is a bug
+    except (RuntimeError, MemoryError) as e:
+        where = out_of_memory(e)
+        if not where:  # anything else is a bug, with its traceback
             raise
-        sys.exit(f"error: the CPU ran out of memory ({str(e).splitlines()[0][:160]}): {SMALLER}")
+        sys.exit(f"error: the {where} ran out of memory ({first_line(e, 160)}): {SMALLER}")
     except KeyboardInterrupt:
         sys.exit("interrupted: the last checkpoint saved is complete (saves are atomic); continue it with "
                  "--init_from=resume")

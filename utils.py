@@ -381,6 +381,22 @@ def checkpoint_path(out_dir: str) -> str:
     return path
 
 
+def out_of_memory(e: BaseException) -> str:
+    """'GPU' or 'CPU' when e is an allocation that failed there, '' when it is anything else: the GPU's
+    torch.cuda.OutOfMemoryError (inside a compiled graph, a plain RuntimeError that says so), the CPU's from torch's
+    allocator ("can't allocate memory") or Python's MemoryError."""
+    text = str(e).lower()
+    if not (isinstance(e, MemoryError) or
+            (isinstance(e, RuntimeError) and ('out of memory' in text or "can't allocate memory" in text))):
+        return ''
+    return 'GPU' if isinstance(e, torch.cuda.OutOfMemoryError) or 'cuda' in text else 'CPU'
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, cut to limit characters: torch's own run to many lines."""
+    return (str(e).strip().splitlines() or [''])[0][:limit]
+
+
 def load_checkpoint(out_dir: str, device: str) -> dict:
     """Load out_dir/ckpt.pt, with an error that says what to do when it is missing or unreadable."""
     path = checkpoint_path(out_dir)
@@ -388,10 +404,16 @@ def load_checkpoint(out_dir: str, device: str) -> dict:
         # weights_only: a checkpoint is tensors and plain Python values, nothing that needs arbitrary unpickling
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
-        reason = (str(e).strip().splitlines() or [''])[0][:200]  # torch's own messages run to many lines
+        if out_of_memory(e):  # a sound file on a machine short of memory: nothing to restore
+            raise CheckpointError(f"not enough memory on {device} to load checkpoint {path} "
+                                  f"({os.path.getsize(path) / 2**20:,.0f} MiB; {first_line(e, 160)}): the file was "
+                                  f"left as it is; free memory and try again") from e
         raise CheckpointError(f"checkpoint {path} is corrupt or not a checkpoint of this repo "
-                              f"({type(e).__name__}: {reason}). It was left as it is; restore it from a copy, "
+                              f"({type(e).__name__}: {first_line(e)}). It was left as it is; restore it from a copy, "
                               f"or train again from scratch into another --out_dir.") from e
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a checkpoint: it was not "
+                              f"written by this repo's train.py")
     missing = [k for k in ('model', 'model_args', 'config', 'iter_num', 'best_val_loss') if k not in ckpt]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {missing}: it was not written by this repo's train.py")
@@ -403,6 +425,11 @@ def load_checkpoint(out_dir: str, device: str) -> dict:
     if wrong or ckpt['iter_num'] < 0:
         raise CheckpointError(f"checkpoint {path} is damaged ({', '.join(wrong) or 'iter_num < 0'}): restore it "
                               f"from a copy")
+    try:  # the model's own checks (sizes, n_embd % n_head); attn is the run's choice, checked where it runs
+        GPTConfig(**{**ckpt['model_args'], 'attn': 'sdpa'})
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} does not hold a model this repo can build ({type(e).__name__}: "
+                              f"{first_line(e)}): restore it from a copy") from None
     bad = non_finite_tensors(ckpt['model'])
     if bad:
         raise CheckpointError(f"checkpoint {path} holds NaN or inf weights ({bad}): it was saved by a run that "

@@ -132,6 +132,18 @@ def test_gpu_benchmarks_without_a_gpu_say_so_in_one_line(command, tmp_path):
     assert message.startswith(f"error: {command[0]} times GPU kernels and needs a CUDA GPU"), message
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the message a machine without a GPU gets")
+def test_the_ddp_check_without_gpus_names_its_cpu_mode(tmp_path):
+    """Regression: it ran the first training run, then printed that run's last five log lines, and left its
+    out_root behind."""
+    proc = subprocess.run([sys.executable, str(ROOT / 'tools' / 'ddp_check.py')], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env={'CUDA_VISIBLE_DEVICES': '', 'PATH': '/usr/bin:/bin'})
+    message = proc.stderr.strip()
+    assert proc.returncode == 1 and '\n' not in message, message
+    assert message.startswith("error: ddp_check.py runs 2 processes on a GPU each, and torch sees 0 GPU(s) here")
+    assert '--extra="--backend=gloo --device=cpu"' in message and not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize('command', [['bench.py', '--foo'], ['bench_generate.py', '--out']], ids=lambda c: c[0])
 def test_a_bad_option_is_one_line(command, tmp_path):
     """Regression: argparse's usage, then its error, exit status 2; every other script says one `error:` line."""

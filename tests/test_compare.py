@@ -45,15 +45,26 @@ def test_compare_writes_table_plot_and_json(char_data, tmp_path, monkeypatch):
     assert (report / 'compare.png').stat().st_size > 10_000
 
 
-def test_out_of_memory_is_reported_not_raised(tmp_path, monkeypatch, char_data):
+CPU_OOM = RuntimeError("[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: can't allocate memory: you "
+                       "tried to allocate 68719476736 bytes. Error code 12 (Cannot allocate memory)")
+
+
+@pytest.mark.parametrize('error', [torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB"),
+                                   CPU_OOM], ids=['gpu', 'cpu'])
+def test_out_of_memory_is_reported_not_raised(error, tmp_path, monkeypatch, char_data, capsys):
+    """Regression: the CPU's allocator says "can't allocate memory", which showed as a traceback and "failed"."""
     def oom(cfg):
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB")
+        raise error
 
     monkeypatch.setattr(compare, 'train', oom)
     path = tmp_path / 'naive.json'
     compare._run_one(tiny_config(tmp_path, char_data), str(path))
     result = json.loads(path.read_text())
-    assert result['status'] == 'OOM'
+    assert result == {'status': 'OOM', 'error': str(error).splitlines()[0]}
+    err = capsys.readouterr().err
+    assert err.startswith('attn=sdpa: out of memory (') and err.count('\n') == 1, err  # one line, no traceback
+    if error is CPU_OOM:
+        return
     table = compare.markdown_table({'triton': {'status': 'ok', 'tokens_per_sec': 10.0, 'ms_per_iter': 1.0},
                                     'naive': result}, 'header')
     assert '| naive | **OOM** | – | – | – | – | – | – | – |' in table

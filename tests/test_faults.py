@@ -22,7 +22,8 @@ from utils import CheckpointError, ConfigError, load_checkpoint, parse_config, s
 # (command-line override, what the error must say): the key, the value given and the valid range
 BAD_SETTINGS = [
     ('--grad_clip=-1.0', r"grad_clip must be >= 0 \(0 turns clipping off\), got -1\.0"),
-    ('--learning_rate=-0.001', r"learning_rate must be > 0, got -0\.001"),
+    ('--learning_rate=-0.001', r"learning_rate must be in \(0, 1e6\], got -0\.001"),
+    ('--learning_rate=1e39', r"learning_rate must be in \(0, 1e6\], got 1e\+39"),
     ('--min_lr=-1e-4', r"min_lr must be >= 0, got -0\.0001"),
     ('--min_lr=0.1', r"min_lr must be <= learning_rate=0\.001, got 0\.1"),
     ('--weight_decay=-0.1', r"weight_decay must be >= 0, got -0\.1"),
@@ -35,10 +36,11 @@ BAD_SETTINGS = [
     ('--eval_iters=0', r"eval_iters must be >= 1, got 0"),
     ('--max_iters=-5', r"max_iters must be >= 0, got -5"),
     ('--warmup_iters=6000', r"warmup_iters must be <= lr_decay_iters=5000 .*, got 6000"),
-    ('--ddp_timeout=0', r"ddp_timeout must be > 0 seconds, got 0\.0"),
+    ('--ddp_timeout=0', r"ddp_timeout must be in \(0, 1e9\] seconds, got 0\.0"),
+    ('--ddp_timeout=1e10', r"ddp_timeout must be in \(0, 1e9\] seconds, got 10000000000\.0"),
     ('--backend=mpi', r"backend must be one of \('nccl', 'gloo'\), got 'mpi'"),
     # nan and inf are numbers on the command line as in a config file: the range check names them
-    ('--learning_rate=nan', r"learning_rate must be > 0, got nan"),
+    ('--learning_rate=nan', r"learning_rate must be in \(0, 1e6\], got nan"),
     ('--grad_clip=inf', r"grad_clip must be >= 0 \(0 turns clipping off\), got inf"),
     ('--dataset=', r"dataset must be a folder name under data/ \(or give --data_dir\), got ''"),
 ]
@@ -52,7 +54,7 @@ def test_bad_setting_names_key_value_and_range(arg, message):
 
 def test_nan_in_a_config_file_is_refused(tmp_path):
     (tmp_path / 'c.py').write_text("learning_rate = float('nan')\n")
-    with pytest.raises(ConfigError, match=r"learning_rate must be > 0, got nan"):
+    with pytest.raises(ConfigError, match=r"learning_rate must be in \(0, 1e6\], got nan"):
         parse_config([str(tmp_path / 'c.py')], TrainConfig)
 
 
@@ -103,8 +105,25 @@ def test_a_diverging_run_leaves_out_dir_describing_its_checkpoint(char_data, tmp
     metrics = (tmp_path / 'metrics.jsonl').read_bytes()
     if how == '--overwrite=True':  # the replacing run's rows wait for its first save, which never came
         assert metrics == kept['metrics.jsonl']
-    else:  # a resume adds to the same history: what happened after the checkpoint is kept for a look
-        assert metrics.startswith(kept['metrics.jsonl']) and len(metrics) > len(kept['metrics.jsonl'])
+    else:  # a resume adds to the checkpoint's history (its rows up to iteration 4): what happened after, for a look
+        rows = [json.loads(line) for line in metrics.decode().splitlines()]
+        before = [json.loads(line) for line in kept['metrics.jsonl'].decode().splitlines()]
+        assert [r for r in rows if r['iter'] < 4] == [r for r in before if r['iter'] < 4]
+        assert [r['iter'] for r in rows if r['iter'] >= 4][0] == 4 and rows[-1] != before[-1]
+
+
+def test_a_resume_after_a_failed_resume_logs_each_iteration_once(char_data, tmp_path):
+    """Regression: a resume appended to metrics.jsonl after the rows of a resume that had diverged past the
+    checkpoint (and after the saving run's own row at the checkpoint's iteration), so iterations 4, 5, ... were
+    there two or three times, with different losses."""
+    train(tiny_config(tmp_path, char_data, max_iters=4, eval_interval=4))
+    with pytest.raises(TrainingError, match='training diverged'):
+        train(tiny_config(tmp_path, char_data, max_iters=40, eval_interval=4, learning_rate=1e3, min_lr=1.0,
+                          init_from='resume'))
+    (tmp_path / 'metrics.jsonl').open('a').write('{"iter": 7, "lr"')  # and half a row, from a run killed mid-write
+    train(tiny_config(tmp_path, char_data, max_iters=8, eval_interval=4, init_from='resume'))
+    iters = [json.loads(line)['iter'] for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+    assert iters == list(range(9))  # steps 0-7 and the eval at 8, once each
 
 
 def test_a_replacing_run_takes_over_out_dir_at_its_first_save(char_data, tmp_path):
@@ -349,7 +368,7 @@ def test_a_checkpoint_whose_model_args_do_not_fit_its_weights_is_one_line(char_d
         main([f'--out_dir={tmp_path}', f'--data_dir={char_data}', '--init_from=resume', '--device=cpu',
               '--compile=False', '--attn=sdpa', '--max_iters=4'])
     assert re.fullmatch(r"error: checkpoint .*ckpt\.pt does not hold a model this repo can build \(TypeError: .*"
-                        r"n_mystery.*\)", stop.value.code)
+                        r"n_mystery.*\): restore it from a copy", stop.value.code)
 
 
 @pytest.mark.parametrize('setting,expected', [
@@ -423,6 +442,16 @@ def test_a_config_file_that_sets_nothing_is_refused(name, body, expected, tmp_pa
     assert expected in str(e.value)
 
 
+def test_out_dir_that_is_the_dataset_directory_is_refused(char_data):
+    """Regression: the checkpoint and config.json went in beside train.bin, and prepare.py then refused to remake
+    that dataset (a directory that holds a model)."""
+    with pytest.raises(ConfigError, match=r"out_dir is the dataset's directory \(.*\): give the run a directory of "
+                                          r"its own, e.g. --out_dir=out-shakespeare_char"):
+        tiny_config(char_data, char_data)
+    with pytest.raises(ConfigError, match=r"out_dir is the dataset's directory"):  # data/<dataset> when data_dir=''
+        TrainConfig(out_dir=str(ROOT / 'data' / 'shakespeare_char'), device='cpu', attn='sdpa')
+
+
 def test_eval_only_needs_a_model_to_evaluate(tmp_path):
     """Regression: --eval_only=True with init_from='scratch' evaluated a random model and exited 0."""
     with pytest.raises(ConfigError, match=r"eval_only=True evaluates a trained model, and init_from='scratch' has "
@@ -435,9 +464,19 @@ def test_eval_only_needs_a_model_to_evaluate(tmp_path):
     (lambda c: c.update(best_val_loss=None), r"is damaged \(best_val_loss is a NoneType\)"),
     (lambda c: c['rng'][0].update(torch=torch.zeros(7, dtype=torch.uint8)), r"holds a random state this torch cannot "
                                                                             r"restore"),
-], ids=['iter_num', 'best_val_loss', 'rng'])
+    (lambda c: c['model_args'].update(vocab_size='x'), r"ckpt\.pt does not hold a model this repo can build "
+                                                       r"\(ValueError: vocab_size must be a positive integer, "
+                                                       r"got 'x'\)"),
+    (lambda c: c['model_args'].update(n_head=5), r"ckpt\.pt does not hold a model this repo can build \(ValueError: "
+                                                 r"n_embd \(32\) must be divisible by n_head \(5\)"),
+    (lambda c: c['optimizer']['state'][0].update(exp_avg=torch.zeros(3)), r"holds optimizer state that does not fit "
+                                                                          r"its model \(ValueError: exp_avg of shape "
+                                                                          r"\(3,\) for a parameter of shape"),
+], ids=['iter_num', 'best_val_loss', 'rng', 'vocab_size', 'n_head', 'optimizer'])
 def test_a_damaged_checkpoint_is_one_line_on_resume(edit, expected, char_data, tmp_path):
-    """Regression: each ended in a TypeError or RuntimeError traceback, one of them only after the first eval."""
+    """Regression: each ended in a TypeError or RuntimeError traceback, one of them only after the first eval; n_head
+    that does not divide n_embd was blamed on the run's settings, and AdamW moments of the wrong shape failed at the
+    first step."""
     train(tiny_config(tmp_path, char_data, max_iters=2, eval_interval=2))
     ckpt = torch.load(tmp_path / 'ckpt.pt', weights_only=True)
     edit(ckpt)
@@ -446,6 +485,29 @@ def test_a_damaged_checkpoint_is_one_line_on_resume(edit, expected, char_data, t
     with pytest.raises(CheckpointError, match=expected):
         train(tiny_config(tmp_path, char_data, max_iters=4, init_from='resume'))
     assert (tmp_path / 'ckpt.pt').read_bytes() == kept
+
+
+def test_a_checkpoint_that_is_not_a_dict_is_one_line(tmp_path):
+    """Regression: a ckpt.pt holding a bare tensor failed inside Tensor.__contains__."""
+    torch.save(torch.zeros(3), tmp_path / 'ckpt.pt')
+    with pytest.raises(CheckpointError, match=r"ckpt\.pt holds a Tensor, not a checkpoint"):
+        load_checkpoint(str(tmp_path), 'cpu')
+
+
+def test_a_checkpoint_too_big_for_memory_is_not_called_corrupt(char_data, tmp_path, monkeypatch):
+    """Regression: a sound checkpoint that the machine had no memory to load was called corrupt, with the advice
+    to restore it from a copy or train again."""
+    train(tiny_config(tmp_path, char_data, max_iters=2, eval_interval=2))
+
+    def no_memory(*args, **kwargs):  # what torch's CPU allocator raises
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 1048576 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(torch, 'load', no_memory)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(str(tmp_path), 'cpu')
+    assert re.fullmatch(r"not enough memory on cpu to load checkpoint .*ckpt\.pt \(0 MiB; .*can't allocate memory.*\): "
+                        r"the file was left as it is; free memory and try again", str(e.value)), str(e.value)
 
 
 def test_a_checkpoint_without_optimizer_state_resumes_with_a_fresh_optimizer(char_data, tmp_path, capsys):

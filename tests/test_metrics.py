@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from helpers import ROOT, char_data, tiny_config  # noqa: F401 (fixture)
-from train import TrainConfig, train
+from train import TrainConfig, progress_line, train
 from utils import ConfigError, prepare_hint
 
 PROGRESS = re.compile(r"iter (\d+)/(\d+): loss \d+\.\d{4}, lr \S+, \d+\.\d\d ms/iter, [\d,]+ tok/s, "
@@ -48,13 +48,24 @@ def test_config_progress_and_metrics_file(char_data, tmp_path, capsys):
     assert result['ms_per_iter'] == np.median([r['ms_per_iter'] for r in logs[1:]])
 
 
-def test_metrics_file_is_appended_on_resume(char_data, tmp_path):
+def test_metrics_file_continues_on_resume(char_data, tmp_path):
     train(tiny_config(tmp_path, char_data, max_iters=4, eval_interval=4))
     first = read_metrics(tmp_path)
     train(tiny_config(tmp_path, char_data, max_iters=6, eval_interval=4, init_from='resume'))
     rows = read_metrics(tmp_path)
-    assert rows[:len(first)] == first
-    assert [r['iter'] for r in rows[len(first):]] == [4, 5, 6]  # the resumed run's eval at 4, steps 4 and 5, eval 6
+    assert [r['iter'] for r in first] == [0, 1, 2, 3, 4]
+    # the checkpoint's history up to its iteration, 4, then the resumed run's eval at 4 (in place of the first
+    # run's, which it repeats), steps 4 and 5, eval 6: one row per iteration
+    assert rows[:4] == first[:4]
+    assert [r['iter'] for r in rows[4:]] == [4, 5, 6] and 'train/step_loss' in rows[4]
+
+
+def test_progress_line_for_an_absurdly_long_run():
+    """Regression: max_iters=1e16 stopped the run at its first progress line: the time left overflowed timedelta."""
+    row = {'train/step_loss': 4.2, 'lr': 1e-3, 'ms_per_iter': 10.0, 'tokens_per_sec': 1e5, 'mfu': None,
+           'elapsed_s': 1.0, 'eta_s': 1e14}
+    assert progress_line(0, 10**16, row).endswith('elapsed 0:00:01, left 1.16e+09 days')
+    assert progress_line(0, 10, {**row, 'eta_s': 3725.0}).endswith('left 1:02:05')
 
 
 def test_defaults_train_a_dataset_that_can_be_prepared():

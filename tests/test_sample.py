@@ -361,3 +361,16 @@ def test_an_out_dir_that_is_a_file_or_empty_is_named(tmp_path):
     assert "is a file, not a directory: point --out_dir at the directory that has ckpt.pt" in \
         _error([f"--out_dir={tmp_path / 'notes.txt'}", '--device=cpu'])
     assert "out_dir is empty: point --out_dir at the directory that has ckpt.pt" in _error(['--out_dir=', '--device=cpu'])
+
+
+def test_running_out_of_memory_is_one_line(char_ckpt, monkeypatch):
+    """Regression: sample.py printed a traceback where train.py gives one line."""
+    import sample
+
+    def no_memory(*args, **kwargs):  # what torch's CPU allocator raises
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 1048576 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(sample, 'generate_samples', no_memory)
+    message = _error([f'--out_dir={char_ckpt}', '--device=cpu'])
+    assert message.startswith("error: the CPU ran out of memory (") and "lower --max_new_tokens" in message

@@ -27,6 +27,8 @@ import subprocess
 import sys
 import time
 
+import torch
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -62,7 +64,8 @@ def train(name: str, nproc: int, accum: int, opts, *more: str) -> list[dict]:
         done = subprocess.run(command(nproc, args), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     if done.returncode != 0:
         with open(log_path) as f:
-            sys.exit(f"error: the {name} run failed ({log_path}):\n" + ''.join(f.readlines()[-5:]))
+            errors = [line.strip() for line in f if line.startswith('error:')] or ['(no error line; see the log)']
+        sys.exit(f"error: the {name} run failed: {errors[-1].removeprefix('error: ')} (its log: {log_path})")
     return metrics(out_dir)
 
 
@@ -141,10 +144,16 @@ def main() -> None:
     parser.add_argument('--ddp_timeout', type=float, default=60.0, help='for the kill check')
     parser.add_argument('--kill_after', type=float, default=90.0, help='seconds of training before the kill')
     parser.add_argument('--extra', default='', help='more train.py arguments, e.g. "--backend=gloo --device=cpu"')
-    parser.add_argument('--out_root', default='ddp-check')
+    parser.add_argument('--out_root', default='out-ddp-check')
     opts = parser.parse_args()
     if opts.nproc < 2:  # the checks compare several processes with one, and kill one of several
         parser.error(f"--nproc must be >= 2, got {opts.nproc}")
+    on_cpu = '--device=cpu' in shlex.split(opts.extra)
+    if not on_cpu and torch.cuda.device_count() < opts.nproc:
+        sys.exit(f"error: ddp_check.py runs {opts.nproc} processes on a GPU each, and torch sees "
+                 f"{torch.cuda.device_count()} GPU(s) here: lower --nproc, or run the checks as processes on a CPU "
+                 f"(--config=config/train_shakespeare_char_cpu.py --max_iters=40 --extra=\"--backend=gloo "
+                 f"--device=cpu\")")
     r = run_checks(opts)
     k = r['kill']
     print(f"| check | result |\n|---|---|\n"
