@@ -50,6 +50,8 @@ def _run_one(cfg: TrainConfig, result_path: str) -> None:
     try:
         result = train(cfg)
         result['status'] = 'ok'
+    except KeyboardInterrupt:  # Ctrl-C reaches this process too: the parent reports it, in one line
+        return
     except (ConfigError, CheckpointError, FileNotFoundError, TrainingError) as e:
         # what train.py's main reports in one line: a mistake to fix or a fault to retry, not a bug to trace
         print(f"error: attn={cfg.attn}: {e}", file=sys.stderr, flush=True)
@@ -79,17 +81,21 @@ def run_one(cfg: TrainConfig, impl: str, report_dir: str, wandb_group: str = '')
     With cfg.wandb_log, the run goes into the W&B group wandb_group."""
     run_cfg = run_config(cfg, impl, report_dir, wandb_group)
     result_path = os.path.join(report_dir, f'{impl}.json')
-    if os.path.exists(result_path):
-        os.remove(result_path)
+    # written before the run, so report_dir/<impl> stays this comparison's (a re-run may replace it: run_config)
+    # even when the run is interrupted or killed before it writes its own result over this one
+    unfinished = {'status': 'failed', 'error': 'the run did not finish'}
+    with open(result_path, 'w') as f:
+        json.dump(unfinished, f)
     print(f"\n===== attn={impl} =====", flush=True)
     # spawn: a clean CUDA and compile state per run
     proc = mp.get_context('spawn').Process(target=_run_one, args=(run_cfg, result_path))
     proc.start()
     proc.join()
-    if not os.path.exists(result_path):  # killed from outside (e.g. the host's OOM killer): nothing was written
-        return {'status': 'failed', 'error': f'process exited with code {proc.exitcode}'}
     with open(result_path) as f:
-        return json.load(f)
+        result = json.load(f)
+    if result == unfinished:  # killed from outside (e.g. the host's OOM killer)
+        result['error'] = f'process exited with code {proc.exitcode}'
+    return result
 
 
 def check_runs(cfg: TrainConfig, impls: list[str], report_dir: str) -> None:
@@ -272,7 +278,11 @@ def main(argv: list[str] | None = None) -> None:
     group = f"{cfg.wandb_run_name or cfg.dataset}-compare-{time.strftime('%Y%m%d-%H%M%S')}" if cfg.wandb_log else ''
     results = {}
     for impl in impls:
-        results[impl] = run_one(cfg, impl, report_dir, group)
+        try:
+            results[impl] = run_one(cfg, impl, report_dir, group)
+        except KeyboardInterrupt:  # the runs already finished are in the report files, written after each
+            before = f"; {report_dir}/compare.md has the runs before it" if results else ''
+            sys.exit(f"interrupted during the {impl} run{before}: run the same command again to compare all")
         # the report is rewritten after every run, so a comparison cut short still leaves what it measured
         table = markdown_table(results, f"`python compare.py {' '.join(argv)}`\n\n{title}")
         with open(os.path.join(report_dir, 'compare.md'), 'w') as f:

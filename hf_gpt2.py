@@ -370,14 +370,21 @@ def export(model: GPT, hf_dir: str, meta: dict | None = None) -> list[str]:
         replace_file(path, save)  # an interrupted export leaves no half-written file under its name
         written.append(path)
 
+    made = not os.path.exists(hf_dir)
     try:
         os.makedirs(hf_dir, exist_ok=True)
         write('model.safetensors', lambda p: _save_safetensors(save_file, tensors, p))
         write('config.json', lambda p: _write_text(p, json.dumps(config, indent=2, sort_keys=True) + '\n'))
         if char:
             write('meta.pkl', lambda p: _write_bytes(p, pickle.dumps(meta)))
-    except OSError as e:
-        raise CheckpointError(f"cannot write into {hf_dir} ({_one_line(e)}): choose another --hf_dir") from e
+    except BaseException as e:  # an error or Ctrl-C: hf_dir goes back to what it was (new or empty), to try again
+        for path in written:
+            os.remove(path)
+        if made and os.path.isdir(hf_dir) and not os.listdir(hf_dir):
+            os.rmdir(hf_dir)
+        if isinstance(e, OSError):
+            raise CheckpointError(f"cannot write into {hf_dir} ({_one_line(e)}): choose another --hf_dir") from e
+        raise
     return written
 
 
@@ -433,6 +440,8 @@ def main(argv: list[str] | None = None) -> None:
         written = export_checkpoint(cfg.out_dir, cfg.hf_dir)
     except (ConfigError, CheckpointError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: nothing was exported (--hf_dir is as it was)")
     print(f"wrote {', '.join(written)}")
     print(f"load it with transformers.GPT2LMHeadModel.from_pretrained({cfg.hf_dir!r}), "
           f"or here with --init_from={cfg.hf_dir}")

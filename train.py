@@ -611,7 +611,10 @@ def build_model(cfg: TrainConfig, ckpt: dict | None, weights: dict | None, vocab
                                            procs.device_type)
     scaler = torch.amp.GradScaler('cuda', enabled=(procs.dtype == 'float16'))  # a no-op unless float16
     if ckpt is not None and ckpt.get('optimizer'):
-        fresh = [{k: g[k] for k in ('fused', 'foreach')} for g in optimizer.param_groups]
+        # this run's settings, not the checkpoint's: betas and weight decay are settings like the learning rate
+        # (which each step sets), and config.json records them; a checkpoint from a GPU must not turn on the fused
+        # CUDA kernel in a CPU run
+        fresh = [{k: g[k] for k in ('fused', 'foreach', 'betas', 'weight_decay')} for g in optimizer.param_groups]
         try:
             optimizer.load_state_dict(ckpt['optimizer'])
             # load_state_dict matches parameters by count and order, not shape: AdamW's moments must fit each one
@@ -623,8 +626,8 @@ def build_model(cfg: TrainConfig, ckpt: dict | None, weights: dict | None, vocab
             raise CheckpointError(f"checkpoint {ckpt['source']} holds optimizer state that does not fit its model "
                                   f"({type(e).__name__}: {str(e)[:200]}): restore it from a copy") from None
         for g, keep in zip(optimizer.param_groups, fresh):
-            g.update(keep)  # a checkpoint from a GPU must not turn on the fused CUDA kernel in a CPU run
-        if 'scaler' in ckpt:
+            g.update(keep)
+        if ckpt.get('scaler') and scaler.is_enabled():  # float16's loss scale; other dtypes save an empty state
             scaler.load_state_dict(ckpt['scaler'])
     elif ckpt is not None and procs.master:
         # a checkpoint stripped for sharing, or nanoGPT's: the weights go on, AdamW's moments start from zero
@@ -986,6 +989,7 @@ SMALLER = ("lower --batch_size (and raise --gradient_accumulation_steps to keep 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    cfg = None
     try:
         cfg = parse_config(argv, TrainConfig)
         train(cfg)
@@ -997,8 +1001,11 @@ def main(argv: list[str] | None = None) -> None:
             raise
         sys.exit(f"error: the {where} ran out of memory ({first_line(e, 160)}): {SMALLER}")
     except KeyboardInterrupt:
-        sys.exit("interrupted: the last checkpoint saved is complete (saves are atomic); continue it with "
-                 "--init_from=resume")
+        path = os.path.join(cfg.out_dir, 'ckpt.pt') if cfg else ''
+        if not os.path.isfile(path):
+            sys.exit(f"interrupted: no checkpoint was saved{' in ' + cfg.out_dir if cfg else ''}")
+        sys.exit(f"interrupted: {path} is complete (saves are atomic, and one cut short leaves the last): continue "
+                 f"from it with --init_from=resume")
 
 
 if __name__ == '__main__':

@@ -468,15 +468,18 @@ def model_from_checkpoint(ckpt: dict, **overrides) -> GPT:
 
 def replace_file(path: str, write) -> None:
     """write(tmp) a file at path + '.tmp', then rename it over path: a crash mid-write never leaves a half-written
-    file under the name. On an OSError (a full disk, a read-only file system, a directory at path) the temporary
-    file is removed, path is left as it was, and the error propagates."""
+    file under the name. On an error (a full disk, a read-only file system, a directory at path) or Ctrl-C the
+    temporary file is removed, path is left as it was, and the error propagates."""
     tmp = path + '.tmp'
     try:
         write(tmp)
         os.replace(tmp, path)
-    except OSError:
+    except BaseException as e:
         if os.path.isfile(tmp):
             os.remove(tmp)
+        if isinstance(e.__context__, KeyboardInterrupt) and not isinstance(e, KeyboardInterrupt):
+            # torch.save's zip writer fails on its way out of a Ctrl-C ("unexpected pos"): the Ctrl-C is the news
+            raise KeyboardInterrupt from None
         raise
 
 

@@ -5,6 +5,7 @@ training with one `error:` line; a run that stops on a mistake is one line and a
 status says whether the comparison is complete."""
 import json
 import os
+import types
 
 import pytest
 import torch
@@ -294,3 +295,25 @@ def test_wandb_runs_are_grouped_and_the_table_is_logged(char_data, tmp_path, mon
         assert row['best val loss'] == pytest.approx(saved['results'][impl]['best_val_loss'])
         assert summary['summary'][f'{impl}/tokens/s'] == pytest.approx(saved['results'][impl]['tokens_per_sec'])
     assert summary['summary'].get('comparison/_type') == 'table-file', sorted(summary['summary'])
+
+
+def test_a_run_killed_before_its_result_stays_the_comparisons(tmp_path, monkeypatch, char_data):
+    """Regression: a run's result file was deleted as the run started, so once a run was interrupted or killed, the
+    next comparison into the same report_dir refused that run's own checkpoint as another's."""
+    class Killed:  # a child process killed before it wrote a result (Ctrl-C, the host's OOM killer)
+        exitcode = -9
+
+        def __init__(self, target, args):
+            pass
+
+        def start(self):
+            pass
+
+        def join(self):
+            pass
+
+    monkeypatch.setattr(compare, 'mp', types.SimpleNamespace(get_context=lambda method: types.SimpleNamespace(
+        Process=Killed)))
+    cfg = tiny_config(tmp_path / 'unused', char_data)
+    assert compare.run_one(cfg, 'naive', str(tmp_path)) == {'status': 'failed', 'error': 'process exited with code -9'}
+    assert compare.run_config(cfg, 'naive', str(tmp_path)).overwrite  # the next comparison may replace it

@@ -579,3 +579,19 @@ def test_gelu_setting_is_checked_and_old_checkpoints_load_as_exact():
     old_args = {k: v for k, v in vars(model.config).items() if k != 'gelu_approximate'}  # saved before the key
     old = model_from_checkpoint({'model': model.state_dict(), 'model_args': old_args})
     assert old.config.gelu_approximate == 'none' and old.transformer.h[0].mlp.gelu.approximate == 'none'
+
+
+def test_an_interrupted_export_leaves_hf_dir_as_it_was(tmp_path, monkeypatch):
+    """Regression: Ctrl-C while model.safetensors was being written left model.safetensors.tmp, and the same export
+    run again refused the directory as not empty."""
+    def interrupted(save_file, tensors, path):
+        with open(path, 'wb') as f:
+            f.write(b'half a file')
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hf_gpt2, '_save_safetensors', interrupted)
+    (tmp_path / 'empty').mkdir()
+    for hf_dir in (tmp_path / 'new', tmp_path / 'empty'):
+        with pytest.raises(KeyboardInterrupt):
+            hf_gpt2.export(our_model(), str(hf_dir), None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['empty'] and not list((tmp_path / 'empty').iterdir())
