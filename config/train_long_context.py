@@ -6,25 +6,25 @@
 
 out_dir = 'out-long-context'
 eval_interval = 1000        # evaluate only at the start and the end: this run measures speed
-eval_iters = 2
+eval_iters = 2              # 2 windows of 16k tokens per split
 log_interval = 5            # timing windows of 5 iterations
-always_save_checkpoint = False
+always_save_checkpoint = False  # save only when val improves
 
-dataset = 'shakespeare'
-gradient_accumulation_steps = 1
-batch_size = 1
+dataset = 'shakespeare'     # GPT-2 BPE tokens
+gradient_accumulation_steps = 1  # one micro-step per step (and CUDA graphs)
+batch_size = 1              # one 16k-token sequence per step
 block_size = 16384          # 16k tokens of context
 
-n_layer = 12
+n_layer = 12                # GPT-2 124M's depth
 n_head = 12                 # head dim 64
-n_embd = 768
-dropout = 0.0
-bias = False
+n_embd = 768                # and width
+dropout = 0.0               # as in GPT-2 pretraining
+bias = False                # unlike GPT-2 (nanoGPT's faster default): the attention is what is timed
 
-learning_rate = 6e-4
-max_iters = 40
-lr_decay_iters = 40
-warmup_iters = 5
-min_lr = 6e-5
+learning_rate = 6e-4        # GPT-2 124M's, as nanoGPT trains it
+max_iters = 40              # enough for a steady-state median after compilation
+lr_decay_iters = 40         # the cosine decay ends with the run
+warmup_iters = 5            # a short linear warmup
+min_lr = 6e-5               # learning_rate / 10
 
 attn = 'triton'             # compare.py runs each implementation
