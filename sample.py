@@ -239,6 +239,8 @@ def main(argv: list[str] | None = None) -> None:
             raise
         sys.exit(f"error: the {where} ran out of memory ({first_line(e, 160)}): lower --max_new_tokens (the KV "
                  f"cache grows with it), or sample where more memory is free")
+    except KeyboardInterrupt:  # the samples print at the end, together
+        sys.exit("interrupted: no sample was printed")
     for s in samples:
         print(s)
         print('---------------')

@@ -374,3 +374,16 @@ def test_running_out_of_memory_is_one_line(char_ckpt, monkeypatch):
     monkeypatch.setattr(sample, 'generate_samples', no_memory)
     message = _error([f'--out_dir={char_ckpt}', '--device=cpu'])
     assert message.startswith("error: the CPU ran out of memory (") and "lower --max_new_tokens" in message
+
+
+def test_ctrl_c_is_one_line(char_ckpt, monkeypatch):
+    """Regression: Ctrl-C while sampling printed a traceback."""
+    import sample
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sample, 'generate_samples', interrupted)
+    with pytest.raises(SystemExit) as stop:
+        main([f'--out_dir={char_ckpt}', '--device=cpu'])
+    assert stop.value.code == "interrupted: no sample was printed"
