@@ -383,6 +383,14 @@ def resume_from(cfg: TrainConfig, procs: Processes) -> tuple[TrainConfig, dict |
     changed = {k: v for k, v in arch.items() if getattr(cfg, k) != v}
     if changed and procs.master:
         print(f"resume: the architecture is the checkpoint's, using {changed}")
+    # every other setting is this run's: name those that differ from the run that saved the checkpoint, so that a
+    # resume without that run's config file (training on at the defaults) does not go unnoticed
+    saved, ours = ckpt['config'] if isinstance(ckpt['config'], dict) else {}, dataclasses.asdict(cfg)
+    expected = ARCH_KEYS + ('init_from', 'max_iters', 'overwrite', 'eval_only')  # or changed on purpose
+    differ = [f"{k} {saved[k]!r} -> {v!r}" for k, v in ours.items()
+              if k in saved and k not in expected and saved[k] != v]
+    if differ and procs.master:
+        print(f"resume: settings that differ from the checkpoint's run: {', '.join(differ)}")
     return dataclasses.replace(cfg, **arch), ckpt, False
 
 

@@ -521,6 +521,16 @@ def test_ctrl_c_before_any_save_says_nothing_was_saved(tmp_path, monkeypatch):
     assert stop.value.code == f"interrupted: no checkpoint was saved in {tmp_path}"
 
 
+def test_resume_names_the_settings_that_differ_from_the_checkpoints_run(char_data, tmp_path, capsys):
+    """Regression: a resume without the saving run's config file trained on at the defaults without a word."""
+    train(tiny_config(tmp_path, char_data, max_iters=2, eval_interval=2))
+    capsys.readouterr()
+    train(tiny_config(tmp_path, char_data, max_iters=4, eval_interval=2, init_from='resume', batch_size=4,
+                      dropout=0.1))
+    out = capsys.readouterr().out
+    assert "resume: settings that differ from the checkpoint's run: batch_size 8 -> 4, dropout 0.0 -> 0.1\n" in out
+
+
 def test_resume_takes_this_runs_adamw_settings(char_data, tmp_path):
     """Regression: a resume kept the checkpoint's betas and weight decay without a word, while its config.json (and
     the next checkpoint's config) recorded the new ones."""
