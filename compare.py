@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"logged the table to W&B: project {cfg.wandb_project}, group {group}")
         except Exception as e:  # login, network, quota: the report files above are written either way
             print(f"warning: the table was not logged to W&B ({type(e).__name__}: "
-                  f"{(str(e).splitlines() or [''])[0]}); the report files have it")
+                  f"{first_line(e)}); the report files have it")
     if problem := failures(results):
         sys.exit(f"error: {problem}: {report_dir}/compare.md says why, under the table")
 

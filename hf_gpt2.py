@@ -26,8 +26,8 @@ import torch
 import torch.nn as nn
 
 from model import GPT, GPTConfig
-from utils import (HELP_FLAGS, CheckpointError, ConfigError, load_checkpoint, model_from_checkpoint, non_finite_tensors,
-                   parse_config, read_meta, replace_file)
+from utils import (HELP_FLAGS, CheckpointError, ConfigError, first_line, load_checkpoint, model_from_checkpoint,
+                   non_finite_tensors, parse_config, read_meta, replace_file)
 
 GPT2_NAMES = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')  # OpenAI's four, by their hub names
 HUB_FILES = ['config.json', 'model.safetensors']  # what a download fetches: each of the four has one safetensors file
@@ -157,7 +157,7 @@ def _local_dir(source: str) -> str:
 
 
 def _one_line(e: Exception) -> str:
-    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+    return f"{type(e).__name__}: {first_line(e)}"
 
 
 def _read_json(path: str) -> dict:

@@ -243,7 +243,7 @@ def setup_processes(cfg: TrainConfig) -> Processes:
             dist.init_process_group(backend=cfg.backend, timeout=datetime.timedelta(seconds=cfg.ddp_timeout))
         except (RuntimeError, ValueError) as e:  # the store's timeout (DistStoreError is a RuntimeError), bad env
             raise TrainingError(f"rank {os.environ['RANK']} could not join the other processes "
-                                f"({str(e).strip().splitlines()[0][:160]}): start every process with torchrun, e.g. "
+                                f"({first_line(e, 160)}): start every process with torchrun, e.g. "
                                 f"torchrun --nproc_per_node=2 train.py ...; if they start far apart, raise "
                                 f"--ddp_timeout (now {cfg.ddp_timeout:g} s)") from None
     return Processes(True, dist.get_rank(), local_rank, dist.get_world_size(), device, device_type, dtype,
@@ -293,7 +293,7 @@ def explain_ddp_timeout(cfg: TrainConfig, procs: Processes):
         lost = any(s in text for s in ('connection reset', 'connection closed', 'broken pipe'))
         if not procs.ddp or isinstance(e, TrainingError) or not (lost or 'timed out' in text):
             raise
-        first = str(e).strip().splitlines()[0][:160]
+        first = first_line(e, 160)
         if lost:
             raise TrainingError(f"rank {procs.rank} of {procs.world_size} lost its connection to another process "
                                 f"({first}): that process died, and its own log says why") from e
@@ -583,9 +583,9 @@ def start_wandb(cfg: TrainConfig):
         wandb.init(project=cfg.wandb_project or cfg.dataset, name=name, group=cfg.wandb_group or None,
                    config=dataclasses.asdict(cfg))
     except Exception as e:  # not logged in, no network, a bad entity: wandb raises several kinds
-        reason = (str(e).strip().splitlines() or [''])[0][:200]
-        raise ConfigError(f"W&B could not start ({type(e).__name__}: {reason}): log in with `wandb login`, or set "
-                          f"WANDB_MODE=offline to log to local files, or turn it off with --wandb_log=False") from None
+        raise ConfigError(f"W&B could not start ({type(e).__name__}: {first_line(e)}): log in with `wandb login`, "
+                          f"or set WANDB_MODE=offline to log to local files, or turn it off with "
+                          f"--wandb_log=False") from None
     return wandb
 
 
@@ -693,7 +693,7 @@ def seed_random_state(cfg: TrainConfig, ckpt: dict | None, procs: Processes, ite
             train_gen.set_state(state['data'].cpu())
         except (KeyError, TypeError, AttributeError, RuntimeError) as e:
             raise CheckpointError(f"checkpoint {ckpt['source']} holds a random state this torch cannot restore "
-                                  f"({type(e).__name__}: {str(e).splitlines()[0][:160]}): restore it from a copy"
+                                  f"({type(e).__name__}: {first_line(e, 160)}): restore it from a copy"
                                   ) from None
         return train_gen
     if ckpt is not None:

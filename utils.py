@@ -589,8 +589,8 @@ def read_meta(data_dir: str) -> dict | None:
         with open(path, 'rb') as f:
             meta = _PlainUnpickler(f).load()
     except Exception as e:  # truncated, not a pickle, or one that would run code: all mean the same to the user
-        reason = (str(e).strip().splitlines() or [''])[0][:200]
-        raise ConfigError(f"{path} is unreadable ({type(e).__name__}: {reason}): {prepare_hint(data_dir)}") from e
+        raise ConfigError(f"{path} is unreadable ({type(e).__name__}: {first_line(e)}): "
+                          f"{prepare_hint(data_dir)}") from e
     if problem := meta_problem(meta):
         raise ConfigError(f"{path} is not a sound dataset meta ({problem}): {prepare_hint(data_dir)}")
     return meta
