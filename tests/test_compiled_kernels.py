@@ -153,6 +153,20 @@ def test_loop_spills_counts_only_the_softmax_loops():
     assert call_without_interpreter("compile_sm90", "loop_spills", SASS) == 0
 
 
+def test_exps_under_product_counts_between_the_waits():
+    # tools/compile_sm90.py's "exponentials under a product": those after a step's wait for all but its latest
+    # products and before its wait for all of them; none when ptxas has moved the second wait up above them
+    _needs_nvidia_backend()
+
+    def step(*middle):
+        return _sass("HGMMA.64x64x16.F32.BF16 R24, gdesc[UR8], RZ, !UPT", "WARPGROUP.DEPBAR.LE gsb0, 0x1", *middle,
+                     "MUFU.EX2 R5, R5", "@P1 BRA 0x0", "EXIT")
+
+    exps, wait = ("MUFU.EX2 R3, R3", "MUFU.EX2 R4, R4"), "WARPGROUP.DEPBAR.LE gsb0, 0x0"
+    assert call_without_interpreter("compile_sm90", "exps_under_product", step(*exps, wait)) == 2
+    assert call_without_interpreter("compile_sm90", "exps_under_product", step(wait, *exps)) == 0
+
+
 def test_hopper_kernels_have_a_softmax_loop(hopper):
     # every Hopper kernel's softmax groups run one loop over key tiles (forward) or query blocks (backward); its step
     # is what docs/design.md, "FlashAttention-4's lead", compares with FlashAttention-4's

@@ -9,7 +9,8 @@ Uses the shipped tile configurations for bf16 at T=4096 (the forward's and the b
 then the Hopper forward and backward (flash_hopper.py): their warps, wgmma count, the registers and local memory
 (spills) that ptxas gave them, whether ptxas serialized their wgmmas (a wait after each one in the SASS), the SASS's
 size, the length of one step of its softmax loop and the spilled registers stored or reloaded inside its loops, read
-from the cubin with the cuobjdump that Triton bundles. Needs triton's NVIDIA backend, which bundles ptxas; no GPU and no
+from the cubin with the cuobjdump that Triton bundles, and how many of a step's exponentials run while its last product
+does. Needs triton's NVIDIA backend, which bundles ptxas; no GPU and no
 CUDA driver. counts() returns the numbers; main prints them.
 
     python tools/compile_sm90.py --fa4 [--head-dim 128]
@@ -153,8 +154,9 @@ def sass_size(sass: str) -> int:
 
 
 def _softmax_loops(sass: str) -> list:
-    """The bodies of a kernel's softmax loops, each a list of its SASS instructions' opcodes: the code from a backward
-    branch's target to the branch, where it holds both an HGMMA and an exponential. Only branches ahead of the last
+    """The bodies of a kernel's softmax loops, each a list of its SASS instructions (opcode and operands, no
+    predicate): the code from a backward branch's target to the branch, where it holds both an HGMMA and an
+    exponential. Only branches ahead of the last
     EXIT count: after it sit the waits' out-of-line retry paths, which branch back into the loops. A loop around
     another (a persistent program's loop over items) is left out: its body holds the other's."""
     code = [(int(a, 16), op, rest) for a, op, rest in
@@ -165,8 +167,8 @@ def _softmax_loops(sass: str) -> list:
         target = re.match(r"\s*(0x[0-9a-f]+)", rest) if op == "BRA" and addr < end else None
         if target and int(target.group(1), 16) < addr:
             start = int(target.group(1), 16)
-            body = [o for a, o, _ in code if start <= a <= addr]
-            if any(o.startswith("HGMMA") for o in body) and "MUFU.EX2" in body:
+            body = [o + r for a, o, r in code if start <= a <= addr]
+            if any(o.startswith("HGMMA") for o in body) and any(o.startswith("MUFU.EX2") for o in body):
                 spans.append((start, addr, body))
     return [body for start, stop, body in spans
             if not any((start, stop) != (a, b) and start <= a and b <= stop for a, b, _ in spans)]
@@ -176,6 +178,25 @@ def inner_loop(sass: str) -> int:
     """Instructions in one step of a kernel's softmax loop (_softmax_loops). A kernel with a loop per warpgroup or
     per masked and unmasked step gives its shortest."""
     return min((len(body) for body in _softmax_loops(sass)), default=0)
+
+
+def exps_under_product(sass: str) -> int:
+    """Exponentials that one step of a kernel's softmax loop computes while its last product still runs: the
+    MUFU.EX2 between the step's wait for all but the latest wgmma group (WARPGROUP.DEPBAR.LE gsb0, 0x1) and its
+    wait for all of them (0x0). The fewest over the kernel's loops; 0 in a loop without that pair of waits. ptxas
+    moves a wait up to the first barrier or mbarrier arrival above it (docs/design.md, "The wait for P V")."""
+    fewest = None
+    for body in _softmax_loops(sass):
+        under, count = 0, None
+        for ins in body:
+            if ins.startswith("WARPGROUP.DEPBAR.LE gsb0, 0x1"):
+                count = 0
+            elif ins.startswith("WARPGROUP.DEPBAR.LE gsb0, 0x0") and count is not None:
+                under, count = max(under, count), None
+            elif ins.startswith("MUFU.EX2") and count is not None:
+                count += 1
+        fewest = under if fewest is None else min(fewest, under)
+    return fewest or 0
 
 
 def loop_spills(sass: str) -> int:
@@ -213,13 +234,13 @@ def sass_row(cubin: bytes) -> dict:
     usage, sass = resource_usage(cubin), _cuobjdump(cubin, "--dump-sass")
     hgmma, waits = sass_waits(sass)
     return dict(registers=usage["REG"], stack=usage["STACK"], hgmma=hgmma, waits=waits, sass=sass_size(sass),
-                loop=inner_loop(sass), loop_spills=loop_spills(sass))
+                loop=inner_loop(sass), loop_spills=loop_spills(sass), exps_under=exps_under_product(sass))
 
 
 TRITON_COUNTS = ("convert_layout", "st.shared", "ld.shared", "mul.hi", "wgmma.wait_group", "shared")
 HOPPER_COUNTS = ("warps", "wgmma", "setmaxnreg", "registers", "stack", "shared", "hgmma", "waits", "sass", "loop",
-                 "loop_spills")
-FA4_COUNTS = ("registers", "stack", "hgmma", "waits", "sass", "loop", "loop_spills")
+                 "loop_spills", "exps_under")
+FA4_COUNTS = ("registers", "stack", "hgmma", "waits", "sass", "loop", "loop_spills", "exps_under")
 T_TILES = 4096  # the Triton kernels are compiled with the tiles the shipped table gives this length
 
 
@@ -230,8 +251,9 @@ def counts(head_dim: int = 64, dump: Optional[str] = None) -> dict:
     {"kernel": "forward" | "backward" | "forward3" (head dim 64's three-group forward)} and HOPPER_COUNTS: warps,
     wgmma.mma_async and setmaxnreg in the PTX, registers and stack bytes per thread, shared bytes, HGMMA, wgmma
     waits and instructions in the SASS, the instructions of one step of its softmax loop (inner_loop) and the
-    local-memory loads and stores in its softmax loops (loop_spills). With
-    dump, each kernel's TTGIR and PTX (and the Hopper kernels' SASS) are also written to that folder."""
+    local-memory loads and stores in its softmax loops (loop_spills) and the exponentials a step computes under its
+    last product (exps_under_product). With dump, each kernel's TTGIR and PTX (and the Hopper kernels' SASS) are
+    also written to that folder."""
     D = head_dim
     rows = {"triton": [], "hopper": []}
     for dropout in (False, True):
@@ -295,16 +317,16 @@ def main():
         print(f"| {row['kernel']} | {row['dropout']} | " + " | ".join(str(row[c]) for c in TRITON_COUNTS) + " |")
     print(f"\nHopper kernels (flash_hopper.py), head dim {args.head_dim}:")
     print("| kernel | warps | wgmma.mma_async | setmaxnreg | registers | stack bytes | shared bytes | SASS HGMMA | "
-          "SASS wgmma waits | SASS instructions | loop step | spills in the loops |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "SASS wgmma waits | SASS instructions | loop step | spills in the loops | exponentials under a product |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows["hopper"]:
         print(f"| hopper {row['kernel']} | " + " | ".join(str(row[c]) for c in HOPPER_COUNTS) + " |")
     if fa4:
         print(f"\nFlashAttention-4 (flash-attn-4 {importlib.metadata.version('flash-attn-4')}), head dim "
               f"{args.head_dim}, T={T_TILES}:")
         print("| kernel | registers | stack bytes | SASS HGMMA | SASS wgmma waits | SASS instructions | loop step | "
-              "spills in the loops |")
-        print("|---|---|---|---|---|---|---|---|")
+              "spills in the loops | exponentials under a product |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for name, row in fa4.items():
             print(f"| {name} | " + " | ".join(str(row[c]) for c in FA4_COUNTS) + " |")
 
