@@ -221,22 +221,6 @@ def _first_tile(q, k_smem, k_free, s0, s_zero, m_i, l_i, rows, qk_scale, p_layou
 
 
 @gluon.jit
-def _settled(x, GROUP: gl.constexpr):
-    # x, after a barrier of the group's four warps that waits for x's values. ptxas issued the wait for P V (and the
-    # K tile's release before it) as early as it could, at the start of the softmax, so the exponentials ran after
-    # the product instead of under it; a wait does not pass a barrier, and this one cannot come before x is computed
-    # (docs/design.md, "The wait for P V"). The predicate holds for every row sum (>= 1) and for NaN, so no thread
-    # skips the barrier; named barriers 0-2 are the partitions' own.
-    if GROUP == 0:
-        asm: gl.constexpr = ("{ .reg .pred p; setp.neu.f32 p, $2, 0fFF800000; @p bar.sync 8, 128; "
-                             "mov.b32 $0, $2; mov.b32 $1, $3; }")
-    else:
-        asm: gl.constexpr = ("{ .reg .pred p; setp.neu.f32 p, $2, 0fFF800000; @p bar.sync 9, 128; "
-                             "mov.b32 $0, $2; mov.b32 $1, $3; }")
-    return gl.inline_asm_elementwise(asm, "=r,=r,r,r", [x], dtype=gl.float32, is_pure=False, pack=2)
-
-
-@gluon.jit
 def _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, r, c, start_n, p, acc, m_i, l_i, rows,
           qk_scale, s_zero, GROUP: gl.constexpr, MASKED: gl.constexpr):
     # One key tile after an item's first, for one softmax group: issue S_j = Q K_j^T and O += P_{j-1} V_{j-1}
@@ -258,10 +242,8 @@ def _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, r, c, start
     acc = warpgroup_mma(p, v_smem.index(prev).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
     mbarrier.arrive(turn.index((GROUP + 1) % GROUPS), count=1)
     scores = warpgroup_mma_wait(1, deps=(scores, ))  # S_j is done; P_{j-1} V_{j-1} may still run
-    p_new, m_i, l_i, alpha = _softmax_tile(scores, m_i, l_i, rows, start_n, qk_scale, MASKED)
-    if GROUPS == 2:  # three groups have no registers to keep P_{j-1} and all of P_j (they spill)
-        l_i = _settled(l_i, GROUP)
     mbarrier.arrive(k_free.index(s), count=1)
+    p_new, m_i, l_i, alpha = _softmax_tile(scores, m_i, l_i, rows, start_n, qk_scale, MASKED)
     acc = warpgroup_mma_wait(0, deps=(acc, ))
     mbarrier.arrive(v_free.index(prev), count=1)
     acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, acc.type.layout))[:, None]
