@@ -226,8 +226,8 @@ def _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, r, c, start
     # One key tile after an item's first, for one softmax group: issue S_j = Q K_j^T and O += P_{j-1} V_{j-1}
     # back to back, hand the turn to the other group, then compute the softmax of S_j while the P V product is
     # still running (in this order here; ptxas moves the wait for P V up to the softmax's start: docs/design.md,
-    # "The wait for P V"). r is the tile's place in the K/V ring and c the group's count of steps so far (the turn
-    # barriers' phase), both over all of the program's items.
+    # "The P V wait pinned after the softmax"). r is the tile's place in the K/V ring and c the group's count of
+    # steps so far (the turn barriers' phase), both over all of the program's items.
     STAGES: gl.constexpr = k_smem.shape[0]
     HEAD_DIM: gl.constexpr = k_smem.shape[-1]
     GROUPS: gl.constexpr = turn.shape[0]

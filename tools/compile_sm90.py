@@ -184,7 +184,8 @@ def exps_under_product(sass: str) -> int:
     """Exponentials that one step of a kernel's softmax loop computes while its last product still runs: the
     MUFU.EX2 between the step's wait for all but the latest wgmma group (WARPGROUP.DEPBAR.LE gsb0, 0x1) and its
     wait for all of them (0x0). The fewest over the kernel's loops; 0 in a loop without that pair of waits. ptxas
-    moves a wait up to the first barrier or mbarrier arrival above it (docs/design.md, "The wait for P V")."""
+    moves a wait up to the first barrier or mbarrier arrival above it (docs/design.md, "The P V wait pinned after
+    the softmax")."""
     fewest = None
     for body in _softmax_loops(sass):
         under, count = 0, None
