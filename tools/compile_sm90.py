@@ -10,8 +10,8 @@ then the Hopper forward and backward (flash_hopper.py): their warps, wgmma count
 (spills) that ptxas gave them, whether ptxas serialized their wgmmas (a wait after each one in the SASS), the SASS's
 size, the length of one step of its softmax loop and the spilled registers stored or reloaded inside its loops, read
 from the cubin with the cuobjdump that Triton bundles, and how many of a step's exponentials run while its last product
-does. Needs triton's NVIDIA backend, which bundles ptxas; no GPU and no
-CUDA driver. counts() returns the numbers; main prints them.
+does. Needs triton's NVIDIA backend, which bundles ptxas; no GPU and no CUDA driver. counts() returns the numbers; main
+prints them.
 
     python tools/compile_sm90.py --fa4 [--head-dim 128]
 
@@ -156,9 +156,9 @@ def sass_size(sass: str) -> int:
 def _softmax_loops(sass: str) -> list:
     """The bodies of a kernel's softmax loops, each a list of its SASS instructions (opcode and operands, no
     predicate): the code from a backward branch's target to the branch, where it holds both an HGMMA and an
-    exponential. Only branches ahead of the last
-    EXIT count: after it sit the waits' out-of-line retry paths, which branch back into the loops. A loop around
-    another (a persistent program's loop over items) is left out: its body holds the other's."""
+    exponential. Only branches ahead of the last EXIT count: after it sit the waits' out-of-line retry paths, which
+    branch back into the loops. A loop around another (a persistent program's loop over items) is left out: its body
+    holds the other's."""
     code = [(int(a, 16), op, rest) for a, op, rest in
             re.findall(r"^\s+/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);", sass, re.M)]
     end = max((a for a, op, _ in code if op == "EXIT"), default=0)
