@@ -308,3 +308,39 @@ def test_ncu_sass_refuses_another_csv(tmp_path):
     path.write_text('"ID","Kernel Name"\n"0","k"\n')
     with pytest.raises(SystemExit, match='not Nsight Compute.s source page'):
         ncu_sass.read(str(path))
+
+
+def test_ab_kernel_times_the_calls_in_turns(monkeypatch):
+    """tools/ab_kernel.py's interleaved_ms: each repetition runs every call once, the first one moving along the list
+    from one repetition to the next, and each call's events bracket that call alone (not the L2 flush before it).
+    A fake clock stands in for the GPU's: each call advances it by its own cost, so every time is known exactly."""
+    sys.path.insert(0, str(ROOT / 'tools'))
+    import ab_kernel
+    clock, order = [0.0], []
+
+    class Event:
+        def __init__(self, enable_timing):
+            assert enable_timing
+
+        def record(self):
+            self.at = clock[0]
+
+        def elapsed_time(self, end):
+            return end.at - self.at
+
+    def call(name, cost):
+        def run():
+            order.append(name)
+            clock[0] += cost
+        return run
+
+    monkeypatch.setattr(torch.cuda, 'Event', Event)
+    monkeypatch.setattr(torch.cuda, 'synchronize', lambda: None)
+    monkeypatch.setattr(ab_kernel, 'FLUSH_BYTES', 1024)
+    ms = ab_kernel.interleaved_ms({'a': call('a', 2.0), 'b': call('b', 1.0), 'c': call('c', 3.0)}, rep_ms=100,
+                                  device='cpu')
+    reps = round(100 / 2.0)  # rep_ms over the calls' mean cost
+    assert ms == {'a': [2.0] * reps, 'b': [1.0] * reps, 'c': [3.0] * reps}
+    timed = order[5 * 3:]  # after the five repetitions of the estimate
+    assert [timed[3 * i:3 * i + 3] for i in range(3)] == [['a', 'b', 'c'], ['b', 'c', 'a'], ['c', 'a', 'b']]
+    assert len(timed) == 3 * reps

@@ -8,21 +8,24 @@ baseline in the same run. A developer's tool; the A/B numbers in docs/design.md 
     python tools/ab_kernel.py REV --sweep --variant DIR [--variant DIR ...] [--rounds 2]
     python tools/ab_kernel.py REV --sweep --layout bthd    # the model's (B, T, H, D) views, as bench.py times
 
-Times the launchers (_attn_fwd, _attn_bwd) with do_bench, median ms, bf16 causal, dropout off and at 0.2; with
---sweep, dropout off over bench.py's sweep (B*T = 16384, hidden 2048, T = 512 ... 16384) instead. With --variant,
-each folder's flash_hopper.py (and flash_kernel.py, else this tree's) is timed against REV instead of this tree,
-all in one process: at each shape, in each of --rounds rounds, REV then every variant, so that every ratio comes
-from back-to-back timings; a variant whose outputs leave bench.py's CHECK_TOL of REV's is timed no further.
+Times the launchers (_attn_fwd, _attn_bwd), median ms, bf16 causal, dropout off and at 0.2; with --sweep, dropout
+off over bench.py's sweep (B*T = 16384, hidden 2048, T = 512 ... 16384) instead. The calls being compared take
+turns, one call each (interleaved_ms): each is timed alone by CUDA events after an L2 flush, as do_bench does, but
+all see the GPU's clocks drift alike. With --variant, each folder's flash_hopper.py (and flash_kernel.py, else
+this tree's) is timed against REV instead of this tree, all in one process and in turns with REV, in each of
+--rounds rounds at each shape; a variant whose outputs leave bench.py's CHECK_TOL of REV's is timed no further.
 Inputs are contiguous (B, H, T, D) tensors unless --layout bthd asks for the model's views, the layout bench.py and
 the model use: a change to what happens around the kernels (the layouts of buffers, copies) shows only there.
 load_old() imports the old files, compare() and compare_variants() return the times; main prints them.
 """
 import argparse
 import atexit
+import functools
 import importlib
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -86,17 +89,51 @@ def inputs(B, H, T, D, layout: str = "bhtd", device: str = "cuda") -> list:
     return [t.detach() for t in bench.inputs(B, H, T, D, layout, device)]
 
 
-def time_ms(fk, B, H, T, D, p, tensors: Optional[list] = None, layout: str = "bhtd") -> tuple:
-    """(forward ms, backward ms) of module fk's launchers, on `tensors` (inputs()) or fresh ones in `layout`."""
+FLUSH_BYTES = 256 * 2**20  # written before each timed call so that none finds its inputs in L2, as do_bench does
+REP_MS = 100  # GPU time each call gets in one timing, as do_bench's rep
+
+
+def interleaved_ms(calls: dict, rep_ms: float = REP_MS, device: str = "cuda") -> dict:
+    """{name: [ms, one per repetition]} of each of calls ({name: function}): every repetition runs each call once,
+    each starting one place further along the list than in the last (no call always runs first, or just after the
+    same other), each timed alone by CUDA events after L2 is flushed. Calls timed back to back share the GPU's clocks
+    and temperature as they drift; do_bench runs (100 ms of one call, then 100 ms of the next) did not, and their
+    ratios for a kernel left as it was spread 0.87-1.07x (docs/design.md, "The prepared variants, timed")."""
+    names = list(calls)
+    flush = torch.empty(FLUSH_BYTES // 4, dtype=torch.int32, device=device)
+
+    def run(reps):
+        events = {name: [] for name in names}
+        for i in range(reps):
+            for j in range(len(names)):
+                name = names[(i + j) % len(names)]
+                flush.zero_()
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                calls[name]()
+                end.record()
+                events[name].append((start, end))
+        torch.cuda.synchronize()
+        return {name: [start.elapsed_time(end) for start, end in pairs] for name, pairs in events.items()}
+
+    estimate = run(5)  # also the warm-up
+    per_call = statistics.mean(statistics.median(ms) for ms in estimate.values())
+    return run(max(10, round(rep_ms / per_call)))
+
+
+def time_modules(modules: dict, B, H, T, D, p, tensors: Optional[list] = None, layout: str = "bhtd") -> dict:
+    """{name: (forward ms, backward ms)}, medians, of each of modules' launchers ({name: module}) on the same
+    `tensors` (inputs()) or fresh ones in `layout`, the modules' calls interleaved (interleaved_ms)."""
     q, k, v, do = tensors or inputs(B, H, T, D, layout)
     seed = torch.randint(0, 2**62, (1,), dtype=torch.int64, device="cuda") if p > 0 else None
     s = D ** -0.5
-    o, lse = fk._attn_fwd(q, k, v, seed, True, s, p)
-    fwd = triton.testing.do_bench(lambda: fk._attn_fwd(q, k, v, seed, True, s, p), warmup=25, rep=100,
-                                  return_mode="median")
-    bwd = triton.testing.do_bench(lambda: fk._attn_bwd(do, q, k, v, o, lse, seed, True, s, p), warmup=25, rep=100,
-                                  return_mode="median")
-    return fwd, bwd
+    fwd, bwd = {}, {}
+    for name, fk in modules.items():
+        o, lse = fk._attn_fwd(q, k, v, seed, True, s, p)
+        fwd[name] = functools.partial(fk._attn_fwd, q, k, v, seed, True, s, p)
+        bwd[name] = functools.partial(fk._attn_bwd, do, q, k, v, o, lse, seed, True, s, p)
+    fwd, bwd = interleaved_ms(fwd), interleaved_ms(bwd)
+    return {name: (statistics.median(fwd[name]), statistics.median(bwd[name])) for name in modules}
 
 
 def compare(old, shapes: list, dropouts: tuple, layout: str = "bhtd") -> list:
@@ -104,8 +141,8 @@ def compare(old, shapes: list, dropouts: tuple, layout: str = "bhtd") -> list:
     rows = []
     for B, H, T, D in shapes:
         for p in dropouts:
-            fo, bo = time_ms(old, B, H, T, D, p, layout=layout)
-            fn, bn = time_ms(new, B, H, T, D, p, layout=layout)
+            ms = time_modules({"old": old, "new": new}, B, H, T, D, p, layout=layout)
+            (fo, bo), (fn, bn) = ms["old"], ms["new"]
             rows.append(dict(B=B, H=H, T=T, D=D, p=p, fwd_old=fo, fwd_new=fn, bwd_old=bo, bwd_new=bn))
     return rows
 
@@ -135,13 +172,12 @@ def compare_variants(old, variants: dict, shape: tuple, rounds: int, layout: str
     errors = {name: mismatch(outputs(module, tensors), want) for name, module in variants.items()}
     wrong = {name: err for name, err in errors.items() if not err < CHECK_TOL}
     rows = []
+    timed = {"old": old, **{name: module for name, module in variants.items() if name not in wrong}}
     for _ in range(rounds):
-        fo, bo = time_ms(old, B, H, T, D, 0.0, tensors)
-        for name, module in variants.items():
-            if name not in wrong:
-                fn, bn = time_ms(module, B, H, T, D, 0.0, tensors)
-                rows.append(dict(variant=name, B=B, H=H, T=T, D=D, p=0.0, fwd_old=fo, fwd_new=fn, bwd_old=bo,
-                                 bwd_new=bn))
+        ms = time_modules(timed, B, H, T, D, 0.0, tensors)
+        (fo, bo) = ms.pop("old")
+        rows += [dict(variant=name, B=B, H=H, T=T, D=D, p=0.0, fwd_old=fo, fwd_new=fn, bwd_old=bo, bwd_new=bn)
+                 for name, (fn, bn) in ms.items()]
     return rows, wrong
 
 
