@@ -162,8 +162,8 @@ def mismatch(new: list, old: list) -> float:
 
 
 def compare_variants(old, variants: dict, shape: tuple, rounds: int, layout: str = "bhtd") -> tuple[list, dict]:
-    """Old against each of {name: module} at one (B, H, T, D), dropout off: in each round old then every variant
-    back to back on the same inputs. A variant whose outputs differ from old's by more than bench.py's CHECK_TOL is
+    """Old against each of {name: module} at one (B, H, T, D), dropout off: in each round old and every variant
+    in turns (time_modules) on the same inputs. A variant whose outputs differ from old's by more than bench.py's CHECK_TOL is
     not timed (a fast wrong kernel is no result). Returns one dict of ms per variant and round, and {name: error}
     for the variants left out."""
     B, H, T, D = shape
