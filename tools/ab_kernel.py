@@ -163,9 +163,9 @@ def mismatch(new: list, old: list) -> float:
 
 def compare_variants(old, variants: dict, shape: tuple, rounds: int, layout: str = "bhtd") -> tuple[list, dict]:
     """Old against each of {name: module} at one (B, H, T, D), dropout off: in each round old and every variant
-    in turns (time_modules) on the same inputs. A variant whose outputs differ from old's by more than bench.py's CHECK_TOL is
-    not timed (a fast wrong kernel is no result). Returns one dict of ms per variant and round, and {name: error}
-    for the variants left out."""
+    in turns (time_modules) on the same inputs. A variant whose outputs differ from old's by more than bench.py's
+    CHECK_TOL is not timed (a fast wrong kernel is no result). Returns one dict of ms per variant and round, and
+    {name: error} for the variants left out."""
     B, H, T, D = shape
     tensors = inputs(B, H, T, D, layout)
     want = outputs(old, tensors)
@@ -175,7 +175,7 @@ def compare_variants(old, variants: dict, shape: tuple, rounds: int, layout: str
     timed = {"old": old, **{name: module for name, module in variants.items() if name not in wrong}}
     for _ in range(rounds):
         ms = time_modules(timed, B, H, T, D, 0.0, tensors)
-        (fo, bo) = ms.pop("old")
+        fo, bo = ms.pop("old")
         rows += [dict(variant=name, B=B, H=H, T=T, D=D, p=0.0, fwd_old=fo, fwd_new=fn, bwd_old=bo, bwd_new=bn)
                  for name, (fn, bn) in ms.items()]
     return rows, wrong
