@@ -186,18 +186,18 @@ def exps_under_product(sass: str) -> int:
     wait for all of them (0x0). The fewest over the kernel's loops; 0 in a loop without that pair of waits. ptxas
     moves a wait up to the first barrier or mbarrier arrival above it (docs/design.md, "The P V wait pinned after
     the softmax")."""
-    fewest = None
-    for body in _softmax_loops(sass):
-        under, count = 0, None
+    def under(body):
+        most, count = 0, None  # count: exponentials since the last 0x1 wait, None outside such a span
         for ins in body:
             if ins.startswith("WARPGROUP.DEPBAR.LE gsb0, 0x1"):
                 count = 0
             elif ins.startswith("WARPGROUP.DEPBAR.LE gsb0, 0x0") and count is not None:
-                under, count = max(under, count), None
+                most, count = max(most, count), None
             elif ins.startswith("MUFU.EX2") and count is not None:
                 count += 1
-        fewest = under if fewest is None else min(fewest, under)
-    return fewest or 0
+        return most
+
+    return min((under(body) for body in _softmax_loops(sass)), default=0)
 
 
 def loop_spills(sass: str) -> int:
