@@ -8,24 +8,20 @@ cuDNN and memory-efficient backends and a naive implementation, forward and forw
     python bench.py --out bench.md       # also write the tables to a Markdown file
 
 FlashAttention-4 is the CuTe-DSL package `flash_attn.cute` (`pip install flash-attn-4`); where it does not import,
-the run says so under its header and goes on without its tables.
+the run says so under its header and goes on without that column.
 
 Protocol: bf16; q, k, v (and dout) from torch.randn in the model's layout, (B, T, H, D) tensors viewed as
 (B, H, T, D) with .transpose(1, 2): the memory order of the model's attention and FlashAttention's own (--layout
-bhtd: contiguous (B, H, T, D) tensors instead); fwd+bwd = forward then out.backward(dout) with a fixed random dout;
-FLOPs forward = 2*B*H*T*T*D (the causal half of 4*B*H*T*T*D), fwd+bwd = 3.5x forward. Sweep: B*T = 16384 tokens,
-hidden 2048 (H = 2048 / D). Before timing a shape every provider's output and gradients are checked against the fp32
-reference on one (batch, head), so nothing wrong gets timed, and its peak memory is taken alone. Then the providers
-take turns, one call each (interleaved_ms): every call is timed alone by CUDA events after an L2 flush, as
-triton.testing.do_bench does, ~100 ms of calls per provider, median, and a drift of the GPU's clocks during a
-shape's timings reaches every provider alike. FA4 is imported after every other provider has run at every shape
-(with flash_attn.cute imported, the others' eager calls cost the host more: BENCHMARKS.md), then timed in turns with
-ours at every shape, in tables of their own. measure_everything() and measure_all() return the data; main prints.
+bhtd: contiguous (B, H, T, D) tensors instead); triton.testing.do_bench(warmup=25, rep=100,
+return_mode="median"); fwd+bwd = forward then out.backward(dout) with a fixed random dout; FLOPs forward =
+2*B*H*T*T*D (the causal half of 4*B*H*T*T*D), fwd+bwd = 3.5x forward. Sweep: B*T = 16384 tokens, hidden 2048
+(H = 2048 / D). Before timing a shape every provider's output and gradients are checked against the fp32
+reference on one (batch, head), so nothing wrong gets timed. FA4 is imported and timed after every other provider
+at every shape: with flash_attn.cute imported, the others' eager calls cost the host more (BENCHMARKS.md).
+measure_everything() and measure() return the data; main prints.
 """
 import argparse
-import functools
 import importlib.metadata
-import statistics
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -113,18 +109,9 @@ def check(fn, q, k, v, do) -> float:
     return max(((g.float() - w).norm() / w.norm()).item() for g, w in zip(got, want))
 
 
-def inputs(B, H, T, D, layout="bthd", device="cuda") -> list:
-    """q, k, v (requiring grad) and dout, (B, H, T, D) in the given LAYOUTS entry, bf16."""
-    if layout == "bthd":
-        made = [torch.randn(B, T, H, D, device=device, dtype=torch.bfloat16).transpose(1, 2) for _ in range(4)]
-    else:
-        made = [torch.randn(B, H, T, D, device=device, dtype=torch.bfloat16) for _ in range(4)]
-    return [t.requires_grad_() for t in made[:3]] + made[3:]
-
-
-def capture_graph(fn, q, k, v, do) -> torch.cuda.CUDAGraph:
-    """fwd+bwd captured once in a CUDA graph, for replays: the GPU's time with the host's launch cost removed, which
-    is what a CUDA-graphed training step (train.py's default on one GPU) pays."""
+def graph_ms(fn, q, k, v, do) -> float:
+    """fwd+bwd captured once in a CUDA graph and replayed: the GPU's time with the host's launch cost removed,
+    which is what a CUDA-graphed training step (train.py's default on one GPU) pays."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm-up off the capture stream, as torch.cuda.graph requires
@@ -136,98 +123,56 @@ def capture_graph(fn, q, k, v, do) -> torch.cuda.CUDAGraph:
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         fn(q, k, v).backward(do)
-    return g
+    return triton.testing.do_bench(g.replay, warmup=25, rep=100, return_mode="median")
 
 
-FLUSH_BYTES = 256 * 2**20  # written before each timed call so that none finds its inputs in L2, as do_bench does
-REP_MS = 100  # GPU time each call gets in one timing, as do_bench's rep
+def inputs(B, H, T, D, layout="bthd", device="cuda") -> list:
+    """q, k, v (requiring grad) and dout, (B, H, T, D) in the given LAYOUTS entry, bf16."""
+    if layout == "bthd":
+        made = [torch.randn(B, T, H, D, device=device, dtype=torch.bfloat16).transpose(1, 2) for _ in range(4)]
+    else:
+        made = [torch.randn(B, H, T, D, device=device, dtype=torch.bfloat16) for _ in range(4)]
+    return [t.requires_grad_() for t in made[:3]] + made[3:]
 
 
-def interleaved_ms(calls: dict, rep_ms: float = REP_MS, grad_to_none: tuple = (), device: str = "cuda") -> dict:
-    """{name: [ms, one per repetition]} of each of calls ({name: function}): every repetition runs each call once,
-    each starting one place further along the list than in the last (no call always runs first, or just after the
-    same other), each timed alone by CUDA events after L2 is flushed and grad_to_none's gradients are dropped (so
-    that a backward writes fresh ones instead of adding to old ones). Calls timed back to back share the GPU's clocks
-    and temperature as they drift; do_bench runs (100 ms of one call, then 100 ms of the next) did not, and their
-    ratios for a kernel left as it was spread 0.87-1.07x (docs/design.md, "Run-to-run spread")."""
-    names = list(calls)
-    flush = torch.empty(FLUSH_BYTES // 4, dtype=torch.int32, device=device)
-
-    def run(reps):
-        events = {name: [] for name in names}
-        for i in range(reps):
-            for j in range(len(names)):
-                name = names[(i + j) % len(names)]
-                for t in grad_to_none:
-                    t.grad = None
-                flush.zero_()
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                calls[name]()
-                end.record()
-                events[name].append((start, end))
-        torch.cuda.synchronize()
-        return {name: [start.elapsed_time(end) for start, end in pairs] for name, pairs in events.items()}
-
-    estimate = run(5)  # also the warm-up
-    per_call = statistics.mean(statistics.median(ms) for ms in estimate.values())
-    return run(max(10, round(rep_ms / per_call)))
-
-
-def prepare(fn, q, k, v, do) -> Result:
-    """fn checked against the fp32 reference and its peak memory of one fwd+bwd taken alone: a Result with status
-    and peak_mib, its times still to be measured; OOM, wrong or unsupported where it cannot be timed."""
+def measure(fn, B, H, T, D, graph=False, layout="bthd") -> Result:
+    q, k, v, do = inputs(B, H, T, D, layout)
+    res = Result()
     try:
         err = check(fn, q, k, v, do)
         if not err < CHECK_TOL:
             return Result(status=f"wrong ({err:.1e})")
-        q.grad = k.grad = v.grad = None
+        for t in (q, k, v):
+            t.grad = None
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         fn(q, k, v).backward(do)
         torch.cuda.synchronize()
-        return Result(peak_mib=(torch.cuda.max_memory_allocated() - base) / 2**20)
+        res.peak_mib = (torch.cuda.max_memory_allocated() - base) / 2**20
+        with torch.no_grad():
+            res.fwd_ms = triton.testing.do_bench(lambda: fn(q, k, v), warmup=25, rep=100, return_mode="median")
+        # grad_to_none: the backward then writes fresh gradients each time instead of accumulating into old ones
+        res.fwdbwd_ms = triton.testing.do_bench(
+            lambda: fn(q, k, v).backward(do), warmup=25, rep=100, grad_to_none=[q, k, v], return_mode="median"
+        )
+        if graph:
+            res.graph_ms = graph_ms(fn, q, k, v, do)
     except torch.cuda.OutOfMemoryError:
-        return Result(status="OOM")
+        res = Result(status="OOM")
     except RuntimeError as e:  # e.g. a backend that refuses this head dim or GPU
         if "No available kernel" not in str(e) and "not supported" not in str(e).lower():
             raise
-        return Result(status="unsupported")
+        res = Result(status="unsupported")
     except (AssertionError, NotImplementedError):  # how FA4 refuses a GPU or shape it has no kernel for
-        return Result(status="unsupported")
-    finally:
-        q.grad = k.grad = v.grad = None
-        torch.cuda.empty_cache()
-
-
-def measure_all(fns: dict, B, H, T, D, graph=False, layout="bthd") -> dict:
-    """{provider: Result} at one shape for every provider in fns, on the same inputs: each checked and its memory
-    taken alone (prepare), then those that passed timed in turns (interleaved_ms), forward, fwd+bwd and, with
-    graph, fwd+bwd replayed from a CUDA graph."""
-    q, k, v, do = inputs(B, H, T, D, layout)
-    results = {p: prepare(fn, q, k, v, do) for p, fn in fns.items()}
-    ok = {p: fn for p, fn in fns.items() if results[p].status == "ok"}
-
-    def step(fn):
-        return lambda: fn(q, k, v).backward(do)
-
-    with torch.no_grad():
-        fwd = interleaved_ms({p: functools.partial(fn, q, k, v) for p, fn in ok.items()})
-    fwdbwd = interleaved_ms({p: step(fn) for p, fn in ok.items()}, grad_to_none=(q, k, v))
-    graphs = {}
-    if graph:
-        for p, fn in ok.items():
-            try:
-                graphs[p] = capture_graph(fn, q, k, v, do)
-            except Exception as e:  # a provider whose fwd+bwd cannot be captured keeps its other numbers
-                print(f"  {p}: CUDA graph capture failed: {type(e).__name__}: {str(e)[:120]}")
-    replays = interleaved_ms({p: g.replay for p, g in graphs.items()}) if graphs else {}
-    for p in ok:
-        results[p].fwd_ms, results[p].fwdbwd_ms = statistics.median(fwd[p]), statistics.median(fwdbwd[p])
-        if p in replays:
-            results[p].graph_ms = statistics.median(replays[p])
-    return results
+        res = Result(status="unsupported")
+    except Exception as e:  # a provider whose fwd+bwd cannot be captured in a CUDA graph keeps its other numbers
+        if not graph:
+            raise
+        print(f"  CUDA graph capture failed: {type(e).__name__}: {str(e)[:120]}")
+    del q, k, v, do
+    torch.cuda.empty_cache()
+    return res
 
 
 def shapes(quick: bool = False) -> list:
@@ -240,29 +185,35 @@ def shapes(quick: bool = False) -> list:
     return found
 
 
+def measure_all(fns: dict, B, H, T, D, graph=False, layout="bthd") -> dict:
+    """{provider: Result} at one shape, for every provider in fns."""
+    return {p: measure(fn, B, H, T, D, graph=graph, layout=layout) for p, fn in fns.items()}
+
+
 def measure_shapes(fns: dict, todo: list, layout: str) -> list:
     """(label, B, H, T, D, {provider: Result}) at every shape in todo (as shapes() gives them), printed as they
     come."""
     rows = []
     for label, B, H, T, D, graph in todo:
         results = measure_all(fns, B, H, T, D, graph=graph, layout=layout)
-        torch.cuda.empty_cache()  # the shape's inputs, graphs and naive's (B, H, T, T) blocks go back to the GPU
         rows.append((label, B, H, T, D, results))
         print(f"{label}: " + ", ".join(f"{p} {r.fwdbwd_ms:.3f} ms" if r.status == "ok" else f"{p} {r.status}"
                                        for p, r in results.items()), flush=True)
     return rows
 
 
-def measure_everything(todo: list, layout: str) -> tuple[list, list, list]:
-    """Rows as measure_shapes gives them: every provider but FA4 in turns at each shape; then, where FA4 imports,
-    ours and FA4 in turns at each shape ([] otherwise); and the notes on what ran. FA4 is imported only after the
-    others have run at every shape: with flash_attn.cute imported, their eager calls cost the host more (ours about
-    4x at the model shapes)."""
+def measure_everything(todo: list, layout: str) -> tuple[list, list]:
+    """Rows as measure_shapes gives them, every provider's, FA4's second (after ours) where it imports, and the
+    notes on what ran. FA4 is imported only after the others have run at every shape: with flash_attn.cute
+    imported, their eager calls cost the host more (ours about 4x at the model shapes)."""
     rows = measure_shapes(PROVIDERS, todo, layout)
     fa4, note = fa4_provider()
     print(f"- {note}", flush=True)
-    fa4_rows = measure_shapes({"ours": PROVIDERS["ours"], "FA4": fa4}, todo, layout) if fa4 is not None else []
-    return rows, fa4_rows, [note]
+    if fa4 is not None:
+        fa4_rows = measure_shapes({"FA4": fa4}, todo, layout)
+        rows = [(*shape, {"ours": res["ours"], "FA4": fa4_res["FA4"], **res})
+                for (*shape, res), (*_, fa4_res) in zip(rows, fa4_rows)]
+    return rows, [note]
 
 
 def tflops(ms, B, H, T, D, mult):
@@ -346,18 +297,15 @@ def main() -> None:
         check_writable(args.out)
 
     print(protocol(args.layout, []), flush=True)
-    rows, fa4_rows, notes = measure_everything(shapes(args.quick), args.layout)
-    sections = [("Ours against PyTorch's attention backends and naive, timed in turns", rows)]
-    if fa4_rows:
-        sections.append(("Ours against FlashAttention-4, timed in turns after flash_attn.cute is imported", fa4_rows))
-    parts = [header(), protocol(args.layout, notes)]
-    for title, found in sections:
-        parts += [f"## {title}",
-                  table("Forward, TFLOP/s (ratios: their ms / our ms, >1 means we are faster)", found, "fwd"),
-                  table("Forward + backward, TFLOP/s (ratios: their ms / our ms)", found, "fwdbwd"),
-                  graph_table(found),
-                  memory_table(found)]
-    report = "\n\n".join(parts)
+    rows, notes = measure_everything(shapes(args.quick), args.layout)
+    report = "\n\n".join([
+        header(),
+        protocol(args.layout, notes),
+        table("Forward, TFLOP/s (ratios: their ms / our ms, >1 means we are faster)", rows, "fwd"),
+        table("Forward + backward, TFLOP/s (ratios: their ms / our ms)", rows, "fwdbwd"),
+        graph_table(rows),
+        memory_table(rows),
+    ])
     print("\n" + report)
     if args.out:
         with open(args.out, "w") as f:

@@ -59,35 +59,33 @@ def test_fa4_provider_takes_the_model_layout(monkeypatch):
 @pytest.mark.parametrize('fa4_imports', [True, False], ids=['with-fa4', 'without-fa4'])
 def test_fa4_is_imported_and_timed_after_every_other_provider(fa4_imports, monkeypatch):
     """With flash_attn.cute imported, the other providers' eager calls cost the host more: none of them may be
-    timed after the import. FA4 is then timed in turns with ours, at every shape, in rows of their own."""
+    timed after the import. FA4's column still comes second, after ours."""
     def fa4(q, k, v):
-        raise AssertionError("measure_all is faked: nothing runs")
+        raise AssertionError("measure is faked: nothing runs")
 
     name_of = {fn: name for name, fn in bench.PROVIDERS.items()} | {fa4: "FA4"}
-    events = []  # "import", then (providers, T) for each measure_all call, in order
+    events = []  # "import", then (provider, T) for each measure call, in order
 
     def fake_fa4_provider():
         events.append("import")
         return (fa4, "FA4: fake") if fa4_imports else (None, "FA4: skipped, fake")
 
-    def fake_measure_all(fns, B, H, T, D, graph=False, layout="bthd"):
-        assert all(name_of[fn] == p for p, fn in fns.items())
-        events.append((tuple(fns), T))
-        return {p: bench.Result(fwd_ms=T / 1000, fwdbwd_ms=T / 500) for p in fns}
+    def fake_measure(fn, B, H, T, D, graph=False, layout="bthd"):
+        events.append((name_of[fn], T))
+        return bench.Result(fwd_ms=T / 1000, fwdbwd_ms=T / 500)
 
     monkeypatch.setattr(bench, "fa4_provider", fake_fa4_provider)
-    monkeypatch.setattr(bench, "measure_all", fake_measure_all)
-    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(bench, "measure", fake_measure)
     todo = bench.shapes(quick=True)
-    rows, fa4_rows, notes = bench.measure_everything(todo, "bthd")
+    rows, notes = bench.measure_everything(todo, "bthd")
 
     imported = events.index("import")
-    assert events[:imported] == [(tuple(bench.PROVIDERS), T) for _, _, _, T, _, _ in todo]
-    assert events[imported + 1:] == ([(("ours", "FA4"), T) for _, _, _, T, _, _ in todo] if fa4_imports else [])
+    assert sorted(events[:imported]) == sorted((p, T) for _, _, _, T, _, _ in todo for p in bench.PROVIDERS)
+    assert events[imported + 1:] == ([("FA4", T) for _, _, _, T, _, _ in todo] if fa4_imports else [])
     assert [label for label, *_ in rows] == [label for label, *_ in todo]
-    assert all(list(results) == list(bench.PROVIDERS) for *_, results in rows)
-    assert [label for label, *_ in fa4_rows] == ([label for label, *_ in todo] if fa4_imports else [])
-    assert all(list(results) == ["ours", "FA4"] for *_, results in fa4_rows)
+    columns = ["ours", "FA4", *list(bench.PROVIDERS)[1:]] if fa4_imports else list(bench.PROVIDERS)
+    assert all(list(results) == columns for *_, results in rows)
+    assert all(r.fwd_ms == T / 1000 for _, _, _, T, _, results in rows for r in results.values())
     assert notes == (["FA4: fake"] if fa4_imports else ["FA4: skipped, fake"])
 
 
@@ -312,13 +310,13 @@ def test_ncu_sass_refuses_another_csv(tmp_path):
         ncu_sass.read(str(path))
 
 
-def test_interleaved_ms_times_the_calls_in_turns(monkeypatch):
-    """bench.py's interleaved_ms: each repetition runs every call once, the first one moving along the list from one
-    repetition to the next, each call's events bracket that call alone (not the L2 flush before it), and
-    grad_to_none's gradients are gone when each call starts. A fake clock stands in for the GPU's: each call
-    advances it by its own cost, so every time is known exactly."""
+def test_ab_kernel_times_the_calls_in_turns(monkeypatch):
+    """tools/ab_kernel.py's interleaved_ms: each repetition runs every call once, the first one moving along the list
+    from one repetition to the next, and each call's events bracket that call alone (not the L2 flush before it).
+    A fake clock stands in for the GPU's: each call advances it by its own cost, so every time is known exactly."""
+    sys.path.insert(0, str(ROOT / 'tools'))
+    import ab_kernel
     clock, order = [0.0], []
-    x = torch.zeros(2, requires_grad=True)
 
     class Event:
         def __init__(self, enable_timing):
@@ -332,33 +330,17 @@ def test_interleaved_ms_times_the_calls_in_turns(monkeypatch):
 
     def call(name, cost):
         def run():
-            assert x.grad is None
-            x.grad = torch.ones(2)  # as a backward would leave it
             order.append(name)
             clock[0] += cost
         return run
 
     monkeypatch.setattr(torch.cuda, 'Event', Event)
     monkeypatch.setattr(torch.cuda, 'synchronize', lambda: None)
-    monkeypatch.setattr(bench, 'FLUSH_BYTES', 1024)
-    ms = bench.interleaved_ms({'a': call('a', 2.0), 'b': call('b', 1.0), 'c': call('c', 3.0)}, rep_ms=100,
-                              grad_to_none=(x,), device='cpu')
+    monkeypatch.setattr(ab_kernel, 'FLUSH_BYTES', 1024)
+    ms = ab_kernel.interleaved_ms({'a': call('a', 2.0), 'b': call('b', 1.0), 'c': call('c', 3.0)}, rep_ms=100,
+                                  device='cpu')
     reps = round(100 / 2.0)  # rep_ms over the calls' mean cost
     assert ms == {'a': [2.0] * reps, 'b': [1.0] * reps, 'c': [3.0] * reps}
     timed = order[5 * 3:]  # after the five repetitions of the estimate
     assert [timed[3 * i:3 * i + 3] for i in range(3)] == [['a', 'b', 'c'], ['b', 'c', 'a'], ['c', 'a', 'b']]
     assert len(timed) == 3 * reps
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_measure_all_checks_then_times_the_providers_in_turns():
-    """bench.py's measure_all on a GPU: a provider whose output is wrong is reported so and not timed; the others
-    get their peak memory, forward, fwd+bwd and CUDA-graph times, each a positive number of ms."""
-    fns = {"ours": bench.PROVIDERS["ours"], "flash": bench.PROVIDERS["flash"],
-           "wrong": lambda q, k, v: bench.PROVIDERS["ours"](q, k, v) * 1.1}  # 10% off: far outside CHECK_TOL
-    results = bench.measure_all(fns, 2, 4, 256, 64, graph=True)
-    assert results["wrong"].status.startswith("wrong") and results["wrong"].fwd_ms != results["wrong"].fwd_ms
-    for p in ("ours", "flash"):
-        r = results[p]
-        assert r.status == "ok" and r.peak_mib > 0
-        assert 0 < r.fwd_ms < r.fwdbwd_ms and 0 < r.graph_ms

@@ -10,8 +10,8 @@ baseline in the same run. A developer's tool; the A/B numbers in docs/design.md 
 
 Times the launchers (_attn_fwd, _attn_bwd), median ms, bf16 causal, dropout off and at 0.2; with --sweep, dropout
 off over bench.py's sweep (B*T = 16384, hidden 2048, T = 512 ... 16384) instead. The calls being compared take
-turns, one call each (bench.py's interleaved_ms): each is timed alone by CUDA events after an L2 flush, as do_bench
-does, but all see the GPU's clocks drift alike. With --variant, each folder's flash_hopper.py (and flash_kernel.py, else
+turns, one call each (interleaved_ms): each is timed alone by CUDA events after an L2 flush, as do_bench does, but
+all see the GPU's clocks drift alike. With --variant, each folder's flash_hopper.py (and flash_kernel.py, else
 this tree's) is timed against REV instead of this tree, all in one process and in turns with REV, in each of
 --rounds rounds at each shape; a variant whose outputs leave bench.py's CHECK_TOL of REV's is timed no further.
 Inputs are contiguous (B, H, T, D) tensors unless --layout bthd asks for the model's views, the layout bench.py and
@@ -39,7 +39,7 @@ import triton  # noqa: E402
 
 import flash_kernel as new  # noqa: E402
 import bench  # noqa: E402
-from bench import CHECK_TOL, interleaved_ms  # noqa: E402
+from bench import CHECK_TOL  # noqa: E402
 from utils import require_gpu  # noqa: E402
 
 SHAPES = [(64, 6, 256, 64), (12, 12, 1024, 64), (4, 32, 4096, 64), (1, 32, 16384, 64), (4, 16, 4096, 128), (1, 16, 16384, 128)]
@@ -87,6 +87,38 @@ def load_old(source: str, tag: str = "old", tree_kernel: bool = False):
 def inputs(B, H, T, D, layout: str = "bhtd", device: str = "cuda") -> list:
     """q, k, v and the upstream gradient, (B, H, T, D) bf16 in one of bench.LAYOUTS."""
     return [t.detach() for t in bench.inputs(B, H, T, D, layout, device)]
+
+
+FLUSH_BYTES = 256 * 2**20  # written before each timed call so that none finds its inputs in L2, as do_bench does
+REP_MS = 100  # GPU time each call gets in one timing, as do_bench's rep
+
+
+def interleaved_ms(calls: dict, rep_ms: float = REP_MS, device: str = "cuda") -> dict:
+    """{name: [ms, one per repetition]} of each of calls ({name: function}): every repetition runs each call once,
+    each starting one place further along the list than in the last (no call always runs first, or just after the
+    same other), each timed alone by CUDA events after L2 is flushed. Calls timed back to back share the GPU's clocks
+    and temperature as they drift; do_bench runs (100 ms of one call, then 100 ms of the next) did not, and their
+    ratios for a kernel left as it was spread 0.87-1.07x (docs/design.md, "The prepared variants, timed")."""
+    names = list(calls)
+    flush = torch.empty(FLUSH_BYTES // 4, dtype=torch.int32, device=device)
+
+    def run(reps):
+        events = {name: [] for name in names}
+        for i in range(reps):
+            for j in range(len(names)):
+                name = names[(i + j) % len(names)]
+                flush.zero_()
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                calls[name]()
+                end.record()
+                events[name].append((start, end))
+        torch.cuda.synchronize()
+        return {name: [start.elapsed_time(end) for start, end in pairs] for name, pairs in events.items()}
+
+    estimate = run(5)  # also the warm-up
+    per_call = statistics.mean(statistics.median(ms) for ms in estimate.values())
+    return run(max(10, round(rep_ms / per_call)))
 
 
 def time_modules(modules: dict, B, H, T, D, p, tensors: Optional[list] = None, layout: str = "bhtd") -> dict:

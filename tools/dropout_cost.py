@@ -1,7 +1,6 @@
 """
 What attention dropout costs at the char model's shape (B=64, H=6, T=256, D=64, bf16): fwd+bwd replayed from a
-CUDA graph, as in a CUDA-graphed training step, with dropout_p 0 and 0.2, ours against SDPA's own choice, the two
-replays taking turns (bench.py's interleaved_ms).
+CUDA graph, as in a CUDA-graphed training step, with dropout_p 0 and 0.2, ours against SDPA's own choice.
 
     python tools/dropout_cost.py
 
@@ -9,7 +8,6 @@ dropout_cost() returns the times; main prints them.
 """
 import argparse
 import os
-import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -17,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from bench import capture_graph, interleaved_ms  # noqa: E402
+from bench import graph_ms  # noqa: E402
 from flash_kernel import flash_attn  # noqa: E402
 from utils import require_gpu  # noqa: E402
 
@@ -30,13 +28,10 @@ def dropout_cost(ps: tuple = (0.0, 0.2)) -> list:
     do = torch.randn_like(q)
     rows = []
     for p in ps:
-        graphs = {
-            "ours": capture_graph(lambda q, k, v: flash_attn(q, k, v, dropout_p=p), q, k, v, do),
-            "sdpa": capture_graph(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True),
-                                  q, k, v, do),
-        }
-        ms = interleaved_ms({name: g.replay for name, g in graphs.items()})
-        rows.append((p, statistics.median(ms["ours"]), statistics.median(ms["sdpa"])))
+        ours = graph_ms(lambda q, k, v: flash_attn(q, k, v, dropout_p=p), q, k, v, do)
+        sdpa = graph_ms(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True), q, k, v,
+                        do)
+        rows.append((p, ours, sdpa))
     return rows
 
 
