@@ -98,7 +98,9 @@ def interleaved_ms(calls: dict, rep_ms: float = REP_MS, device: str = "cuda") ->
     each starting one place further along the list than in the last (no call always runs first, or just after the
     same other), each timed alone by CUDA events after L2 is flushed. Calls timed back to back share the GPU's clocks
     and temperature as they drift; do_bench runs (100 ms of one call, then 100 ms of the next) did not, and their
-    ratios for a kernel left as it was spread 0.87-1.07x (docs/design.md, "The prepared variants, timed")."""
+    ratios for a kernel left as it was spread 0.87-1.07x (docs/design.md, "The prepared variants, timed"). Meant for
+    kernels that differ little: a call's time also depends on the calls beside it, by up to 12% between different
+    implementations (docs/design.md, "Providers in turns")."""
     names = list(calls)
     flush = torch.empty(FLUSH_BYTES // 4, dtype=torch.int32, device=device)
 
