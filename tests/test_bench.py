@@ -214,6 +214,23 @@ def test_ncu_table_reads_the_durations_unit_long_or_short(tmp_path, unit, value)
     assert [c.strip() for c in row.strip('|').split('|')][2] == '0.668'
 
 
+@pytest.mark.parametrize("unit,value", [("cycle/second", "1,787,918,389.93"), ("cycle/usecond", "1,787.92"),
+                                        ("cycle/nsecond", "1.79"), ("GHz", "1.79")])
+def test_ncu_table_gives_cycles_and_the_clock(tmp_path, unit, value):
+    """The kernel's cycles in millions and its mean SM clock in GHz, whichever unit the clock comes in; a clock in a
+    unit the table does not know is "-", not a wrong number."""
+    sys.path.insert(0, str(ROOT / 'tools'))
+    import ncu_table
+    names = ['ID', 'Kernel Name', 'sm__cycles_elapsed.max', 'sm__cycles_elapsed.avg.per_second']
+    path = tmp_path / 'attn.csv'
+    for clock_unit, want in ((unit, '1.79'), ('cycle/fortnight', '-')):
+        lines = [names, ['', '', 'cycle', clock_unit], ['0', 'k', '3,695,293', value]]
+        path.write_text('\n'.join(','.join(f'"{c}"' for c in line) for line in lines) + '\n')
+        table = ncu_table.table(*ncu_table.read(str(path))).splitlines()
+        head, row = ([c.strip() for c in line.strip('|').split('|')] for line in (table[0], table[2]))
+        assert row[head.index('cycles (M)')] == '3.695' and row[head.index('SM GHz')] == want
+
+
 def test_ncu_table_ranks_stalls_without_instruction_counts(tmp_path):
     """A report without InstructionStats still gets its stall columns: the reasons with the largest summed ratios."""
     sys.path.insert(0, str(ROOT / 'tools'))

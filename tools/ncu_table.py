@@ -1,7 +1,8 @@
 """
 Nsight Compute's raw CSV as a Markdown table: one row per profiled kernel in launch order, with its duration, the
 cycles its warps spend per issued instruction and the largest stall reasons in them, issue activity, tensor-pipe and
-MUFU activity, instructions executed and registers per thread (the columns of results/ncu_t4096.md).
+MUFU activity, instructions executed and registers per thread (the columns of results/ncu_t4096.md), and the
+kernel's clock cycles and mean SM clock where the report has them (sm__cycles_elapsed.max and .avg.per_second).
 
     ncu -i attn.ncu-rep --page raw --csv > attn.csv
     python tools/ncu_table.py attn.csv [--reasons 6]
@@ -20,6 +21,9 @@ from utils import ArgumentParser  # noqa: E402
 STALL = re.compile(r"smsp__average_warps_issue_stalled_(\w+)_per_issue_active\.ratio")
 # the duration's unit as the units row names it: the long names, or the short ones some Nsight Compute versions print
 TO_MS = {"second": 1e3, "msecond": 1.0, "usecond": 1e-3, "nsecond": 1e-6, "s": 1e3, "ms": 1.0, "us": 1e-3, "ns": 1e-6}
+# the clock's unit (cycles per ...) to GHz
+TO_GHZ = {"cycle/second": 1e-9, "cycle/msecond": 1e-6, "cycle/usecond": 1e-3, "cycle/nsecond": 1.0, "Hz": 1e-9,
+          "KHz": 1e-6, "MHz": 1e-3, "GHz": 1.0}
 # (header, metric name prefix): the first column of the report whose name starts with the prefix
 PERCENTS = [("issue active %", "smsp__issue_active.avg.pct_of_peak_sustained_active"),
             ("tensor pipe %", "sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active"),
@@ -80,7 +84,8 @@ def table(names: list, units: dict, rows: list, reasons: int = 6) -> str:
     scale = TO_MS.get(units.get("gpu__time_duration.sum", "nsecond"), float("nan"))
 
     head = (["ID", "kernel", "ms", "warp cycles per issued instruction"] + [f"stalled: {r}" for r in top]
-            + [h for h, _ in percent_cols] + ["instructions (M)", "registers"])
+            + [h for h, _ in percent_cols] + ["instructions (M)", "registers", "cycles (M)", "SM GHz"])
+    ghz = TO_GHZ.get(units.get("sm__cycles_elapsed.avg.per_second", "cycle/second"), float("nan"))
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         values = [(metric(row, "gpu__time_duration.sum") * scale, ".3f"),
@@ -88,7 +93,9 @@ def table(names: list, units: dict, rows: list, reasons: int = 6) -> str:
         values += [(metric(row, stalls[r]), ".2f") for r in top]
         values += [(metric(row, column), ".1f") for _, column in percent_cols]
         values += [(metric(row, "smsp__inst_executed.sum") / 1e6, ".0f"),
-                   (metric(row, "launch__registers_per_thread"), ".0f")]
+                   (metric(row, "launch__registers_per_thread"), ".0f"),
+                   (metric(row, "sm__cycles_elapsed.max") / 1e6, ".3f"),
+                   (metric(row, "sm__cycles_elapsed.avg.per_second") * ghz, ".2f")]
         cells = [row["ID"], short_name(row["Kernel Name"])]
         cells += ["-" if value != value else format(value, spec) for value, spec in values]  # NaN: not collected
         lines.append("| " + " | ".join(cells) + " |")
