@@ -215,7 +215,7 @@ def test_ncu_table_reads_the_durations_unit_long_or_short(tmp_path, unit, value)
 
 
 @pytest.mark.parametrize("unit,value", [("cycle/second", "1,787,918,389.93"), ("cycle/usecond", "1,787.92"),
-                                        ("cycle/nsecond", "1.79"), ("GHz", "1.79")])
+                                        ("cycle/nsecond", "1.79"), ("Ghz", "1.79")])
 def test_ncu_table_gives_cycles_and_the_clock(tmp_path, unit, value):
     """The kernel's cycles in millions and its mean SM clock in GHz, whichever unit the clock comes in; a clock in a
     unit the table does not know is "-", not a wrong number."""

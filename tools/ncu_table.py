@@ -23,7 +23,7 @@ STALL = re.compile(r"smsp__average_warps_issue_stalled_(\w+)_per_issue_active\.r
 TO_MS = {"second": 1e3, "msecond": 1.0, "usecond": 1e-3, "nsecond": 1e-6, "s": 1e3, "ms": 1.0, "us": 1e-3, "ns": 1e-6}
 # the clock's unit (cycles per ...) to GHz
 TO_GHZ = {"cycle/second": 1e-9, "cycle/msecond": 1e-6, "cycle/usecond": 1e-3, "cycle/nsecond": 1.0, "Hz": 1e-9,
-          "KHz": 1e-6, "MHz": 1e-3, "GHz": 1.0}
+          "KHz": 1e-6, "MHz": 1e-3, "GHz": 1.0, "Ghz": 1.0}
 # (header, metric name prefix): the first column of the report whose name starts with the prefix
 PERCENTS = [("issue active %", "smsp__issue_active.avg.pct_of_peak_sustained_active"),
             ("tensor pipe %", "sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active"),
