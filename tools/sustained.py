@@ -14,9 +14,9 @@ Shapes are bench.py's (B*T = 16384, hidden 2048, causal bf16, the model's (B, T,
 flash_attn.cute imports. nvidia-smi's clock is a sample every 25 ms, not a count of cycles: the cycles per call it
 gives are an estimate, which --profile checks against the hardware's counters.
 """
-import argparse
 import datetime
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -29,6 +29,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 
 import bench  # noqa: E402
+from utils import ArgumentParser, check_writable, require_gpu  # noqa: E402
 
 # (label, B, H, T, D, pass): the sweep's points where ours and FA4 differ most
 POINTS = [("D=64 T=16384", 1, 32, 16384, 64, "fwd"), ("D=64 T=16384", 1, 32, 16384, 64, "fwd+bwd"),
@@ -79,15 +80,23 @@ def read_samples(path):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=4.0, help="length of each window")
     ap.add_argument("--rounds", type=int, default=2, help="windows per provider and point, providers in turn")
     ap.add_argument("--providers", nargs="+", default=["ours", "FA4"])
     ap.add_argument("--profile", action="store_true", help="one call each in a CUDA profiler range, for ncu")
     ap.add_argument("--log", default="sustained_smi.csv", help="where nvidia-smi's samples go")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("sustained.py needs a CUDA GPU")
+    unknown = [p for p in args.providers if p not in bench.PROVIDERS and p != "FA4"]
+    if unknown:
+        ap.error(f"unknown provider(s) {', '.join(unknown)}: choose from {', '.join(bench.PROVIDERS)} or FA4")
+    if not (args.seconds > 0 and args.rounds >= 1):
+        ap.error("--seconds must be above 0 and --rounds at least 1")
+    require_gpu("tools/sustained.py")
+    if not args.profile:
+        if shutil.which("nvidia-smi") is None:
+            raise SystemExit("error: tools/sustained.py samples the clock with nvidia-smi, which is not on PATH")
+        check_writable(args.log)
     fns = {p: bench.PROVIDERS[p] for p in args.providers if p in bench.PROVIDERS}
     if "FA4" in args.providers:
         fa4, note = bench.fa4_provider()
