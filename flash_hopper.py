@@ -514,6 +514,12 @@ def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar
     mbarrier.wait(kv_bar, 0)
     k = _rows(k_smem, 2, HEAD_DIM).index(GROUP)
     v = _rows(v_smem, 2, HEAD_DIM).index(GROUP)
+    # Head dim 64: group 1 starts once group 0 has its first S^T and dP^T, so that each group's exponentials run
+    # while the other's products do rather than all at once (docs/design.md, "Hopper backward, head dim 64: half
+    # a step apart"). The signal is the first dQ staging barrier, which nothing else uses at 64 (the dQ warpgroup
+    # waits on its own TMA reductions)
+    if DQ_GROUP and GROUP == 1:
+        mbarrier.wait(dq_bar.index(0), 0)
 
     for i in range(n_steps):
         s = i % STAGES
@@ -529,6 +535,8 @@ def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar
             lse = lse_smem.index(s).load(gl.SliceLayout(0, mma))
             delta = delta_smem.index(s).load(gl.SliceLayout(0, mma))
         st, dpt = warpgroup_mma_wait(0, deps=(st, dpt))
+        if DQ_GROUP and GROUP == 0:
+            mbarrier.arrive(dq_bar.index(0), count=1, pred=i == 0)
         if HEAD_DIM == 128:  # each as late as it can be: live across the products, they spill at 128
             lse = lse_smem.index(s).load(gl.SliceLayout(0, mma))
         pt = gl.exp2(st * qk_scale - lse[None, :])
@@ -701,9 +709,12 @@ def _attn_bwd_hopper_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, d
 _GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}
 HEAD_DIMS = (64, 128)
 PERSISTENT_MAX_TILES = 64  # the forward's grid is persistent up to T = 64 * 128 (_attn_fwd)
-# K/V tiles (forward) and Q/dO tiles (backward) in flight; 3 was no faster (docs/design.md, "Hopper forward:
-# ping-pong warpgroups")
+# K/V tiles in flight in the forward; 3 was no faster (docs/design.md, "Hopper forward: ping-pong warpgroups")
 NUM_STAGES = 2
+# Q/dO tiles in flight in the backward, by head dim: at 64 a third stage lets MMA group 1 run half a step behind
+# group 0 without holding up the loader (docs/design.md, "Hopper backward, head dim 64: half a step apart"); at 128
+# there is no shared memory for it
+BWD_STAGES = {64: 3, 128: 2}
 
 
 def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, dropout_p: float,
@@ -843,7 +854,7 @@ def _attn_bwd(do, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, qk_scal
     _attn_bwd_hopper_kernel[(triton.cdiv(T, 2 * tile), B * H)](
         _descriptor(q, tile, tile), _descriptor(k, tile, tile), _descriptor(v, tile, tile), _descriptor(do, tile, tile),
         _descriptor(dq_acc, tile, tile), _descriptor(dk, tile, tile), _descriptor(dv, tile, tile), lse, delta,
-        H, T, qk_scale, softmax_scale, HEAD_DIM=D, STAGES=NUM_STAGES, num_warps=4,
+        H, T, qk_scale, softmax_scale, HEAD_DIM=D, STAGES=BWD_STAGES[D], num_warps=4,
         maxnreg=_maxnreg(BWD_WARPGROUPS[D]),
     )
     _dq_cast(dq_acc, dq, softmax_scale)  # the scale dS left out (_bwd_mma_partition), and dq's dtype

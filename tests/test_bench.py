@@ -291,6 +291,43 @@ def test_ab_kernel_loads_each_variant_as_a_module_of_its_own(tmp_path):
     assert ab_kernel.mismatch([torch.zeros(4)], [torch.zeros(4)]) == 0  # dq at T=1: no division by zero
 
 
+def test_ab_kernel_reads_cycles_back_in_launch_order(tmp_path):
+    """tools/ab_kernel.py --cycles: the main forward and backward kernels of a --profile run, in its launch order
+    (per shape: per round, old then each variant, forward then backward), the least cycles over the rounds; the fills
+    and passes around them are skipped; a profile of another launch order is refused in one line."""
+    sys.path.insert(0, str(ROOT / 'tools'))
+    import ab_kernel
+    shapes = [(4, 32, 4096, 64), (4, 16, 4096, 128)]
+    names = ['old', 'v']
+    cycles = {  # (shape index, name, pass): cycles in the two rounds
+        (0, 'old', 'fwd'): (1.20e6, 1.10e6), (0, 'old', 'bwd'): (2.50e6, 2.60e6),
+        (0, 'v', 'fwd'): (1.10e6, 1.15e6), (0, 'v', 'bwd'): (2.45e6, 2.40e6),
+        (1, 'old', 'fwd'): (0.76e6, 0.77e6), (1, 'old', 'bwd'): (2.16e6, 2.17e6),
+        (1, 'v', 'fwd'): (0.76e6, 0.76e6), (1, 'v', 'bwd'): (2.20e6, 2.18e6)}
+    kernel = {(0, 'fwd'): '_attn_fwd_hopper_kernel', (0, 'bwd'): '_attn_bwd_hopper_kernel',
+              (1, 'fwd'): '_attn_fwd_kernel', (1, 'bwd'): '_attn_bwd_kernel'}
+    rows = []
+    for i in range(len(shapes)):
+        for r in range(2):
+            for name in names:
+                rows.append(['void at::FillFunctor<int>', '5,000'])
+                rows.append([kernel[(i, 'fwd')], f"{cycles[(i, name, 'fwd')][r]:,.0f}"])
+                rows.append(['_attn_bwd_delta_kernel', '90,000'])
+                rows.append([kernel[(i, 'bwd')] + '(TensorDescriptor, int)', f"{cycles[(i, name, 'bwd')][r]:,.0f}"])
+    lines = [['ID', 'Kernel Name', 'sm__cycles_elapsed.max'], ['', '', 'cycle']]
+    lines += [[str(n)] + row for n, row in enumerate(rows)]
+    path = tmp_path / 'ab.csv'
+    path.write_text('\n'.join(','.join(f'"{c}"' for c in line) for line in lines) + '\n')
+    got = ab_kernel.cycles_rows(str(path), names, shapes, rounds=2)
+    assert list(got) == ['v']
+    first, second = got['v']
+    assert (first['T'], first['D'], second['D']) == (4096, 64, 128)
+    assert (first['fwd_old'], first['fwd_new'], first['bwd_old'], first['bwd_new']) == (1.10, 1.10, 2.50, 2.40)
+    assert (second['fwd_old'], second['fwd_new'], second['bwd_old'], second['bwd_new']) == (0.76, 0.76, 2.16, 2.18)
+    with pytest.raises(SystemExit, match='--rounds'):
+        ab_kernel.cycles_rows(str(path), names, shapes, rounds=1)  # half the launches a one-round profile makes
+
+
 def test_ncu_sass_reads_the_source_page_per_kernel(tmp_path):
     """tools/ncu_sass.py: kernels split at their "Kernel Name" lines, samples shared out by reason and instruction
     (most first, a branch's target address dropped), and the bank-conflicted instructions' excess over all the

@@ -16,7 +16,20 @@ this tree's) is timed against REV instead of this tree, all in one process and i
 --rounds rounds at each shape; a variant whose outputs leave bench.py's CHECK_TOL of REV's is timed no further.
 Inputs are contiguous (B, H, T, D) tensors unless --layout bthd asks for the model's views, the layout bench.py and
 the model use: a change to what happens around the kernels (the layouts of buffers, copies) shows only there.
-load_old() imports the old files, compare() and compare_variants() return the times; main prints them.
+
+Clock cycles instead of milliseconds, counted by Nsight Compute, which no clock or power state moves (an untouched
+kernel reads within 0.5% of itself; docs/design.md, "Cycles by the counters"):
+
+    ncu --clock-control none --profile-from-start off --metrics sm__cycles_elapsed.max -o ab \
+        python tools/ab_kernel.py REV --sweep --variant DIR --rounds 2 --profile
+    ncu -i ab.ncu-rep --page raw --csv > ab.csv
+    python tools/ab_kernel.py REV --sweep --variant DIR --rounds 2 --cycles ab.csv     # no GPU needed
+
+--profile runs each module's forward and backward once per round at each shape inside a profiler range, dropout off;
+--cycles reads back, in that order, the cycles of each pass's main kernel (the Triton or Hopper forward or backward;
+not the passes around them) and prints them as millions of cycles, the least over the rounds.
+load_old() imports the old files, compare() and compare_variants() return the times, profile_calls() and
+cycles_rows() make and read the profile; main prints them.
 """
 import argparse
 import atexit
@@ -206,6 +219,59 @@ def _row(r: dict) -> str:
 
 HEADER = ("| B,H,T,D | dropout | fwd old | fwd new | fwd speedup | bwd old | bwd new | bwd speedup |\n"
           "|---|---|---|---|---|---|---|---|")
+CYCLES_HEADER = ("| B,H,T,D | dropout | fwd old Mcycles | fwd new Mcycles | fwd old/new | bwd old Mcycles | "
+                 "bwd new Mcycles | bwd old/new |\n|---|---|---|---|---|---|---|---|")
+# each pass's one kernel that profile_calls() launches and cycles_rows() reads, by kernel name
+MAIN_KERNELS = {"_attn_fwd_kernel": "fwd", "_attn_fwd_hopper_kernel": "fwd", "_attn_bwd_kernel": "bwd",
+                "_attn_bwd_hopper_kernel": "bwd"}
+
+
+def profile_calls(modules: dict, shapes: list, rounds: int, layout: str = "bhtd") -> None:
+    """Each of modules' ({name: module}) forward, then its backward, once per round at each shape, dropout off,
+    between cudaProfilerStart and cudaProfilerStop (after a warm-up outside them), for `ncu --profile-from-start
+    off`: the launches, in the order cycles_rows() expects them."""
+    for B, H, T, D in shapes:
+        q, k, v, do = inputs(B, H, T, D, layout)
+        s = D ** -0.5
+        saved = {name: fk._attn_fwd(q, k, v, None, True, s, 0.0) for name, fk in modules.items()}  # (o, lse)
+        for name, fk in modules.items():
+            fk._attn_bwd(do, q, k, v, *saved[name], None, True, s, 0.0)
+        torch.cuda.synchronize()
+        torch.cuda.profiler.start()
+        for _ in range(rounds):
+            for name, fk in modules.items():
+                fk._attn_fwd(q, k, v, None, True, s, 0.0)
+                fk._attn_bwd(do, q, k, v, *saved[name], None, True, s, 0.0)
+        torch.cuda.synchronize()
+        torch.cuda.profiler.stop()
+
+
+def cycles_rows(path: str, names: list, shapes: list, rounds: int) -> dict:
+    """{name: [row]} from Nsight Compute's raw CSV of a profile_calls() run with modules named `names` ("old"
+    first): per shape, the least cycles over the rounds of old's and the module's forward and backward kernels, in
+    millions, as the keys _row() prints."""
+    import ncu_table  # tools/, beside this file
+
+    _, _, kernels = ncu_table.read(path)
+    found = [k for k in kernels if k["Kernel Name"].split("(")[0].strip() in MAIN_KERNELS]
+    want = [(shape, name, kind) for shape in shapes for _ in range(rounds) for name in names
+            for kind in ("fwd", "bwd")]
+    if len(found) != len(want) or any(MAIN_KERNELS[k["Kernel Name"].split("(")[0].strip()] != kind
+                                      for k, (_, _, kind) in zip(found, want)):
+        raise SystemExit(f"error: {path} holds {len(found)} forward and backward kernels where {len(want)} were "
+                         f"expected in turn: profile with the same REV, --sweep, --variant and --rounds as given here")
+    least = {}
+    for k, key in zip(found, want):
+        cycles = ncu_table.number(k.get("sm__cycles_elapsed.max", "nan")) / 1e6
+        least[key] = min(least.get(key, float("inf")), cycles)
+    rows = {name: [] for name in names if name != "old"}
+    for shape in shapes:
+        B, H, T, D = shape
+        for name in rows:
+            rows[name].append(dict(B=B, H=H, T=T, D=D, p=0.0, fwd_old=least[(shape, "old", "fwd")],
+                                   fwd_new=least[(shape, name, "fwd")], bwd_old=least[(shape, "old", "bwd")],
+                                   bwd_new=least[(shape, name, "bwd")]))
+    return rows
 
 
 def main():
@@ -215,16 +281,31 @@ def main():
     parser.add_argument("--variant", action="append", default=[], metavar="DIR",
                         help="time this folder's flash_hopper.py (and flash_kernel.py, else this tree's) against OLD "
                              "instead of this tree; give it once per variant")
-    parser.add_argument("--rounds", type=int, default=1, help="with --variant: timings of each at each shape")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="with --variant or --profile: timings (or profiled launches) of each at each shape")
     parser.add_argument("--layout", choices=list(bench.LAYOUTS), default="bhtd",
                         help="bhtd: contiguous (B, H, T, D) inputs (default); bthd: the model's (B, T, H, D) views")
+    parser.add_argument("--profile", action="store_true", help="launch each pass once per round for ncu, not time")
+    parser.add_argument("--cycles", metavar="CSV", help="read the cycles of a --profile run from ncu's raw CSV")
     args = parser.parse_args()
     folders = _variant_names(args.variant)
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
+    shapes = SWEEP if args.sweep else SHAPES
+    if args.cycles:
+        if not os.path.isfile(args.cycles):
+            parser.error(f"no file {args.cycles!r}")
+        names = ["old", *(folders or ["new"])]
+        for name, rows in cycles_rows(args.cycles, names, shapes, args.rounds).items():
+            print(f"\n### {name}: clock cycles, {args.old} -> {folders.get(name, 'this tree')}\n\n{CYCLES_HEADER}")
+            print("\n".join(_row(r) for r in rows))
+        return
     require_gpu('tools/ab_kernel.py')
     old = load_old(args.old)
-    shapes = SWEEP if args.sweep else SHAPES
+    if args.profile:
+        variants = {name: load_old(folder, name, tree_kernel=True) for name, folder in folders.items()}
+        profile_calls({"old": old, **(variants or {"new": new})}, shapes, args.rounds, args.layout)
+        return
     print(f"{torch.cuda.get_device_name()} | triton {triton.__version__} | bf16 causal | {args.layout} | median ms, "
           f"{args.old} -> {', '.join(folders) or 'this tree'} (new/old speed)")
     if not folders:

@@ -113,7 +113,7 @@ def compile_hopper(kind, D, dtype=torch.bfloat16, groups=2):
             return mangle_type(descs[name])
         return pointers.get(name, "fp32" if name in ("qk_scale", "sm_scale") else "i32")
 
-    constants = {"HEAD_DIM": D, "STAGES": fh.NUM_STAGES}
+    constants = {"HEAD_DIM": D, "STAGES": fh.NUM_STAGES if kind == "fwd" else fh.BWD_STAGES[D]}
     if kind == "fwd":
         constants["GROUPS"] = groups
     warpgroups = groups if kind == "fwd" else fh.BWD_WARPGROUPS[D]
