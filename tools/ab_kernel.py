@@ -18,7 +18,7 @@ Inputs are contiguous (B, H, T, D) tensors unless --layout bthd asks for the mod
 the model use: a change to what happens around the kernels (the layouts of buffers, copies) shows only there.
 
 Clock cycles instead of milliseconds, counted by Nsight Compute, which no clock or power state moves (an untouched
-kernel reads within 0.5% of itself; docs/design.md, "Cycles by the counters"):
+kernel reads within 0.6% of itself; docs/design.md, "Cycles by the counters"):
 
     ncu --clock-control none --profile-from-start off --metrics sm__cycles_elapsed.max -o ab \
         python tools/ab_kernel.py REV --sweep --variant DIR --rounds 2 --profile
