@@ -20,7 +20,8 @@ the model use: a change to what happens around the kernels (the layouts of buffe
 Clock cycles instead of milliseconds, counted by Nsight Compute, which no clock or power state moves (an untouched
 kernel reads within 0.6% of itself; docs/design.md, "Cycles by the counters"):
 
-    ncu --clock-control none --profile-from-start off --metrics sm__cycles_elapsed.max -o ab \
+    ncu --clock-control none --profile-from-start off --metrics sm__cycles_elapsed.max -o ab \\
+        -k regex:'^_attn_(fwd|bwd)(_hopper)?_kernel$' \\
         python tools/ab_kernel.py REV --sweep --variant DIR --rounds 2 --profile
     ncu -i ab.ncu-rep --page raw --csv > ab.csv
     python tools/ab_kernel.py REV --sweep --variant DIR --rounds 2 --cycles ab.csv     # no GPU needed
