@@ -254,15 +254,18 @@ def cycles_rows(path: str, names: list, shapes: list, rounds: int) -> dict:
     import ncu_table  # tools/, beside this file
 
     _, _, kernels = ncu_table.read(path)
-    found = [k for k in kernels if k["Kernel Name"].split("(")[0].strip() in MAIN_KERNELS]
+    found = []  # (pass, the kernel's row), in launch order
+    for k in kernels:
+        name = k["Kernel Name"].split("(")[0].strip()
+        if name in MAIN_KERNELS:
+            found.append((MAIN_KERNELS[name], k))
     want = [(shape, name, kind) for shape in shapes for _ in range(rounds) for name in names
             for kind in ("fwd", "bwd")]
-    if len(found) != len(want) or any(MAIN_KERNELS[k["Kernel Name"].split("(")[0].strip()] != kind
-                                      for k, (_, _, kind) in zip(found, want)):
+    if len(found) != len(want) or any(got != kind for (got, _), (_, _, kind) in zip(found, want)):
         raise SystemExit(f"error: {path} holds {len(found)} forward and backward kernels where {len(want)} were "
                          f"expected in turn: profile with the same REV, --sweep, --variant and --rounds as given here")
     least = {}
-    for k, key in zip(found, want):
+    for (_, k), key in zip(found, want):
         cycles = ncu_table.number(k.get("sm__cycles_elapsed.max", "nan")) / 1e6
         least[key] = min(least.get(key, float("inf")), cycles)
     rows = {name: [] for name in names if name != "old"}

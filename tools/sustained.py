@@ -1,18 +1,15 @@
 """
 Attention under sustained load: each provider's calls back to back for a few seconds, alone, while nvidia-smi samples
 the SM clock, the power draw and whether the clock is held down by the power cap. Prints, per window, the median ms per
-call, the mean clock and power over the window (its first half second left out), and the clock cycles and joules per
-call they imply; then the same calls timed as bench.py times them (do_bench, an L2 flush before each call). A
-developer's tool: docs/design.md ("Under sustained load") reads its numbers.
+call, the mean clock and power over the window (its first half second left out) and the joules per call they imply;
+then the same calls timed as bench.py times them (do_bench, an L2 flush before each call). A developer's tool:
+docs/design.md ("Cycles by the counters") reads its numbers.
 
     python tools/sustained.py [--seconds 4] [--rounds 2] [--providers ours FA4 cuDNN]
-    ncu --profile-from-start off --clock-control none \\
-        --metrics gpu__time_duration.sum,sm__cycles_elapsed.max,sm__cycles_elapsed.avg.per_second \\
-        python tools/sustained.py --profile          # each call once in a profiler range: cycles by the counters
 
 Shapes are bench.py's (B*T = 16384, hidden 2048, causal bf16, the model's (B, T, H, D) views); FA4 joins where
-flash_attn.cute imports. nvidia-smi's clock is a sample every 25 ms, not a count of cycles: the cycles per call it
-gives are an estimate, which --profile checks against the hardware's counters.
+flash_attn.cute imports. nvidia-smi's clock is a sample every 25 ms, not the clock a kernel effectively runs at (it
+read our forward up to 12% above that): for cycles per call, count them with tools/ncu_attention.py under ncu.
 """
 import datetime
 import os
@@ -84,7 +81,6 @@ def main():
     ap.add_argument("--seconds", type=float, default=4.0, help="length of each window")
     ap.add_argument("--rounds", type=int, default=2, help="windows per provider and point, providers in turn")
     ap.add_argument("--providers", nargs="+", default=["ours", "FA4"])
-    ap.add_argument("--profile", action="store_true", help="one call each in a CUDA profiler range, for ncu")
     ap.add_argument("--log", default="sustained_smi.csv", help="where nvidia-smi's samples go")
     args = ap.parse_args()
     unknown = [p for p in args.providers if p not in bench.PROVIDERS and p != "FA4"]
@@ -93,30 +89,15 @@ def main():
     if not (args.seconds > 0 and args.rounds >= 1):
         ap.error("--seconds must be above 0 and --rounds at least 1")
     require_gpu("tools/sustained.py")
-    if not args.profile:
-        if shutil.which("nvidia-smi") is None:
-            raise SystemExit("error: tools/sustained.py samples the clock with nvidia-smi, which is not on PATH")
-        check_writable(args.log)
+    if shutil.which("nvidia-smi") is None:
+        raise SystemExit("error: tools/sustained.py samples the clock with nvidia-smi, which is not on PATH")
+    check_writable(args.log)
     fns = {p: bench.PROVIDERS[p] for p in args.providers if p in bench.PROVIDERS}
     if "FA4" in args.providers:
         fa4, note = bench.fa4_provider()
         print(note)
         if fa4 is not None:
             fns["FA4"] = fa4
-
-    if args.profile:
-        for label, B, H, T, D, mode in POINTS:
-            q, k, v, do = bench.inputs(B, H, T, D)
-            for name, fn in fns.items():
-                call = make_call(fn, q, k, v, do, mode)
-                for _ in range(3):
-                    call()
-                torch.cuda.synchronize()
-                with torch.cuda.profiler.profile():
-                    call()
-                    torch.cuda.synchronize()
-                print(f"profiled: {label} {mode} {name}", flush=True)
-        return
 
     log = open(args.log, "w")
     smi = subprocess.Popen(["nvidia-smi", "--query-gpu=timestamp," + ",".join(SMI_FIELDS),
@@ -141,20 +122,19 @@ def main():
 
     samples = read_samples(args.log)
     print(f"\n{torch.cuda.get_device_name()}, {len(samples)} samples of nvidia-smi\n")
-    print("| point | pass | provider | ms/call | SM clock MHz | power W | power-capped | Mcycles/call | J/call "
-          "| do_bench ms |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| point | pass | provider | ms/call | SM clock MHz | power W | power-capped | J/call | do_bench ms |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for label, mode, name, start, end, times, bench_ms in windows:
         inside = [s for s in samples if start + datetime.timedelta(seconds=0.5) <= s[0] <= end]
         ms = statistics.median(times)
         if not inside:
-            print(f"| {label} | {mode} | {name} | {ms:.3f} | no samples | | | | | {bench_ms:.3f} |")
+            print(f"| {label} | {mode} | {name} | {ms:.3f} | no samples | | | | {bench_ms:.3f} |")
             continue
         clock = statistics.mean(s[1] for s in inside)
         power = statistics.mean(s[2] for s in inside)
         capped = sum(s[3] for s in inside) / len(inside)
         print(f"| {label} | {mode} | {name} | {ms:.3f} | {clock:.0f} | {power:.0f} | {capped:.0%} "
-              f"| {ms * clock / 1000:.2f} | {power * ms / 1000:.3f} | {bench_ms:.3f} |")
+              f"| {power * ms / 1000:.3f} | {bench_ms:.3f} |")
 
 
 if __name__ == "__main__":
