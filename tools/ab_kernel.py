@@ -18,7 +18,8 @@ Inputs are contiguous (B, H, T, D) tensors unless --layout bthd asks for the mod
 the model use: a change to what happens around the kernels (the layouts of buffers, copies) shows only there.
 
 Clock cycles instead of milliseconds, counted by Nsight Compute, which no clock or power state moves (an untouched
-kernel reads within 0.6% of itself; docs/design.md, "Cycles by the counters"):
+kernel reads within about 1% of itself, so to resolve 1% pass a copy of REV's files as one more --variant: its
+reading is the floor; docs/design.md, "Cycles by the counters"):
 
     ncu --clock-control none --profile-from-start off --metrics sm__cycles_elapsed.max -o ab \\
         -k regex:'^_attn_(fwd|bwd)(_hopper)?_kernel$' \\
