@@ -291,6 +291,14 @@ def test_ab_kernel_loads_each_variant_as_a_module_of_its_own(tmp_path):
     assert ab_kernel.mismatch([torch.zeros(4)], [torch.zeros(4)]) == 0  # dq at T=1: no division by zero
 
 
+def write_ncu_csv(path, rows):
+    """Nsight Compute's raw CSV (`ncu -i REPORT --page raw --csv`) of kernels given as [name, cycles] rows."""
+    lines = [['ID', 'Kernel Name', 'sm__cycles_elapsed.max'], ['', '', 'cycle']]
+    lines += [[str(n)] + row for n, row in enumerate(rows)]
+    path.write_text('\n'.join(','.join(f'"{c}"' for c in line) for line in lines) + '\n')
+    return path
+
+
 def test_ab_kernel_reads_cycles_back_in_launch_order(tmp_path):
     """tools/ab_kernel.py --cycles: the main forward and backward kernels of a --profile run, in its launch order
     (per shape: per round, old then each variant, forward then backward), the least cycles over the rounds; the fills
@@ -314,10 +322,7 @@ def test_ab_kernel_reads_cycles_back_in_launch_order(tmp_path):
                 rows.append([kernel[(i, 'fwd')], f"{cycles[(i, name, 'fwd')][r]:,.0f}"])
                 rows.append(['_attn_bwd_delta_kernel', '90,000'])
                 rows.append([kernel[(i, 'bwd')] + '(TensorDescriptor, int)', f"{cycles[(i, name, 'bwd')][r]:,.0f}"])
-    lines = [['ID', 'Kernel Name', 'sm__cycles_elapsed.max'], ['', '', 'cycle']]
-    lines += [[str(n)] + row for n, row in enumerate(rows)]
-    path = tmp_path / 'ab.csv'
-    path.write_text('\n'.join(','.join(f'"{c}"' for c in line) for line in lines) + '\n')
+    path = write_ncu_csv(tmp_path / 'ab.csv', rows)
     got = ab_kernel.cycles_rows(str(path), names, shapes, rounds=2)
     assert list(got) == ['v']
     first, second = got['v']
@@ -398,3 +403,30 @@ def test_ab_kernel_times_the_calls_in_turns(monkeypatch):
     timed = order[5 * 3:]  # after the five repetitions of the estimate
     assert [timed[3 * i:3 * i + 3] for i in range(3)] == [['a', 'b', 'c'], ['b', 'c', 'a'], ['c', 'a', 'b']]
     assert len(timed) == 3 * reps
+
+
+def test_ab_kernel_control_is_a_second_copy_of_the_baseline(tmp_path, monkeypatch, capsys):
+    """tools/ab_kernel.py --control: a copy of OLD compared with OLD like a variant, last, after this tree (or the
+    --variant folders), so the A/B shows its own floor; a --variant folder named control is refused in one line."""
+    sys.path.insert(0, str(ROOT / 'tools'))
+    import ab_kernel
+    folder = tmp_path / 'late'
+    folder.mkdir()
+    (folder / 'flash_hopper.py').write_text('')
+    assert ab_kernel._variant_names([str(folder)], control='HEAD') == {'late': str(folder), 'control': 'HEAD'}
+    (tmp_path / 'control').mkdir()
+    (tmp_path / 'control' / 'flash_hopper.py').write_text('')
+    with pytest.raises(SystemExit, match='--control'):
+        ab_kernel._variant_names([str(tmp_path / 'control')], control='HEAD')
+    # without --variant: OLD, this tree, then the copy of OLD, as --profile launches them; control 2% off
+    launched = {'old': 1.00e6, 'new': 0.90e6, 'control': 1.02e6}
+    rows = [[f'_attn_{kind}_hopper_kernel', f'{launched[name] * (2 if kind == "bwd" else 1):,.0f}']
+            for _ in ab_kernel.SHAPES for name in launched for kind in ('fwd', 'bwd')]
+    path = write_ncu_csv(tmp_path / 'ab.csv', rows)
+    monkeypatch.setattr(sys, 'argv', ['ab_kernel.py', 'HEAD', '--control', '--cycles', str(path)])
+    ab_kernel.main()
+    out = capsys.readouterr().out
+    assert '### new: clock cycles, HEAD -> this tree' in out and '### control: clock cycles, HEAD -> HEAD again' in out
+    new, control = out.split('### control')
+    assert new.count('| 1.11x |') == 2 * len(ab_kernel.SHAPES)  # old 1.00 / new 0.90 million cycles, each pass
+    assert control.count('| 0.98x |') == 2 * len(ab_kernel.SHAPES)

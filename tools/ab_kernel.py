@@ -18,14 +18,14 @@ Inputs are contiguous (B, H, T, D) tensors unless --layout bthd asks for the mod
 the model use: a change to what happens around the kernels (the layouts of buffers, copies) shows only there.
 
 Clock cycles instead of milliseconds, counted by Nsight Compute, which no clock or power state moves (an untouched
-kernel reads within about 1% of itself, so to resolve 1% pass a copy of REV's files as one more --variant: its
-reading is the floor; docs/design.md, "Cycles by the counters"):
+kernel reads within about 1% of itself; --control adds a second copy of REV, whose reading against REV is the A/B's
+floor; docs/design.md, "Cycles by the counters"):
 
     ncu --clock-control none --profile-from-start off --metrics sm__cycles_elapsed.max -o ab \\
         -k regex:'^_attn_(fwd|bwd)(_hopper)?_kernel$' \\
-        python tools/ab_kernel.py REV --sweep --variant DIR --rounds 2 --profile
+        python tools/ab_kernel.py REV --sweep --variant DIR --rounds 2 --control --profile
     ncu -i ab.ncu-rep --page raw --csv > ab.csv
-    python tools/ab_kernel.py REV --sweep --variant DIR --rounds 2 --cycles ab.csv     # no GPU needed
+    python tools/ab_kernel.py REV --sweep --variant DIR --rounds 2 --control --cycles ab.csv     # no GPU needed
 
 --profile runs each module's forward and backward once per round at each shape inside a profiler range, dropout off;
 --cycles reads back, in that order, the cycles of each pass's main kernel (the Triton or Hopper forward or backward;
@@ -198,9 +198,10 @@ def compare_variants(old, variants: dict, shape: tuple, rounds: int, layout: str
     return rows, wrong
 
 
-def _variant_names(folders: list) -> dict:
+def _variant_names(folders: list, control: Optional[str] = None) -> dict:
     # {name: folder}, a folder named by its last path component, which names its modules (load_old's tag; "old" is
-    # the baseline's)
+    # the baseline's); with control (the baseline's revision or folder) a second copy of the baseline, named control,
+    # last: whatever it reads against the baseline is the A/B's floor
     names = {}
     for folder in folders:
         name = os.path.basename(os.path.normpath(folder))
@@ -210,7 +211,16 @@ def _variant_names(folders: list) -> dict:
                              "flash_kernel.py) and a name of letters, digits and _ other than old that no other "
                              "--variant has")
         names[name] = folder
+    if control is not None:
+        if "control" in names:
+            raise SystemExit("error: --control names its copy of the baseline control: rename --variant "
+                             f"{names['control']!r}")
+        names["control"] = control
     return names
+
+
+def _label(name: str, folders: dict, old: str) -> str:
+    return {"new": "this tree", "control": f"{old} again"}.get(name, folders.get(name, "this tree"))
 
 
 def _row(r: dict) -> str:
@@ -292,8 +302,12 @@ def main():
                         help="bhtd: contiguous (B, H, T, D) inputs (default); bthd: the model's (B, T, H, D) views")
     parser.add_argument("--profile", action="store_true", help="launch each pass once per round for ncu, not time")
     parser.add_argument("--cycles", metavar="CSV", help="read the cycles of a --profile run from ncu's raw CSV")
+    parser.add_argument("--control", action="store_true",
+                        help="also a second copy of OLD, compared with OLD like a variant: the A/B's floor")
     args = parser.parse_args()
-    folders = _variant_names(args.variant)
+    folders = _variant_names(args.variant, args.old if args.control else None)
+    if args.control and not args.variant:
+        folders = {"new": ROOT, **folders}  # this tree, as without --control
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
     shapes = SWEEP if args.sweep else SHAPES
@@ -302,7 +316,7 @@ def main():
             parser.error(f"no file {args.cycles!r}")
         names = ["old", *(folders or ["new"])]
         for name, rows in cycles_rows(args.cycles, names, shapes, args.rounds).items():
-            print(f"\n### {name}: clock cycles, {args.old} -> {folders.get(name, 'this tree')}\n\n{CYCLES_HEADER}")
+            print(f"\n### {name}: clock cycles, {args.old} -> {_label(name, folders, args.old)}\n\n{CYCLES_HEADER}")
             print("\n".join(_row(r) for r in rows))
         return
     require_gpu('tools/ab_kernel.py')
@@ -312,7 +326,7 @@ def main():
         profile_calls({"old": old, **(variants or {"new": new})}, shapes, args.rounds, args.layout)
         return
     print(f"{torch.cuda.get_device_name()} | triton {triton.__version__} | bf16 causal | {args.layout} | median ms, "
-          f"{args.old} -> {', '.join(folders) or 'this tree'} (new/old speed)")
+          f"{args.old} -> {', '.join(_label(n, folders, args.old) for n in folders) or 'this tree'} (new/old speed)")
     if not folders:
         print(HEADER)
         for shape in shapes:
@@ -328,7 +342,7 @@ def main():
         wrong.update({name: (shape, err) for name, err in dropped.items()})
         print(f"done: {shape}", file=sys.stderr, flush=True)  # progress, for a run cut short by a timeout
     for name in variants:
-        print(f"\n### {name}\n")
+        print(f"\n### {name}: {_label(name, folders, args.old)}\n")
         if name in wrong:
             (B, H, T, D), err = wrong[name]
             print(f"wrong at B,H,T,D = {B},{H},{T},{D}: relative error {err:.2e} against {args.old}'s outputs "
