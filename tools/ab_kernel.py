@@ -321,8 +321,8 @@ def main():
         return
     require_gpu('tools/ab_kernel.py')
     old = load_old(args.old)
+    variants = {name: load_old(folder, name, tree_kernel=True) for name, folder in folders.items()}
     if args.profile:
-        variants = {name: load_old(folder, name, tree_kernel=True) for name, folder in folders.items()}
         profile_calls({"old": old, **(variants or {"new": new})}, shapes, args.rounds, args.layout)
         return
     print(f"{torch.cuda.get_device_name()} | triton {triton.__version__} | bf16 causal | {args.layout} | median ms, "
@@ -333,7 +333,6 @@ def main():
             for r in compare(old, [shape], (0.0,) if args.sweep else (0.0, 0.2), args.layout):
                 print(_row(r), flush=True)
         return
-    variants = {name: load_old(folder, name, tree_kernel=True) for name, folder in folders.items()}
     rows, wrong = [], {}  # wrong: {name: (shape, error)}, each variant timed up to its first wrong shape
     for shape in shapes:
         found, dropped = compare_variants(old, {n: m for n, m in variants.items() if n not in wrong}, shape,
