@@ -423,10 +423,11 @@ def _attn_fwd_hopper_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, BH, H,
 
 TILE = gl.constexpr(64)
 # The backward's partitions after MMA group 0 (the kernel's own 4 warps), their warps and registers per thread.
-# Head dim 64, 16 warps: MMA group 1, the dQ group and the loader; 200 registers for each MMA group and 88 for the
-# dQ group do not spill (168 for every group spilled)
+# Head dim 64, 16 warps: MMA group 1, the dQ group and the loader. Each MMA group holds its K and V tiles in 32
+# registers, which 212 registers a group leave room for; the dQ group needs no more than 64 (168 for every group
+# spilled)
 BWD_WORKER_WARPS_D64 = gl.constexpr((4, 4, 1))
-BWD_WORKER_REGS_D64 = gl.constexpr((200, 88, 24))
+BWD_WORKER_REGS_D64 = gl.constexpr((212, 64, 24))
 # Head dim 128, 12 warps: MMA group 1, the loader and the reduce warp, which share the third warpgroup; 240
 # registers for each MMA group
 BWD_WORKER_WARPS_D128 = gl.constexpr((4, 1, 1))
@@ -514,6 +515,14 @@ def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar
     mbarrier.wait(kv_bar, 0)
     k = _rows(k_smem, 2, HEAD_DIM).index(GROUP)
     v = _rows(v_smem, 2, HEAD_DIM).index(GROUP)
+    if DQ_GROUP:
+        # Head dim 64: K and V as the register operand of S^T and dP^T, so those products read only Q and dO from
+        # shared memory. With 64 x 64 products every operand read from shared memory takes as long as the product,
+        # and the step's other traffic (dS^T, dQ, the loader's tiles) shares the same bandwidth (docs/design.md,
+        # "Hopper backward, head dim 64: K and V in registers"). At 128 they would take 64 registers, which two
+        # 240-register groups do not have
+        k = k.load(op_a)
+        v = v.load(op_a)
     # Head dim 64: group 1 starts once group 0 has its first S^T and dP^T, so that each group's exponentials run
     # while the other's products do rather than all at once (docs/design.md, "Hopper backward, head dim 64: half
     # a step apart"). The signal is the first dQ staging barrier, which nothing else uses at 64 (the dQ warpgroup
@@ -531,19 +540,15 @@ def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar
         st = warpgroup_mma(k, q.permute((1, 0)), zero, use_acc=False, is_async=True)
         dpt = warpgroup_mma(v, do.permute((1, 0)), zero, use_acc=False, is_async=True)
         rows = start_m + i * TILE + cols  # the queries, on columns
-        if HEAD_DIM == 64:  # LSE and delta before the wait: off the step's path, and registers suffice at 64
-            lse = lse_smem.index(s).load(gl.SliceLayout(0, mma))
-            delta = delta_smem.index(s).load(gl.SliceLayout(0, mma))
         st, dpt = warpgroup_mma_wait(0, deps=(st, dpt))
         if DQ_GROUP and GROUP == 0:
             mbarrier.arrive(dq_bar.index(0), count=1, pred=i == 0)
-        if HEAD_DIM == 128:  # each as late as it can be: live across the products, they spill at 128
-            lse = lse_smem.index(s).load(gl.SliceLayout(0, mma))
+        # LSE and delta each as late as it can be: live across the products they would spill
+        lse = lse_smem.index(s).load(gl.SliceLayout(0, mma))
         pt = gl.exp2(st * qk_scale - lse[None, :])
         if i < 2:  # the two query blocks that overlap this program's 128 keys
             pt = _causal(pt, rows[None, :], keys[:, None], 0.0)
-        if HEAD_DIM == 128:
-            delta = delta_smem.index(s).load(gl.SliceLayout(0, mma))
+        delta = delta_smem.index(s).load(gl.SliceLayout(0, mma))
         # dS without the softmax scale (S = scale * Q K^T, so dS = scale * dP'): dK takes it once at the end and
         # dQ in _attn_bwd's conversion, one multiply each instead of one per score
         dst = (pt * (dpt - delta[None, :])).to(dtype)
