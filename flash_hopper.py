@@ -423,10 +423,11 @@ def _attn_fwd_hopper_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, BH, H,
 
 TILE = gl.constexpr(64)
 # The backward's partitions after MMA group 0 (the kernel's own 4 warps), their warps and registers per thread.
-# Head dim 64, 16 warps: MMA group 1, the dQ group and the loader; 200 registers for each MMA group and 88 for the
-# dQ group do not spill (168 for every group spilled)
+# Head dim 64, 16 warps: MMA group 1, the dQ group and the loader. Each MMA group holds its K and V tiles in 32
+# registers, which 212 registers a group leave room for; the dQ group needs no more than 64 (168 for every group
+# spilled)
 BWD_WORKER_WARPS_D64 = gl.constexpr((4, 4, 1))
-BWD_WORKER_REGS_D64 = gl.constexpr((200, 88, 24))
+BWD_WORKER_REGS_D64 = gl.constexpr((212, 64, 24))
 # Head dim 128, 12 warps: MMA group 1, the loader and the reduce warp, which share the third warpgroup; 240
 # registers for each MMA group
 BWD_WORKER_WARPS_D128 = gl.constexpr((4, 1, 1))
@@ -489,19 +490,6 @@ def _rows(smem, n: gl.constexpr, HEAD_DIM: gl.constexpr):
 
 
 @gluon.jit
-def _bwd_p_ds(st, dpt, lse_smem, delta_smem, i, start_m, cols, keys, qk_scale, dtype: gl.constexpr):
-    # One step's P^T and dS^T (unscaled) from its S^T and dP^T, for the rotated head-dim-64 loop
-    STAGES: gl.constexpr = lse_smem.shape[0]
-    s = i % STAGES
-    lse = lse_smem.index(s).load(gl.SliceLayout(0, st.type.layout))
-    delta = delta_smem.index(s).load(gl.SliceLayout(0, st.type.layout))
-    pt = gl.exp2(st * qk_scale - lse[None, :])
-    if i < 2:
-        pt = _causal(pt, (start_m + i * TILE + cols)[None, :], keys[:, None], 0.0)
-    return pt.to(dtype), (pt * (dpt - delta[None, :])).to(dtype)
-
-
-@gluon.jit
 def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar, kv_bar, q_ready, q_free, ds_ready,
                        ds_free, dk_desc, dv_desc, lse_smem, delta_smem, b, h, start_n, start_m, n_steps,
                        qk_scale, sm_scale, GROUP: gl.constexpr):
@@ -527,6 +515,14 @@ def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar
     mbarrier.wait(kv_bar, 0)
     k = _rows(k_smem, 2, HEAD_DIM).index(GROUP)
     v = _rows(v_smem, 2, HEAD_DIM).index(GROUP)
+    if DQ_GROUP:
+        # Head dim 64: K and V as the register operand of S^T and dP^T, so those products read only Q and dO from
+        # shared memory. With 64 x 64 products every operand read from shared memory takes as long as the product,
+        # and the step's other traffic (dS^T, dQ, the loader's tiles) shares the same bandwidth (docs/design.md,
+        # "Hopper backward, head dim 64: K and V in registers"). At 128 they would take 64 registers, which two
+        # 240-register groups do not have
+        k = k.load(op_a)
+        v = v.load(op_a)
     # Head dim 64: group 1 starts once group 0 has its first S^T and dP^T, so that each group's exponentials run
     # while the other's products do rather than all at once (docs/design.md, "Hopper backward, head dim 64: half
     # a step apart"). The signal is the first dQ staging barrier, which nothing else uses at 64 (the dQ warpgroup
@@ -534,97 +530,56 @@ def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar
     if DQ_GROUP and GROUP == 1:
         mbarrier.wait(dq_bar.index(0), 0)
 
-    if DQ_GROUP:
-        # Head dim 64: the next step's S^T and dP^T go in behind this step's dV and dK, before their wait, so the
-        # tensor cores find them queued; the loop is rotated so that every product is waited for where it was issued
-        mbarrier.wait(q_ready.index(0), 0)
-        st = warpgroup_mma(k, q_rows.index(0).permute((1, 0)), zero, use_acc=False, is_async=True)
-        dpt = warpgroup_mma(v, do_rows.index(0).permute((1, 0)), zero, use_acc=False, is_async=True)
+    for i in range(n_steps):
+        s = i % STAGES
+        buf = i % 2
+        mbarrier.wait(q_ready.index(s), (i // STAGES) & 1)
+        q = q_rows.index(s)
+        do = do_rows.index(s)
+        # S^T and dP^T, keys on rows: [64 keys, 64 queries]
+        st = warpgroup_mma(k, q.permute((1, 0)), zero, use_acc=False, is_async=True)
+        dpt = warpgroup_mma(v, do.permute((1, 0)), zero, use_acc=False, is_async=True)
+        rows = start_m + i * TILE + cols  # the queries, on columns
         st, dpt = warpgroup_mma_wait(0, deps=(st, dpt))
-        if GROUP == 0:
-            mbarrier.arrive(dq_bar.index(0), count=1)
-        pt, dst = _bwd_p_ds(st, dpt, lse_smem, delta_smem, 0, start_m, cols, keys, qk_scale, dtype)
-        for i in range(n_steps - 1):
-            s = i % STAGES
-            buf = i % 2
-            dv = warpgroup_mma(gl.convert_layout(pt, op_a), do_rows.index(s), dv, is_async=True)
-            dk = warpgroup_mma(gl.convert_layout(dst, op_a), q_rows.index(s), dk, is_async=True)
-            s1 = (i + 1) % STAGES
-            mbarrier.wait(q_ready.index(s1), ((i + 1) // STAGES) & 1)
-            st = warpgroup_mma(k, q_rows.index(s1).permute((1, 0)), zero, use_acc=False, is_async=True)
-            dpt = warpgroup_mma(v, do_rows.index(s1).permute((1, 0)), zero, use_acc=False, is_async=True)
-            mbarrier.wait(ds_free.index(buf), ((i // 2) & 1) ^ 1)
-            ds_smem.index(buf * 2 + GROUP).store(dst)
-            fence_async_shared()
-            mbarrier.arrive(ds_ready.index(buf), count=1)
-            dv, dk, st, dpt = warpgroup_mma_wait(0, deps=(dv, dk, st, dpt))
-            mbarrier.arrive(q_free.index(s), count=1)
-            pt, dst = _bwd_p_ds(st, dpt, lse_smem, delta_smem, i + 1, start_m, cols, keys, qk_scale, dtype)
-        s = (n_steps - 1) % STAGES
-        buf = (n_steps - 1) % 2
-        dv = warpgroup_mma(gl.convert_layout(pt, op_a), do_rows.index(s), dv, is_async=True)
-        dk = warpgroup_mma(gl.convert_layout(dst, op_a), q_rows.index(s), dk, is_async=True)
-        mbarrier.wait(ds_free.index(buf), (((n_steps - 1) // 2) & 1) ^ 1)
+        if DQ_GROUP and GROUP == 0:
+            mbarrier.arrive(dq_bar.index(0), count=1, pred=i == 0)
+        # LSE and delta each as late as it can be: live across the products they would spill
+        lse = lse_smem.index(s).load(gl.SliceLayout(0, mma))
+        pt = gl.exp2(st * qk_scale - lse[None, :])
+        if i < 2:  # the two query blocks that overlap this program's 128 keys
+            pt = _causal(pt, rows[None, :], keys[:, None], 0.0)
+        delta = delta_smem.index(s).load(gl.SliceLayout(0, mma))
+        # dS without the softmax scale (S = scale * Q K^T, so dS = scale * dP'): dK takes it once at the end and
+        # dQ in _attn_bwd's conversion, one multiply each instead of one per score
+        dst = (pt * (dpt - delta[None, :])).to(dtype)
+        # dV += P^T dO and dK += dS^T Q
+        dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), op_a), do, dv, is_async=True)
+        dk = warpgroup_mma(gl.convert_layout(dst, op_a), q, dk, is_async=True)
+        # dQ = dS K needs both groups' dS: swap halves through shared memory, then group g makes dQ's column
+        # half g from all 128 keys (at head dim 64 group 0 makes all of dQ)
+        mbarrier.wait(ds_free.index(buf), ((i // 2) & 1) ^ 1)
         ds_smem.index(buf * 2 + GROUP).store(dst)
         fence_async_shared()
         mbarrier.arrive(ds_ready.index(buf), count=1)
+        # P^T and dS^T leave the registers once dV and dK have them; Q and dO go back to the loader
         dv, dk = warpgroup_mma_wait(0, deps=(dv, dk))
         mbarrier.arrive(q_free.index(s), count=1)
-    else:
-        for i in range(n_steps):
-            s = i % STAGES
-            buf = i % 2
-            mbarrier.wait(q_ready.index(s), (i // STAGES) & 1)
-            q = q_rows.index(s)
-            do = do_rows.index(s)
-            # S^T and dP^T, keys on rows: [64 keys, 64 queries]
-            st = warpgroup_mma(k, q.permute((1, 0)), zero, use_acc=False, is_async=True)
-            dpt = warpgroup_mma(v, do.permute((1, 0)), zero, use_acc=False, is_async=True)
-            rows = start_m + i * TILE + cols  # the queries, on columns
-            if HEAD_DIM == 64:  # LSE and delta before the wait: off the step's path, and registers suffice at 64
-                lse = lse_smem.index(s).load(gl.SliceLayout(0, mma))
-                delta = delta_smem.index(s).load(gl.SliceLayout(0, mma))
-            st, dpt = warpgroup_mma_wait(0, deps=(st, dpt))
-            if DQ_GROUP and GROUP == 0:
-                mbarrier.arrive(dq_bar.index(0), count=1, pred=i == 0)
-            if HEAD_DIM == 128:  # each as late as it can be: live across the products, they spill at 128
-                lse = lse_smem.index(s).load(gl.SliceLayout(0, mma))
-            pt = gl.exp2(st * qk_scale - lse[None, :])
-            if i < 2:  # the two query blocks that overlap this program's 128 keys
-                pt = _causal(pt, rows[None, :], keys[:, None], 0.0)
-            if HEAD_DIM == 128:
-                delta = delta_smem.index(s).load(gl.SliceLayout(0, mma))
-            # dS without the softmax scale (S = scale * Q K^T, so dS = scale * dP'): dK takes it once at the end and
-            # dQ in _attn_bwd's conversion, one multiply each instead of one per score
-            dst = (pt * (dpt - delta[None, :])).to(dtype)
-            # dV += P^T dO and dK += dS^T Q
-            dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), op_a), do, dv, is_async=True)
-            dk = warpgroup_mma(gl.convert_layout(dst, op_a), q, dk, is_async=True)
-            # dQ = dS K needs both groups' dS: swap halves through shared memory, then group g makes dQ's column
-            # half g from all 128 keys (at head dim 64 group 0 makes all of dQ)
-            mbarrier.wait(ds_free.index(buf), ((i // 2) & 1) ^ 1)
-            ds_smem.index(buf * 2 + GROUP).store(dst)
+        if GROUP < NCOL and not DQ_GROUP:
+            mbarrier.wait(ds_ready.index(buf), (i // 2) & 1)
+            dq = warpgroup_mma(ds_smem.index(buf * 2).permute((1, 0)), k_smem.index(GROUP).reshape([TILE, TILE]),
+                               zero, use_acc=False, is_async=True)
+            dq = warpgroup_mma(ds_smem.index(buf * 2 + 1).permute((1, 0)),
+                               k_smem.index(NCOL + GROUP).reshape([TILE, TILE]), dq, is_async=True)
+            dq = warpgroup_mma_wait(0, deps=(dq, ))
+            # hand the tile to _bwd_reduce_partition through one of this group's two staging buffers, once its
+            # reduction from two steps ago has read it (dq_bar: 4 "ready" then 4 "free" barriers)
+            idx = GROUP * 2 + buf
+            mbarrier.wait(dq_bar.index(4 + idx), ((i // 2) & 1) ^ 1)
+            dq_smem.index(idx).reshape([TILE, TILE]).store(_dq_rows(dq))
             fence_async_shared()
-            mbarrier.arrive(ds_ready.index(buf), count=1)
-            # P^T and dS^T leave the registers once dV and dK have them; Q and dO go back to the loader
-            dv, dk = warpgroup_mma_wait(0, deps=(dv, dk))
-            mbarrier.arrive(q_free.index(s), count=1)
-            if GROUP < NCOL and not DQ_GROUP:
-                mbarrier.wait(ds_ready.index(buf), (i // 2) & 1)
-                dq = warpgroup_mma(ds_smem.index(buf * 2).permute((1, 0)), k_smem.index(GROUP).reshape([TILE, TILE]),
-                                   zero, use_acc=False, is_async=True)
-                dq = warpgroup_mma(ds_smem.index(buf * 2 + 1).permute((1, 0)),
-                                   k_smem.index(NCOL + GROUP).reshape([TILE, TILE]), dq, is_async=True)
-                dq = warpgroup_mma_wait(0, deps=(dq, ))
-                # hand the tile to _bwd_reduce_partition through one of this group's two staging buffers, once its
-                # reduction from two steps ago has read it (dq_bar: 4 "ready" then 4 "free" barriers)
-                idx = GROUP * 2 + buf
-                mbarrier.wait(dq_bar.index(4 + idx), ((i // 2) & 1) ^ 1)
-                dq_smem.index(idx).reshape([TILE, TILE]).store(_dq_rows(dq))
-                fence_async_shared()
-                mbarrier.arrive(dq_bar.index(idx), count=1)
-            if not DQ_GROUP:
-                mbarrier.arrive(ds_free.index(buf), count=1)
+            mbarrier.arrive(dq_bar.index(idx), count=1)
+        if not DQ_GROUP:
+            mbarrier.arrive(ds_free.index(buf), count=1)
 
     # dK and dV leave as the forward's O does, through shared memory with TMA stores: into the Q and dO ring, once
     # both groups' products have read all of it (each group releases a stage on q_free after its dV and dK)
