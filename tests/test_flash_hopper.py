@@ -10,7 +10,7 @@ import torch
 
 import flash_kernel
 from flash_kernel import attention_ref, flash_attn
-from helpers import ABS, TOL, assert_close, launched_kernels, ours_fwd_bwd, qkv_like_the_model, ref_fwd_bwd
+from helpers import ABS, TOL, assert_close, grad_like, launched_kernels, ours_fwd_bwd, qkv_like_the_model, ref_fwd_bwd
 
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
 needs_hopper = pytest.mark.skipif(not HOPPER or flash_kernel.flash_hopper is None,
@@ -139,7 +139,7 @@ def test_backward_matches_reference(B, H, T, D, dtype, forward):
     # The Hopper backward at every T (the dispatch uses it from TUNED's length on), after either forward, through
     # the launchers, on the model's strided views; the tolerances are the Triton kernels'
     q, k, v = (t.detach() for t in qkv_like_the_model(B, H, T, D, dtype, device="cuda"))
-    do = torch.randn(q.shape, device="cuda", dtype=dtype)
+    do = grad_like(q)
     scale = 1 / math.sqrt(D)
     o, lse = flash_kernel._attn_fwd(q, k, v, None, True, scale, 0.0, forward)
     dq, dk, dv = flash_kernel._attn_bwd(do, q, k, v, o, lse, None, True, scale, 0.0, "hopper")
@@ -153,7 +153,7 @@ def test_gradients_through_the_hopper_kernels(D):
     # At a length where flash_attn sends both passes to the Hopper kernels, with a ragged last tile
     T = max(hopper_from("fwd", D), hopper_from("bwd", D)) + 100
     q, k, v = qkv_like_the_model(1, 2, T, D, torch.bfloat16, device="cuda")
-    do = torch.randn(q.shape, device="cuda", dtype=q.dtype)
+    do = grad_like(q)
     got = []
     assert kernels_of(lambda: got.extend(ours_fwd_bwd(q, k, v, do, causal=True))) == {"hopper fwd", "hopper bwd"}
     assert_close(got, ref_fwd_bwd(q, k, v, do, causal=True), torch.bfloat16,

@@ -19,8 +19,8 @@ import triton
 import flash_kernel
 from flash_kernel import dropout_mask, flash_attn, flash_attn_qkvpacked
 from helpers import TRITON_DEVICE as DEVICE
-from helpers import (assert_close, nan_empty, ours_fwd_bwd, qkv_like_the_model, ref_fwd_bwd,  # noqa: F401 (fixture)
-                     rel_err)
+from helpers import (assert_close, grad_like, nan_empty, ours_fwd_bwd, qkv_like_the_model,  # noqa: F401 (fixture)
+                     ref_fwd_bwd, rel_err)
 
 GPU = torch.cuda.is_available()
 needs_gpu = pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
@@ -41,7 +41,7 @@ def _dtypes():
 @pytest.mark.parametrize("B,H,T", SHAPES, ids=lambda s: str(s))
 def test_matches_reference(B, H, T, D, dtype, nan_empty):
     q, k, v = qkv_like_the_model(B, H, T, D, dtype)
-    do = torch.randn(q.shape, device=q.device, dtype=dtype)
+    do = grad_like(q)
     got = ours_fwd_bwd(q, k, v, do, causal=True)
     want = ref_fwd_bwd(q, k, v, do, causal=True)
     assert_close(got, want, dtype, f"B={B} H={H} T={T} D={D} {dtype}")
@@ -51,7 +51,7 @@ def test_matches_reference(B, H, T, D, dtype, nan_empty):
 @pytest.mark.parametrize("B,H,T,D", [(1, 2, 1, 64), (2, 1, 63, 32), (1, 1, 200, 64), (1, 2, 129, 128)], ids=str)
 def test_non_causal_and_custom_scale(B, H, T, D, dtype, nan_empty):
     q, k, v = qkv_like_the_model(B, H, T, D, dtype, seed=1)
-    do = torch.randn(q.shape, device=q.device, dtype=dtype)
+    do = grad_like(q)
     got = ours_fwd_bwd(q, k, v, do, causal=False, softmax_scale=0.3)
     want = ref_fwd_bwd(q, k, v, do, causal=False, softmax_scale=0.3)
     assert_close(got, want, dtype, f"non-causal B={B} H={H} T={T} D={D} {dtype}")
