@@ -210,11 +210,22 @@ def _keys(kv_smem, s, KEYS: gl.constexpr):
 
 
 @gluon.jit
+def _q_operand(q, zero, GROUPS: gl.constexpr):
+    # S = Q K^T's A operand: at head dim 64 with two groups Q is held in registers (_softmax_partition), in the
+    # layout of the product that zero is the accumulator of; otherwise it is the shared-memory tile
+    if q.shape[1] == 64 and GROUPS == 2:
+        return gl.convert_layout(q, gl.DotOperandLayout(operand_index=0, parent=zero.type.layout, k_width=2))
+    else:
+        return q
+
+
+@gluon.jit
 def _first_tile(q, k_smem, k_free, s0, s_zero, m_i, l_i, rows, qk_scale, p_layout: gl.constexpr,
                 MASKED: gl.constexpr, GROUPS: gl.constexpr):
     # An item's first key tile (its first s_zero.shape[1] keys): S = Q K_0^T with no other product in flight, its
     # softmax, and P in the register layout of P V's A operand
-    scores = warpgroup_mma(q, _keys(k_smem, s0, s_zero.shape[1]).permute((1, 0)), s_zero, use_acc=False)
+    q_a = _q_operand(q, s_zero, GROUPS)
+    scores = warpgroup_mma(q_a, _keys(k_smem, s0, s_zero.shape[1]).permute((1, 0)), s_zero, use_acc=False)
     mbarrier.arrive(k_free.index(s0), count=1)
     p, m_i, l_i, _ = _softmax_tile(scores, m_i, l_i, rows, 0, qk_scale, MASKED)
     return gl.convert_layout(_packed(p, q.dtype, GROUPS == 3), p_layout), m_i, l_i
@@ -237,7 +248,8 @@ def _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, r, c, start
     # before its first), each other group once the one before it has issued its step c
     mbarrier.wait(turn.index(GROUP), (c & 1) ^ (1 if GROUP == 0 else 0))
     mbarrier.wait(k_ready.index(s), (r // STAGES) & 1)
-    scores = warpgroup_mma(q, _keys(k_smem, s, s_zero.shape[1]).permute((1, 0)), s_zero, use_acc=False,
+    q_a = _q_operand(q, s_zero, GROUPS)
+    scores = warpgroup_mma(q_a, _keys(k_smem, s, s_zero.shape[1]).permute((1, 0)), s_zero, use_acc=False,
                            is_async=True)
     mbarrier.wait(v_ready.index(prev), ((r - 1) // STAGES) & 1)
     acc = warpgroup_mma(p, v_smem.index(prev).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
@@ -288,6 +300,11 @@ def _softmax_partition(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_rea
         rows = start_m + GROUP * ROWS + gl.arange(0, ROWS, layout=row_s)
         qb = n % 2
         q = q_smem.index(GROUPS * qb + GROUP).reshape([ROWS, HEAD_DIM])
+        if HEAD_DIM == 64 and GROUPS == 2:
+            # Q into registers once per item, so that each S = Q K^T reads only K from shared memory (docs/design.md,
+            # "Hopper forward, head dim 64: Q in registers"). Three groups' 160 registers have no room for it (ptxas
+            # serializes their wgmmas and spills), nor do head dim 128's 32 more
+            q = q.load(gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2))
         acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=o_layout)
 
         m_i = gl.full([ROWS], float("-inf"), gl.float32, layout=row_s)
