@@ -441,10 +441,10 @@ def _attn_fwd_hopper_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, BH, H,
 TILE = gl.constexpr(64)
 # The backward's partitions after MMA group 0 (the kernel's own 4 warps), their warps and registers per thread.
 # Head dim 64, 16 warps: MMA group 1, the dQ group and the loader. Each MMA group holds its K and V tiles in 32
-# registers, which 212 registers a group leave room for; the dQ group needs no more than 64 (168 for every group
-# spilled)
+# registers, the dQ group K^T in 32 and a 64 x 32 accumulator in 16: with less than 88 for the dQ group ptxas
+# serializes every wgmma of the kernel, and the 200 left to each MMA group cost them 1% at most where 196 cost 3%
 BWD_WORKER_WARPS_D64 = gl.constexpr((4, 4, 1))
-BWD_WORKER_REGS_D64 = gl.constexpr((212, 64, 24))
+BWD_WORKER_REGS_D64 = gl.constexpr((200, 88, 24))
 # Head dim 128, 12 warps: MMA group 1, the loader and the reduce warp, which share the third warpgroup; 240
 # registers for each MMA group
 BWD_WORKER_WARPS_D128 = gl.constexpr((4, 1, 1))
@@ -616,27 +616,36 @@ def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar
 
 @gluon.jit
 def _bwd_dq_partition(k_smem, ds_smem, dq_smem, kv_bar, ds_ready, ds_free, dq_desc, b, h, start_m, n_steps):
-    # Head dim 64: a warpgroup of its own makes dQ = dS K from both groups' dS^T and sends it out, so storing the fp32
-    # tile and the TMA reduction leave the other two groups' critical path (docs/design.md, "Hopper backward: five
-    # products, dQ by TMA reduction"). At head dim 128 the two groups need all the registers, and each makes half of dQ
-    # itself.
-    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16])
-    zero = gl.zeros([TILE, TILE], gl.float32, layout=mma)
+    # Head dim 64: a warpgroup of its own makes dQ from both groups' dS^T and sends it out, so storing the fp32 tile
+    # and the TMA reduction leave the other two groups' critical path (docs/design.md, "Hopper backward: five
+    # products, dQ by TMA reduction"). It makes dQ^T = K^T dS^T with K^T in registers, so that the product reads only
+    # dS^T from shared memory, into the (B, H, D, T) fp32 buffer, 32 queries at a time: a 64 x 64 accumulator left
+    # too few registers for the MMA groups (docs/design.md, "Hopper backward, head dim 64: dQ^T with K^T in
+    # registers"). At head dim 128 the two groups need all the registers, and each makes half of dQ itself.
+    HALF: gl.constexpr = TILE // 2
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, HALF, 16])
+    op_a: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+    zero = gl.zeros([TILE, HALF], gl.float32, layout=mma)
     mbarrier.wait(kv_bar, 0)
+    # K^T's columns are the 128 keys: those of group 0's tile, then group 1's
+    kt0 = k_smem.index(0).reshape([TILE, TILE]).permute((1, 0)).load(op_a)
+    kt1 = k_smem.index(1).reshape([TILE, TILE]).permute((1, 0)).load(op_a)
     for i in range(n_steps):
         buf = i % 2
         mbarrier.wait(ds_ready.index(buf), (i // 2) & 1)
-        dq = warpgroup_mma(ds_smem.index(buf * 2).permute((1, 0)), k_smem.index(0).reshape([TILE, TILE]), zero,
-                           use_acc=False, is_async=True)
-        dq = warpgroup_mma(ds_smem.index(buf * 2 + 1).permute((1, 0)), k_smem.index(1).reshape([TILE, TILE]), dq,
-                           is_async=True)
-        dq = warpgroup_mma_wait(0, deps=(dq, ))
-        mbarrier.arrive(ds_free.index(buf), count=1)
-        tma.store_wait(1)  # two staging buffers: the reduction sent two steps ago has read this one
-        dq_buf = dq_smem.index(buf)
-        dq_buf.reshape([TILE, TILE]).store(_dq_rows(dq))
-        fence_async_shared()
-        _tma_add(dq_desc, [b, h, start_m + i * TILE, 0], dq_buf)
+        for half in gl.static_range(2):
+            ds0 = ds_smem.index(buf * 2).slice(half * HALF, HALF, dim=1)
+            ds1 = ds_smem.index(buf * 2 + 1).slice(half * HALF, HALF, dim=1)
+            dqt = warpgroup_mma(kt0, ds0, zero, use_acc=False, is_async=True)
+            dqt = warpgroup_mma(kt1, ds1, dqt, is_async=True)
+            dqt = warpgroup_mma_wait(0, deps=(dqt, ))
+            if half == 1:
+                mbarrier.arrive(ds_free.index(buf), count=1)
+            tma.store_wait(1)  # two staging buffers, one per half: the reduction sent before the last has read this one
+            dq_buf = dq_smem.index(half)
+            dq_buf.reshape([TILE, HALF]).store(_dq_rows(dqt))
+            fence_async_shared()
+            _tma_add(dq_desc, [b, h, 0, start_m + i * TILE + half * HALF], dq_buf)
     tma.store_wait(0)
 
 
@@ -839,44 +848,55 @@ def _dq_acc_row(r):
 
 @triton.jit
 def _dq_cast_kernel(ACC, DQ, scale, H, T, T_ACC, stride_qb, stride_qh, stride_qt, HEAD_DIM: tl.constexpr,
-                    ROWS: tl.constexpr):
-    # dq = scale * acc in dq's dtype and layout, acc being the contiguous (B, H, T_ACC, D) fp32 buffer the
-    # backward's TMA reductions fill, its rows in _dq_rows' order. torch.mul(acc, scale, out=dq) did the same as a
-    # permuting copy, non-vectorized, into the model's (B, T, H, D) views: ~2x the time of a copy that reads and
-    # writes whole rows of D
+                    ROWS: tl.constexpr, TRANSPOSED: tl.constexpr):
+    # dq = scale * acc in dq's dtype and layout, acc being the contiguous fp32 buffer the backward's TMA reductions
+    # fill: (B, H, T_ACC, D) with its rows in _dq_rows' order, or TRANSPOSED, (B, H, D, T_ACC) with its rows (D) in
+    # that order. torch.mul(acc, scale, out=dq) did the same as a permuting copy, non-vectorized, into the model's
+    # (B, T, H, D) views: ~2x the time of a copy that reads and writes whole rows
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, HEAD_DIM)
     keep = rows[:, None] < T
-    acc_rows = rows // 8 * 8 + 2 * (rows % 4) + rows // 4 % 2  # _dq_acc_row
-    acc = tl.load(ACC + bh.to(tl.int64) * T_ACC * HEAD_DIM + acc_rows[:, None] * HEAD_DIM + cols[None, :],
-                  mask=keep)
+    acc_base = ACC + bh.to(tl.int64) * T_ACC * HEAD_DIM
+    if TRANSPOSED:
+        acc_cols = cols // 8 * 8 + 2 * (cols % 4) + cols // 4 % 2  # _dq_acc_row of each column of dq
+        acc = tl.trans(tl.load(acc_base + acc_cols[:, None] * T_ACC + rows[None, :], mask=rows[None, :] < T))
+    else:
+        acc_rows = rows // 8 * 8 + 2 * (rows % 4) + rows // 4 % 2  # _dq_acc_row
+        acc = tl.load(acc_base + acc_rows[:, None] * HEAD_DIM + cols[None, :], mask=keep)
     dq_ptrs = DQ + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + rows[:, None] * stride_qt + cols[None, :]
     tl.store(dq_ptrs, (acc * scale).to(DQ.dtype.element_ty), mask=keep)
 
 
-def _dq_cast(acc: torch.Tensor, dq: torch.Tensor, scale: float) -> None:
+def _dq_cast(acc: torch.Tensor, dq: torch.Tensor, scale: float, transposed: bool = False) -> None:
     """dq = scale * acc, row r of dq from row _dq_acc_row(r) of acc (acc: contiguous (B, H, T rounded up to 8, D)
-    fp32; dq: (B, H, T, D), any strides with unit stride in D)."""
+    fp32; dq: (B, H, T, D), any strides with unit stride in D). transposed: acc is (B, H, D, T rounded up to 8) and
+    column d of dq comes from row _dq_acc_row(d) of it."""
     B, H, T, D = dq.shape
+    t_acc = acc.shape[3] if transposed else acc.shape[2]
     _dq_cast_kernel[(triton.cdiv(T, DQ_CAST_ROWS), B * H)](
-        acc, dq, scale, H, T, acc.shape[2], dq.stride(0), dq.stride(1), dq.stride(2), HEAD_DIM=D, ROWS=DQ_CAST_ROWS,
-        num_warps=4)
+        acc, dq, scale, H, T, t_acc, dq.stride(0), dq.stride(1), dq.stride(2), HEAD_DIM=D, ROWS=DQ_CAST_ROWS,
+        TRANSPOSED=transposed, num_warps=4)
 
 
 def _attn_bwd(do, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, qk_scale: float) -> None:
     """Fill dq, dk, dv as flash_kernel's Triton backward does, from delta = rowsum(dO * O); qk_scale as in
     _attn_fwd. dk and dv are written by TMA, like o in _attn_fwd."""
     B, H, T, D = q.shape
-    # rows rounded up to 8: _dq_acc_row moves rows within groups of 8, so a last group cut short by T would lose some
-    dq_acc = torch.zeros((B, H, triton.cdiv(T, 8) * 8, D), dtype=torch.float32, device=q.device)
+    # At head dim 64 the dQ group adds dQ^T, 32 queries at a time (_bwd_dq_partition), into a (B, H, D, T) buffer.
+    # T rounded up to 8: in (B, H, T, D) _dq_acc_row moves rows within groups of 8, so a last group cut short by T
+    # would lose some; in (B, H, D, T) TMA needs rows of a multiple of 16 bytes
+    transposed = D == 64
+    t_acc = triton.cdiv(T, 8) * 8
+    dq_acc = torch.zeros((B, H, D, t_acc) if transposed else (B, H, t_acc, D), dtype=torch.float32, device=q.device)
     tile = TILE.value
     _attn_bwd_hopper_kernel[(triton.cdiv(T, 2 * tile), B * H)](
         _descriptor(q, tile, tile), _descriptor(k, tile, tile), _descriptor(v, tile, tile), _descriptor(do, tile, tile),
-        _descriptor(dq_acc, tile, tile), _descriptor(dk, tile, tile), _descriptor(dv, tile, tile), lse, delta,
+        _descriptor(dq_acc, tile, tile // 2 if transposed else tile), _descriptor(dk, tile, tile),
+        _descriptor(dv, tile, tile), lse, delta,
         H, T, qk_scale, softmax_scale, HEAD_DIM=D, STAGES=BWD_STAGES[D], num_warps=4,
         maxnreg=_maxnreg(BWD_WARPGROUPS[D]),
     )
-    _dq_cast(dq_acc, dq, softmax_scale)  # the scale dS left out (_bwd_mma_partition), and dq's dtype
+    _dq_cast(dq_acc, dq, softmax_scale, transposed)  # the scale dS left out (_bwd_mma_partition), and dq's dtype

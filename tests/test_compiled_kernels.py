@@ -98,12 +98,12 @@ def test_hopper_kernels_do_not_spill(request, hopper):
     # Each softmax group holds S, P and O for 64 rows in registers. If ptxas spills them to local memory, the
     # loop reloads them every key tile (docs/design.md, "Hopper forward: ping-pong warpgroups": an early version
     # spilled 200 bytes per thread).
-    # The backward at head dim 64 gives its third warpgroup 64 registers so the other two get 212 and hold K and V:
-    # 168 spilled 80 bytes (docs/design.md, "Hopper backward, head dim 64: a dQ warpgroup"); at 212 triton 3.6's
-    # ptxas spills 8 bytes of the dK/dV epilogue's TMA coordinates, once per program, 3.8's none (docs/design.md,
-    # "Hopper backward, head dim 64: K and V in registers"). At head dim 128 the backward spills 16
-    # bytes with triton 3.6's ptxas and none with 3.8's, none of them reloaded in the loop; before LSE and delta were
-    # loaded late it spilled 64-96 and reloaded them every step (docs/design.md, "Compiled side by side").
+    # The backward at head dim 64 gives its MMA groups 200 registers (they hold K and V) and the dQ group 88 (K^T):
+    # all at 168 spilled 80 bytes (docs/design.md, "Hopper backward, head dim 64: a dQ warpgroup"); now triton
+    # 3.6's ptxas spills 8 bytes of the dK/dV epilogue's TMA coordinates, once per program (docs/design.md, "Hopper
+    # backward, head dim 64: K and V in registers"; "dQ^T with K^T in registers"). At head dim 128 the backward
+    # spills 16 bytes with triton 3.6's ptxas and none with 3.8's, none of them reloaded in the loop; before LSE and
+    # delta were loaded late it spilled 64-96 and reloaded them every step (docs/design.md, "Compiled side by side").
     # Three forward groups at 160 registers (head dim 64) spill 16 bytes of an item's setup, stored and reloaded
     # once per item, outside the loop
     assert hopper["forward"]["stack"] == 0, hopper

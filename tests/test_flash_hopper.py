@@ -199,11 +199,13 @@ def test_dq_acc_rows_are_a_permutation_within_groups_of_8():
     assert not torch.equal(moved, rows)
 
 
+@pytest.mark.parametrize("transposed", [False, True], ids=["BHTD", "BHDT"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("layout", ["dense", "model_views", "packed"])
-def test_dq_cast_scales_and_converts_into_any_layout(layout, dtype):
+def test_dq_cast_scales_and_converts_into_any_layout(layout, dtype, transposed):
     # The backward's last step, a plain Triton kernel (runs under the interpreter too): dq = scale * acc from the
-    # fp32 (B, H, T rounded up to 8, D) buffer, its rows in _dq_acc_row's order, into dq's own dtype and strides, a
+    # fp32 buffer, (B, H, T rounded up to 8, D) with its rows in _dq_acc_row's order or, as the head-dim-64 backward
+    # fills it, (B, H, D, T rounded up to 8) with its rows (D) in that order, into dq's own dtype and strides, a
     # ragged last block of rows included. Exact: one fp32 multiply and one rounding, as torch does them
     if flash_kernel.flash_hopper is None:
         pytest.skip("this Triton has no Gluon")
@@ -211,13 +213,18 @@ def test_dq_cast_scales_and_converts_into_any_layout(layout, dtype):
     if device == "cpu" and dtype == torch.bfloat16:
         pytest.skip("Triton's interpreter converts fp32 to bf16 by truncation, not rounding; bf16 runs on the GPU")
     B, H, T, D = 2, 3, flash_kernel.flash_hopper.DQ_CAST_ROWS + 13, 64
-    acc = torch.randn(B, H, (T + 7) // 8 * 8, D, device=device)
+    t_acc = (T + 7) // 8 * 8
+    acc = torch.randn((B, H, D, t_acc) if transposed else (B, H, t_acc, D), device=device)
     if layout == "dense":
         dq = torch.empty(B, H, T, D, device=device, dtype=dtype)
     elif layout == "model_views":
         dq = torch.empty(B, T, H, D, device=device, dtype=dtype).transpose(1, 2)
     else:  # dq as a view of flash_attn_qkvpacked's (B, T, 3, H, D) gradient
         dq = torch.empty(B, T, 3, H, D, device=device, dtype=dtype)[:, :, 0].transpose(1, 2)
-    flash_kernel.flash_hopper._dq_cast(acc, dq, 0.3)
-    rows = flash_kernel.flash_hopper._dq_acc_row(torch.arange(T, device=device))
-    assert torch.equal(dq, torch.mul(acc[:, :, rows], 0.3).to(dtype))
+    flash_kernel.flash_hopper._dq_cast(acc, dq, 0.3, transposed)
+    if transposed:
+        cols = flash_kernel.flash_hopper._dq_acc_row(torch.arange(D, device=device))
+        want = acc[:, :, cols, :T].transpose(2, 3)
+    else:
+        want = acc[:, :, flash_kernel.flash_hopper._dq_acc_row(torch.arange(T, device=device))]
+    assert torch.equal(dq, torch.mul(want, 0.3).to(dtype))
