@@ -435,8 +435,8 @@ def _attn_fwd_hopper_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, BH, H,
 # Backward: FlashAttention-3's five products per tile. One program holds 128 keys (64 per softmax warpgroup, with
 # their dK and dV in registers) and sweeps the 64-row query blocks that see them: S^T = K Q^T, dP^T = V dO^T,
 # dV += P^T dO, dK += dS^T Q, and dQ += dS K, added into an fp32 buffer by TMA reductions (other programs add
-# into the same rows). All tiles are 64 x 64 (head dim 128 comes as two column halves), so every product is one
-# wgmma shape.
+# into the same rows; at head dim 64 the dQ warpgroup makes dQ^T = K^T dS^T, see _bwd_dq_partition). The tiles
+# are 64 x 64 (head dim 128 comes as two column halves).
 
 TILE = gl.constexpr(64)
 # The backward's partitions after MMA group 0 (the kernel's own 4 warps), their warps and registers per thread.
@@ -492,7 +492,8 @@ def _dq_rows(dq):
     # r ^ 1 in one half-warp, and the 128-byte swizzle maps their 32-byte pieces onto the same banks: twice the
     # shared-memory wavefronts (Nsight Compute: the excess was 8% of all the backward's). Rows 0-3 of 8 moved to
     # rows 0, 2, 4, 6 swizzle onto disjoint banks. Free: the move is in each thread's store addresses, not in its
-    # registers.
+    # registers. (Measured on the 64 x 64 tiles of dQ; the head-dim-64 backward's 64 x 32 tiles of dQ^T, rows being
+    # head dims, keep the same move and _dq_cast undoes it on that axis.)
     x = dq.reshape([dq.shape[0] // 8, 2, 4, dq.shape[1]]).permute((0, 2, 1, 3))
     return x.reshape(dq.shape)
 
