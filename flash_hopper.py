@@ -848,6 +848,12 @@ def _dq_acc_row(r):
 
 
 @triton.jit
+def _dq_acc_index(r):
+    # _dq_acc_row inside a kernel
+    return r // 8 * 8 + 2 * (r % 4) + r // 4 % 2
+
+
+@triton.jit
 def _dq_cast_kernel(ACC, DQ, scale, H, T, T_ACC, stride_qb, stride_qh, stride_qt, HEAD_DIM: tl.constexpr,
                     ROWS: tl.constexpr, TRANSPOSED: tl.constexpr):
     # dq = scale * acc in dq's dtype and layout, acc being the contiguous fp32 buffer the backward's TMA reductions
@@ -862,11 +868,9 @@ def _dq_cast_kernel(ACC, DQ, scale, H, T, T_ACC, stride_qb, stride_qh, stride_qt
     keep = rows[:, None] < T
     acc_base = ACC + bh.to(tl.int64) * T_ACC * HEAD_DIM
     if TRANSPOSED:
-        acc_cols = cols // 8 * 8 + 2 * (cols % 4) + cols // 4 % 2  # _dq_acc_row of each column of dq
-        acc = tl.trans(tl.load(acc_base + acc_cols[:, None] * T_ACC + rows[None, :], mask=rows[None, :] < T))
+        acc = tl.trans(tl.load(acc_base + _dq_acc_index(cols)[:, None] * T_ACC + rows[None, :], mask=rows[None, :] < T))
     else:
-        acc_rows = rows // 8 * 8 + 2 * (rows % 4) + rows // 4 % 2  # _dq_acc_row
-        acc = tl.load(acc_base + acc_rows[:, None] * HEAD_DIM + cols[None, :], mask=keep)
+        acc = tl.load(acc_base + _dq_acc_index(rows)[:, None] * HEAD_DIM + cols[None, :], mask=keep)
     dq_ptrs = DQ + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + rows[:, None] * stride_qt + cols[None, :]
     tl.store(dq_ptrs, (acc * scale).to(DQ.dtype.element_ty), mask=keep)
 
@@ -882,21 +886,28 @@ def _dq_cast(acc: torch.Tensor, dq: torch.Tensor, scale: float, transposed: bool
         TRANSPOSED=transposed, num_warps=4)
 
 
+def _dq_accumulator(B: int, H: int, T: int, D: int, device) -> tuple:
+    """The backward's fp32 dQ buffer, zeroed, its TMA descriptor, and whether it holds dQ^T: at head dim 64 the dQ
+    warpgroup adds dQ^T 32 queries at a time (_bwd_dq_partition) into (B, H, D, T) with 64 x 32 boxes; at 128 the
+    MMA groups add dQ's column halves into (B, H, T, D) with 64 x 64 boxes. T rounded up to 8: in (B, H, T, D)
+    _dq_acc_row moves rows within groups of 8, so a last group cut short by T would lose some; in (B, H, D, T) TMA
+    needs rows of a multiple of 16 bytes."""
+    transposed = D == 64
+    t_acc = triton.cdiv(T, 8) * 8
+    acc = torch.zeros((B, H, D, t_acc) if transposed else (B, H, t_acc, D), dtype=torch.float32, device=device)
+    tile = TILE.value
+    return acc, _descriptor(acc, tile, tile // 2 if transposed else tile), transposed
+
+
 def _attn_bwd(do, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, qk_scale: float) -> None:
     """Fill dq, dk, dv as flash_kernel's Triton backward does, from delta = rowsum(dO * O); qk_scale as in
     _attn_fwd. dk and dv are written by TMA, like o in _attn_fwd."""
     B, H, T, D = q.shape
-    # At head dim 64 the dQ group adds dQ^T, 32 queries at a time (_bwd_dq_partition), into a (B, H, D, T) buffer.
-    # T rounded up to 8: in (B, H, T, D) _dq_acc_row moves rows within groups of 8, so a last group cut short by T
-    # would lose some; in (B, H, D, T) TMA needs rows of a multiple of 16 bytes
-    transposed = D == 64
-    t_acc = triton.cdiv(T, 8) * 8
-    dq_acc = torch.zeros((B, H, D, t_acc) if transposed else (B, H, t_acc, D), dtype=torch.float32, device=q.device)
+    dq_acc, dq_desc, transposed = _dq_accumulator(B, H, T, D, q.device)
     tile = TILE.value
     _attn_bwd_hopper_kernel[(triton.cdiv(T, 2 * tile), B * H)](
         _descriptor(q, tile, tile), _descriptor(k, tile, tile), _descriptor(v, tile, tile), _descriptor(do, tile, tile),
-        _descriptor(dq_acc, tile, tile // 2 if transposed else tile), _descriptor(dk, tile, tile),
-        _descriptor(dv, tile, tile), lse, delta,
+        dq_desc, _descriptor(dk, tile, tile), _descriptor(dv, tile, tile), lse, delta,
         H, T, qk_scale, softmax_scale, HEAD_DIM=D, STAGES=BWD_STAGES[D], num_warps=4,
         maxnreg=_maxnreg(BWD_WARPGROUPS[D]),
     )

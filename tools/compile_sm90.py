@@ -105,9 +105,7 @@ def compile_hopper(kind, D, dtype=torch.bfloat16, groups=2):
         tile = fh.TILE.value
         descs = {name: fh._descriptor(q, tile, tile) for name in ("q_desc", "k_desc", "v_desc", "do_desc", "dk_desc",
                                                                   "dv_desc")}
-        # the fp32 dQ buffer: (B, H, D, T) with 32-query boxes at head dim 64 (flash_hopper._attn_bwd)
-        dq_acc = torch.empty(B, H, D, T) if D == 64 else torch.empty(B, H, T, D)
-        descs["dq_desc"] = fh._descriptor(dq_acc, tile, tile // 2 if D == 64 else tile)
+        descs["dq_desc"] = fh._dq_accumulator(B, H, T, D, "cpu")[1]
     pointers = {"COUNTER": "*i32", "LSE": "*fp32", "DELTA": "*fp32"}
 
     def type_of(name):
