@@ -443,8 +443,8 @@ TILE = gl.constexpr(64)
 # Head dim 64, 16 warps: MMA group 1, the dQ group and the loader. Each MMA group holds its K and V tiles in 32
 # registers, the dQ group K^T in 32 and a 64 x 32 accumulator in 16: with less than 88 for the dQ group ptxas
 # serializes every wgmma of the kernel, and the 200 left to each MMA group cost them 1% at most where 196 cost 3%
-BWD_WORKER_WARPS_D64 = gl.constexpr((4, 4))
-BWD_WORKER_REGS_D64 = gl.constexpr((208, 88))
+BWD_WORKER_WARPS_D64 = gl.constexpr((4, 4, 1))
+BWD_WORKER_REGS_D64 = gl.constexpr((200, 88, 24))
 # Head dim 128, 12 warps: MMA group 1, the loader and the reduce warp, which share the third warpgroup; 240
 # registers for each MMA group
 BWD_WORKER_WARPS_D128 = gl.constexpr((4, 1, 1))
@@ -651,69 +651,6 @@ def _bwd_dq_partition(k_smem, ds_smem, dq_smem, kv_bar, ds_ready, ds_free, dq_de
 
 
 @gluon.jit
-def _bwd_dq_load_partition(q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, lse_smem, delta_smem,
-                           kv_bar, q_ready, q_free, LSE, DELTA, bh, T, start_n, ds_smem, dq_smem, ds_ready, ds_free,
-                           dq_desc, b, h, start_m, n_steps):
-    # Head dim 64: the dQ warpgroup also loads K, V and each step's Q, dO, LSE and delta, so the kernel has three
-    # warpgroups and the MMA groups get 212 registers
-    STAGES: gl.constexpr = q_smem.shape[0]
-    HALF: gl.constexpr = TILE // 2
-    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, HALF, 16])
-    op_a: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
-    vec: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
-    zero = gl.zeros([TILE, HALF], gl.float32, layout=mma)
-    mbarrier.expect(kv_bar, 4 * k_desc.block_type.nbytes)
-    for g in gl.static_range(2):
-        tma.async_copy_global_to_shared(k_desc, [b, h, start_n + g * TILE, 0], kv_bar, k_smem.index(g))
-        tma.async_copy_global_to_shared(v_desc, [b, h, start_n + g * TILE, 0], kv_bar, v_smem.index(g))
-    for j in gl.static_range(STAGES):  # the ring starts free
-        if j < n_steps:
-            rows = start_m + j * TILE + gl.arange(0, TILE, layout=vec)
-            lse_smem.index(j).store(gl.load(LSE + bh.to(gl.int64) * T + rows, mask=rows < T, other=float("inf")))
-            delta_smem.index(j).store(gl.load(DELTA + bh.to(gl.int64) * T + rows, mask=rows < T, other=0.0))
-            mbarrier.expect(q_ready.index(j), 2 * q_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(q_desc, [b, h, start_m + j * TILE, 0], q_ready.index(j), q_smem.index(j))
-            tma.async_copy_global_to_shared(do_desc, [b, h, start_m + j * TILE, 0], q_ready.index(j),
-                                            do_smem.index(j))
-    mbarrier.wait(kv_bar, 0)
-    kt0 = k_smem.index(0).reshape([TILE, TILE]).permute((1, 0)).load(op_a)
-    kt1 = k_smem.index(1).reshape([TILE, TILE]).permute((1, 0)).load(op_a)
-    for i in range(n_steps):
-        buf = i % 2
-        # step i + STAGES's LSE and delta from global memory, in flight under this step's products
-        nxt = i + STAGES
-        rows = start_m + nxt * TILE + gl.arange(0, TILE, layout=vec)
-        lse = gl.load(LSE + bh.to(gl.int64) * T + rows, mask=rows < T, other=float("inf"))
-        delta = gl.load(DELTA + bh.to(gl.int64) * T + rows, mask=rows < T, other=0.0)
-        mbarrier.wait(ds_ready.index(buf), (i // 2) & 1)
-        for half in gl.static_range(2):
-            ds0 = ds_smem.index(buf * 2).slice(half * HALF, HALF, dim=1)
-            ds1 = ds_smem.index(buf * 2 + 1).slice(half * HALF, HALF, dim=1)
-            dqt = warpgroup_mma(kt0, ds0, zero, use_acc=False, is_async=True)
-            dqt = warpgroup_mma(kt1, ds1, dqt, is_async=True)
-            dqt = warpgroup_mma_wait(0, deps=(dqt, ))
-            if half == 1:
-                mbarrier.arrive(ds_free.index(buf), count=1)
-            tma.store_wait(1)
-            dq_buf = dq_smem.index(half)
-            dq_buf.reshape([TILE, HALF]).store(_dq_rows(dqt))
-            fence_async_shared()
-            _tma_add(dq_desc, [b, h, 0, start_m + i * TILE + half * HALF], dq_buf)
-        if nxt < n_steps:
-            # both MMA groups are done with step i's stage once they have stored dS^T of step i + 1, so this wait
-            # ends before the next ds_ready does
-            s = i % STAGES
-            mbarrier.wait(q_free.index(s), (i // STAGES) & 1)
-            lse_smem.index(s).store(lse)
-            delta_smem.index(s).store(delta)
-            mbarrier.expect(q_ready.index(s), 2 * q_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(q_desc, [b, h, start_m + nxt * TILE, 0], q_ready.index(s), q_smem.index(s))
-            tma.async_copy_global_to_shared(do_desc, [b, h, start_m + nxt * TILE, 0], q_ready.index(s),
-                                            do_smem.index(s))
-    tma.store_wait(0)
-
-
-@gluon.jit
 def _bwd_reduce_partition(dq_smem, dq_bar, dq_desc, b, h, start_m, n_steps):
     # Head dim 128: one warp sends both groups' dQ halves into the fp32 buffer with TMA reductions and frees their
     # staging buffers once the reductions have read them, so the groups never wait on a reduction (docs/design.md,
@@ -788,9 +725,9 @@ def _attn_bwd_hopper_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, d
         gl.warp_specialize([
             (_bwd_mma_partition, mma_args + (0, )),
             (_bwd_mma_partition_1, mma_args),
-            (_bwd_dq_load_partition, (q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, lse_smem,
-                                      delta_smem, kv_bar, q_ready, q_free, LSE, DELTA, bh, T, start_n, ds_smem,
-                                      dq_smem, ds_ready, ds_free, dq_desc, b, h, start_m, n_steps)),
+            (_bwd_dq_partition, (k_smem, ds_smem, dq_smem, kv_bar, ds_ready, ds_free, dq_desc, b, h, start_m,
+                                 n_steps)),
+            (_bwd_load_partition, load_args),
         ], BWD_WORKER_WARPS_D64, BWD_WORKER_REGS_D64)
     else:
         gl.warp_specialize([
@@ -834,7 +771,7 @@ def _maxnreg(warpgroups: int) -> int:
     return 128 if warpgroups == 3 else 168
 
 
-BWD_WARPGROUPS = {64: 2, 128: 2}  # the backward's, by head dim: at 64 with the dQ group (BWD_WORKER_WARPS_D64)
+BWD_WARPGROUPS = {64: 3, 128: 2}  # the backward's, by head dim: at 64 with the dQ group (BWD_WORKER_WARPS_D64)
 
 
 # Head dim 64 from this length: three softmax groups on 192-row items, as FlashAttention-4's sm90 forward runs there,
