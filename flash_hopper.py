@@ -447,8 +447,8 @@ BWD_WORKER_WARPS_D64 = gl.constexpr((4, 4, 1))
 BWD_WORKER_REGS_D64 = gl.constexpr((200, 88, 24))
 # Head dim 128, 12 warps: MMA group 1, the loader and the reduce warp, which share the third warpgroup; 240
 # registers for each MMA group
-BWD_WORKER_WARPS_D128 = gl.constexpr((4, 1))
-BWD_WORKER_REGS_D128 = gl.constexpr((240, 24))
+BWD_WORKER_WARPS_D128 = gl.constexpr((4, 1, 1))
+BWD_WORKER_REGS_D128 = gl.constexpr((240, 24, 24))
 
 
 @gluon.jit
@@ -510,7 +510,7 @@ def _rows(smem, n: gl.constexpr, HEAD_DIM: gl.constexpr):
 @gluon.jit
 def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar, kv_bar, q_ready, q_free, ds_ready,
                        ds_free, dk_desc, dv_desc, lse_smem, delta_smem, b, h, start_n, start_m, n_steps,
-                       qk_scale, sm_scale, DQ_ACC, T_ACC, bh, GROUP: gl.constexpr):
+                       qk_scale, sm_scale, GROUP: gl.constexpr):
     NCOL: gl.constexpr = k_smem.shape[0] // 2
     STAGES: gl.constexpr = q_smem.shape[0] // NCOL
     HEAD_DIM: gl.constexpr = NCOL * TILE
@@ -589,10 +589,13 @@ def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar
             dq = warpgroup_mma(ds_smem.index(buf * 2 + 1).permute((1, 0)),
                                k_smem.index(NCOL + GROUP).reshape([TILE, TILE]), dq, is_async=True)
             dq = warpgroup_mma_wait(0, deps=(dq, ))
-            r = gl.arange(0, TILE, layout=gl.SliceLayout(1, mma))
-            acc_row = start_m + i * TILE + r // 8 * 8 + 2 * (r % 4) + r // 4 % 2
-            offs = acc_row[:, None] * HEAD_DIM + (GROUP * TILE + cols)[None, :]
-            gl.atomic_add(DQ_ACC + bh.to(gl.int64) * T_ACC * HEAD_DIM + offs, dq, sem="relaxed")
+            # hand the tile to _bwd_reduce_partition through one of this group's two staging buffers, once its
+            # reduction from two steps ago has read it (dq_bar: 4 "ready" then 4 "free" barriers)
+            idx = GROUP * 2 + buf
+            mbarrier.wait(dq_bar.index(4 + idx), ((i // 2) & 1) ^ 1)
+            dq_smem.index(idx).reshape([TILE, TILE]).store(_dq_rows(dq))
+            fence_async_shared()
+            mbarrier.arrive(dq_bar.index(idx), count=1)
         if not DQ_GROUP:
             mbarrier.arrive(ds_free.index(buf), count=1)
 
@@ -613,8 +616,7 @@ def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar
 
 
 @gluon.jit
-def _bwd_dq_partition(k_smem, ds_smem, dq_smem, kv_bar, ds_ready, ds_free, dq_desc, b, h, start_m, n_steps,
-                      DQ_ACC, T_ACC, bh):
+def _bwd_dq_partition(k_smem, ds_smem, dq_smem, kv_bar, ds_ready, ds_free, dq_desc, b, h, start_m, n_steps):
     # Head dim 64: a warpgroup of its own makes dQ from both groups' dS^T and sends it out, so storing the fp32 tile
     # and the TMA reduction leave the other two groups' critical path (docs/design.md, "Hopper backward: five
     # products, dQ by TMA reduction"). It makes dQ^T = K^T dS^T with K^T in registers, so that the product reads only
@@ -629,10 +631,6 @@ def _bwd_dq_partition(k_smem, ds_smem, dq_smem, kv_bar, ds_ready, ds_free, dq_de
     # K^T's columns are the 128 keys: those of group 0's tile, then group 1's
     kt0 = k_smem.index(0).reshape([TILE, TILE]).permute((1, 0)).load(op_a)
     kt1 = k_smem.index(1).reshape([TILE, TILE]).permute((1, 0)).load(op_a)
-    d = gl.arange(0, TILE, layout=gl.SliceLayout(1, mma))
-    c = gl.arange(0, HALF, layout=gl.SliceLayout(0, mma))
-    offs = (d // 8 * 8 + 2 * (d % 4) + d // 4 % 2)[:, None] * T_ACC + c[None, :]
-    base = DQ_ACC + bh.to(gl.int64) * T_ACC * TILE + start_m
     for i in range(n_steps):
         buf = i % 2
         mbarrier.wait(ds_ready.index(buf), (i // 2) & 1)
@@ -644,7 +642,12 @@ def _bwd_dq_partition(k_smem, ds_smem, dq_smem, kv_bar, ds_ready, ds_free, dq_de
             dqt = warpgroup_mma_wait(0, deps=(dqt, ))
             if half == 1:
                 mbarrier.arrive(ds_free.index(buf), count=1)
-            gl.atomic_add(base + offs + (i * TILE + half * HALF), dqt, sem="relaxed")
+            tma.store_wait(1)  # two staging buffers, one per half: the reduction sent before the last has read this one
+            dq_buf = dq_smem.index(half)
+            dq_buf.reshape([TILE, HALF]).store(_dq_rows(dqt))
+            fence_async_shared()
+            _tma_add(dq_desc, [b, h, 0, start_m + i * TILE + half * HALF], dq_buf)
+    tma.store_wait(0)
 
 
 @gluon.jit
@@ -667,15 +670,15 @@ def _bwd_reduce_partition(dq_smem, dq_bar, dq_desc, b, h, start_m, n_steps):
 @gluon.jit
 def _bwd_mma_partition_1(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar, kv_bar, q_ready, q_free, ds_ready,
                          ds_free, dk_desc, dv_desc, lse_smem, delta_smem, b, h, start_n, start_m, n_steps,
-                         qk_scale, sm_scale, DQ_ACC, T_ACC, bh):
+                         qk_scale, sm_scale):
     _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar, kv_bar, q_ready, q_free, ds_ready,
                        ds_free, dk_desc, dv_desc, lse_smem, delta_smem, b, h, start_n, start_m, n_steps,
-                       qk_scale, sm_scale, DQ_ACC, T_ACC, bh, 1)
+                       qk_scale, sm_scale, 1)
 
 
 @gluon.jit
-def _attn_bwd_hopper_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, dv_desc, LSE, DELTA, DQ_ACC,
-                            H, T, T_ACC, qk_scale, sm_scale, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr):
+def _attn_bwd_hopper_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, dv_desc, LSE, DELTA,
+                            H, T, qk_scale, sm_scale, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr):
     # grid: (cdiv(T, 128), B * H); program n takes keys [128 n, 128 n + 128) and the query blocks from the
     # diagonal on. Key block 0 has the most query blocks, and it starts first.
     bh = gl.program_id(1)
@@ -715,8 +718,7 @@ def _attn_bwd_hopper_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, d
         mbarrier.init(dq_bar.index(i), count=1)
 
     mma_args = (q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar, kv_bar, q_ready, q_free, ds_ready, ds_free,
-                dk_desc, dv_desc, lse_smem, delta_smem, b, h, start_n, start_m, n_steps, qk_scale, sm_scale,
-                DQ_ACC, T_ACC, bh)
+                dk_desc, dv_desc, lse_smem, delta_smem, b, h, start_n, start_m, n_steps, qk_scale, sm_scale)
     load_args = (q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, lse_smem, delta_smem, kv_bar,
                  q_ready, q_free, LSE, DELTA, b, h, bh, T, start_n, start_m, n_steps)
     if NCOL == 1:
@@ -724,7 +726,7 @@ def _attn_bwd_hopper_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, d
             (_bwd_mma_partition, mma_args + (0, )),
             (_bwd_mma_partition_1, mma_args),
             (_bwd_dq_partition, (k_smem, ds_smem, dq_smem, kv_bar, ds_ready, ds_free, dq_desc, b, h, start_m,
-                                 n_steps, DQ_ACC, T_ACC, bh)),
+                                 n_steps)),
             (_bwd_load_partition, load_args),
         ], BWD_WORKER_WARPS_D64, BWD_WORKER_REGS_D64)
     else:
@@ -732,6 +734,7 @@ def _attn_bwd_hopper_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, d
             (_bwd_mma_partition, mma_args + (0, )),
             (_bwd_mma_partition_1, mma_args),
             (_bwd_load_partition, load_args),
+            (_bwd_reduce_partition, (dq_smem, dq_bar, dq_desc, b, h, start_m, n_steps)),
         ], BWD_WORKER_WARPS_D128, BWD_WORKER_REGS_D128)
 
 
@@ -890,7 +893,7 @@ def _dq_accumulator(B: int, H: int, T: int, D: int, device) -> tuple:
     _dq_acc_row moves rows within groups of 8, so a last group cut short by T would lose some; in (B, H, D, T) TMA
     needs rows of a multiple of 16 bytes."""
     transposed = D == 64
-    t_acc = triton.cdiv(T, 64) * 64
+    t_acc = triton.cdiv(T, 8) * 8
     acc = torch.zeros((B, H, D, t_acc) if transposed else (B, H, t_acc, D), dtype=torch.float32, device=device)
     tile = TILE.value
     return acc, _descriptor(acc, tile, tile // 2 if transposed else tile), transposed
@@ -904,8 +907,8 @@ def _attn_bwd(do, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, qk_scal
     tile = TILE.value
     _attn_bwd_hopper_kernel[(triton.cdiv(T, 2 * tile), B * H)](
         _descriptor(q, tile, tile), _descriptor(k, tile, tile), _descriptor(v, tile, tile), _descriptor(do, tile, tile),
-        dq_desc, _descriptor(dk, tile, tile), _descriptor(dv, tile, tile), lse, delta, dq_acc,
-        H, T, dq_acc.shape[2] if not transposed else dq_acc.shape[3], qk_scale, softmax_scale, HEAD_DIM=D, STAGES=BWD_STAGES[D], num_warps=4,
+        dq_desc, _descriptor(dk, tile, tile), _descriptor(dv, tile, tile), lse, delta,
+        H, T, qk_scale, softmax_scale, HEAD_DIM=D, STAGES=BWD_STAGES[D], num_warps=4,
         maxnreg=_maxnreg(BWD_WARPGROUPS[D]),
     )
     _dq_cast(dq_acc, dq, softmax_scale, transposed)  # the scale dS left out (_bwd_mma_partition), and dq's dtype

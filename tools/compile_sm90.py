@@ -106,7 +106,7 @@ def compile_hopper(kind, D, dtype=torch.bfloat16, groups=2):
         descs = {name: fh._descriptor(q, tile, tile) for name in ("q_desc", "k_desc", "v_desc", "do_desc", "dk_desc",
                                                                   "dv_desc")}
         descs["dq_desc"] = fh._dq_accumulator(B, H, T, D, "cpu")[1]
-    pointers = {"COUNTER": "*i32", "LSE": "*fp32", "DELTA": "*fp32", "DQ_ACC": "*fp32"}
+    pointers = {"COUNTER": "*i32", "LSE": "*fp32", "DELTA": "*fp32"}
 
     def type_of(name):
         if name in descs:
@@ -118,7 +118,7 @@ def compile_hopper(kind, D, dtype=torch.bfloat16, groups=2):
         constants["GROUPS"] = groups
     warpgroups = groups if kind == "fwd" else fh.BWD_WARPGROUPS[D]
     src = GluonASTSource(kernel, *_specialize(kernel, constants, type_of,
-                                              lambda name: name in pointers or name.startswith("stride") or name == "T_ACC"))
+                                              lambda name: name in pointers or name.startswith("stride")))
     return triton.compile(src, target=GPUTarget("cuda", 90, 32),
                           options=dict(num_warps=4, maxnreg=fh._maxnreg(warpgroups)))
 
