@@ -580,18 +580,14 @@ def _bwd_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_bar
         fence_async_shared()
         mbarrier.arrive(ds_ready.index(buf), count=1)
         # P^T and dS^T leave the registers once dV and dK have them; Q and dO go back to the loader
-        if DQ_GROUP:
-            dv, dk = warpgroup_mma_wait(0, deps=(dv, dk))
-            mbarrier.arrive(q_free.index(s), count=1)
+        dv, dk = warpgroup_mma_wait(0, deps=(dv, dk))
+        mbarrier.arrive(q_free.index(s), count=1)
         if GROUP < NCOL and not DQ_GROUP:
-            # dQ's products queue behind dV and dK, so the tensor cores go from dK to dQ without draining
             mbarrier.wait(ds_ready.index(buf), (i // 2) & 1)
             dq = warpgroup_mma(ds_smem.index(buf * 2).permute((1, 0)), k_smem.index(GROUP).reshape([TILE, TILE]),
                                zero, use_acc=False, is_async=True)
             dq = warpgroup_mma(ds_smem.index(buf * 2 + 1).permute((1, 0)),
                                k_smem.index(NCOL + GROUP).reshape([TILE, TILE]), dq, is_async=True)
-            dv, dk = warpgroup_mma_wait(2, deps=(dv, dk))
-            mbarrier.arrive(q_free.index(s), count=1)
             dq = warpgroup_mma_wait(0, deps=(dq, ))
             # hand the tile to _bwd_reduce_partition through one of this group's two staging buffers, once its
             # reduction from two steps ago has read it (dq_bar: 4 "ready" then 4 "free" barriers)
