@@ -360,6 +360,22 @@ def test_ncu_sass_reads_the_source_page_per_kernel(tmp_path):
     assert 'wavefronts than' not in ncu_sass.summary(*kernels[1])
 
 
+def test_ncu_sass_sums_samples_by_opcode():
+    """tools/ncu_sass.py --by-opcode: an instruction's samples count under its base opcode, whatever its predicate
+    and modifiers, opcodes most first, each with its two main reasons as shares of its own samples."""
+    sys.path.insert(0, str(ROOT / 'tools'))
+    import ncu_sass
+    rows = [{'Source': source, 'Warp Stall Sampling (All Samples)': total, 'stall_wait': wait, 'stall_mio': mio,
+             'stall_mio (Not Issued)': '0'}
+            for source, total, wait, mio in [('  MUFU.EX2 R4, R5', '30', '20', '10'),
+                                             ('@!P1  MUFU.EX2 R6, R7', '10', '0', '10'),
+                                             ('  FMNMX R1, R2, R3, !PT', '60', '60', '0')]]
+    assert ncu_sass.opcode('@!P0 MUFU.EX2 R4, R5') == 'MUFU'
+    assert ncu_sass.by_opcode(rows).splitlines() == ['| opcode | share | main reasons |', '|---|---|---|',
+                                                     '| `FMNMX` | 60.0% | wait 100%, mio 0% |',
+                                                     '| `MUFU` | 40.0% | wait 50%, mio 50% |']
+
+
 def test_ncu_sass_refuses_another_csv(tmp_path):
     sys.path.insert(0, str(ROOT / 'tools'))
     import ncu_sass

@@ -5,7 +5,7 @@ wavefronts than their ideal (bank conflicts). The tables of results/ncu_h100_bwd
 
     ncu --section SourceCounters --section WarpStateStats --import-source no -k regex:NAME -o src python ...
     ncu -i src.ncu-rep --page source --csv --print-source sass > src_sass.csv
-    python tools/ncu_sass.py src_sass.csv [--top 12]
+    python tools/ncu_sass.py src_sass.csv [--top 12] [--by-opcode]
 
 A sample is charged to the instruction its warp waits to issue, so a warp that waits the whole kernel (one that pads
 a warpgroup, a loader polling a barrier) shows as one instruction with many samples.
@@ -75,15 +75,42 @@ def summary(name: str, rows: list, top: int = 12) -> str:
     return "\n".join(lines)
 
 
+def opcode(source: str) -> str:
+    """An instruction's base opcode, without predicate or modifiers: `@!P0 MUFU.EX2 R4, R5` -> MUFU."""
+    words = [w for w in source.split() if not w.startswith("@")]
+    return words[0].split(".")[0] if words else "?"
+
+
+def by_opcode(rows: list, top: int = 12) -> str:
+    """One kernel's stall samples summed by base opcode, most first, with each opcode's two main reasons: where a
+    kernel's time goes when no single instruction stands out (the exponentials, the row max, the products)."""
+    reasons = [key for key in rows[0] if key.startswith("stall_") and "Not Issued" not in key] if rows else []
+    total = sum(count(row[SAMPLES]) for row in rows) or 1.0
+    samples, by_reason = Counter(), {}
+    for row in rows:
+        op = opcode(row["Source"])
+        samples[op] += count(row[SAMPLES])
+        by_reason.setdefault(op, Counter()).update({r[6:]: count(row[r]) for r in reasons})
+    lines = ["| opcode | share | main reasons |", "|---|---|---|"]
+    for op, n in samples.most_common(top):
+        main = by_reason[op].most_common(2)
+        lines.append(f"| `{op}` | {100 * n / total:.1f}% | "
+                     + ", ".join(f"{r} {100 * k / max(n, 1):.0f}%" for r, k in main) + " |")
+    return "\n".join(lines)
+
+
 def main():
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("csv", help="the output of `ncu -i REPORT --page source --csv --print-source sass`")
     parser.add_argument("--top", type=int, default=12, help="how many instructions to list per kernel")
+    parser.add_argument("--by-opcode", action="store_true", help="also sum each kernel's samples by opcode")
     args = parser.parse_args()
     if not os.path.isfile(args.csv):
         parser.error(f"no file {args.csv!r}")
     kernels = read(args.csv)
-    print("\n\n".join(summary(f"{i}. {name}", rows, args.top) for i, (name, rows) in enumerate(kernels, 1)))
+    print("\n\n".join(summary(f"{i}. {name}", rows, args.top)
+                      + (f"\n\nBy opcode:\n\n{by_opcode(rows, args.top)}" if args.by_opcode else "")
+                      for i, (name, rows) in enumerate(kernels, 1)))
 
 
 if __name__ == "__main__":
