@@ -47,10 +47,15 @@ def count(text: str) -> float:
     return value if value == value else 0.0  # NaN from "-": not applicable to this instruction
 
 
+def _reasons_and_total(rows: list) -> tuple:
+    """A kernel's stall-reason columns (all samples, not the not-issued ones) and its total samples (1 if none)."""
+    reasons = [key for key in rows[0] if key.startswith("stall_") and "Not Issued" not in key] if rows else []
+    return reasons, sum(count(row[SAMPLES]) for row in rows) or 1.0
+
+
 def summary(name: str, rows: list, top: int = 12) -> str:
     """One kernel's Markdown: its samples by reason, its `top` instructions by samples, its bank conflicts."""
-    reasons = [key for key in rows[0] if key.startswith("stall_") and "Not Issued" not in key] if rows else []
-    total = sum(count(row[SAMPLES]) for row in rows) or 1.0
+    reasons, total = _reasons_and_total(rows)
     by_reason = Counter({reason[6:]: sum(count(row[reason]) for row in rows) for reason in reasons})
     lines = [f"### {name}", "",
              f"{total:.0f} stall samples; by reason: "
@@ -84,8 +89,7 @@ def opcode(source: str) -> str:
 def by_opcode(rows: list, top: int = 12) -> str:
     """One kernel's stall samples summed by base opcode, most first, with each opcode's two main reasons: where a
     kernel's time goes when no single instruction stands out (the exponentials, the row max, the products)."""
-    reasons = [key for key in rows[0] if key.startswith("stall_") and "Not Issued" not in key] if rows else []
-    total = sum(count(row[SAMPLES]) for row in rows) or 1.0
+    reasons, total = _reasons_and_total(rows)
     samples, by_reason = Counter(), {}
     for row in rows:
         op = opcode(row["Source"])
