@@ -26,6 +26,7 @@ these kernels can run and that flash_kernel.TUNED says they are worth it for. Ev
 kernels, which are also the reference these are tested against. Gluon has no interpreter, so this file runs on a
 Hopper GPU only; its tests skip elsewhere.
 """
+import dataclasses
 import functools
 from typing import Optional
 
@@ -48,6 +49,13 @@ def _tma_add(desc, coord, src, _semantic=None):
     coord = _semantic._convert_to_ir_values(coord, require_i64=False)
     _semantic.builder.create_async_tma_reduce(ir.DESCRIPTOR_REDUCE_KIND.ADD, desc.handle, coord, src.handle)
 
+
+# The two kernels' integer and pointer arguments, which Triton is told not to specialize on (value 1, multiples of
+# 16, 16-byte alignment): a compiled kernel then depends only on the dtype, the constexprs and the options, the key
+# under which _Launcher keeps it. Those specializations changed no instruction of the kernels' loops (compiled for
+# sm_90 with and without them: a few more instructions of setup without)
+_RUNTIME_INTS = ("BH", "H", "SECTION", "T")
+_RUNTIME_POINTERS = ("LSE", "COUNTER", "DELTA")
 
 ROWS = gl.constexpr(64)  # query rows per softmax warpgroup: one wgmma is 64 rows tall
 BLOCK_N = gl.constexpr(128)  # keys per K/V tile
@@ -381,7 +389,7 @@ def _softmax_partition_2(q_smem, k_smem, v_smem, item_smem, q_ready, q_free, k_r
                        o_desc, LSE, BH, n_m, H, T, qk_scale, 2)
 
 
-@gluon.jit
+@gluon.jit(do_not_specialize=_RUNTIME_INTS, do_not_specialize_on_alignment=_RUNTIME_POINTERS)
 def _attn_fwd_hopper_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, BH, H, SECTION, T, qk_scale,
                             HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, GROUPS: gl.constexpr):
     # A persistent grid, one program per SM up to T=8192 (_attn_fwd): each program takes (row tile, head) items
@@ -676,7 +684,7 @@ def _bwd_mma_partition_1(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_smem, dq_b
                        qk_scale, sm_scale, 1)
 
 
-@gluon.jit
+@gluon.jit(do_not_specialize=_RUNTIME_INTS, do_not_specialize_on_alignment=_RUNTIME_POINTERS)
 def _attn_bwd_hopper_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, dv_desc, LSE, DELTA,
                             H, T, qk_scale, sm_scale, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr):
     # grid: (cdiv(T, 128), B * H); program n takes keys [128 n, 128 n + 128) and the query blocks from the
@@ -790,12 +798,48 @@ def _smem_layout(rows: int, cols: int, dtype: torch.dtype) -> gl.NVMMASharedLayo
     return gl.NVMMASharedLayout.get_default_for([1, 1, rows, cols], _GL_DTYPES[dtype])
 
 
+@dataclasses.dataclass
+class _Descriptor(TensorDescriptor):
+    # Gluon's host TensorDescriptor without its checks in Python (__post_init__), which cost twice the rest of
+    # making one, on each of the eleven of a forward and backward: supported() has checked the alignment of every
+    # tensor these kernels get, and the block shapes and layouts are this file's own
+    def __post_init__(self):
+        pass
+
+
 def _descriptor(t: torch.Tensor, rows: int, cols: int = 0) -> TensorDescriptor:
     # 4-d (B, H, T, D) through the tensor's own strides: TMA reads the model's strided views of the qkv
     # projection directly and zero-fills rows past T within each (batch, head). A box is rows x cols (all of D
     # by default).
     cols = cols or t.shape[-1]
-    return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows, cols], _smem_layout(rows, cols, t.dtype))
+    return _Descriptor(t, list(t.shape), list(t.stride()), [1, 1, rows, cols], _smem_layout(rows, cols, t.dtype))
+
+
+class _Launcher:
+    """Launches one of this file's kernels. The first launch of each key goes through Triton's JIT, which compiles
+    the kernel; later ones go straight to the compiled kernel, past the JIT's per-launch binding and specialization
+    of the arguments: about 25 us of host time per launch on an H100's host, more than the kernel's own time in a
+    short call (docs/design.md, "Host cost of the Hopper path"). The kernels' integer and pointer arguments are not
+    specialized (_RUNTIME_INTS), so the key, the device and dtype with the constexprs and options, names one
+    compiled kernel."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self.compiled = {}
+
+    def __call__(self, grid: tuple, args: tuple, constexprs: dict, **options) -> None:
+        # args: the runtime arguments in order, the first a descriptor; constexprs: the ones after them, by name
+        key = (torch.cuda.current_device(), args[0].base.dtype, *constexprs.items(), *options.items())
+        compiled = self.compiled.get(key)
+        if compiled is None:
+            self.compiled[key] = self.kernel[grid](*args, **constexprs, **options)
+            return
+        constants = [constexprs[name] for name in self.kernel.arg_names[len(args):]]
+        compiled[grid + (1, ) * (3 - len(grid))](*args, *constants)
+
+
+_launch_fwd = _Launcher(_attn_fwd_hopper_kernel)
+_launch_bwd = _Launcher(_attn_bwd_hopper_kernel)
 
 
 @functools.lru_cache(maxsize=None)
@@ -830,11 +874,12 @@ def _attn_fwd(q, k, v, o, lse, qk_scale: float, programs: Optional[int] = None,
         programs = min(items, _num_sms(q.device)) if triton.cdiv(T, BLOCK_N.value) <= PERSISTENT_MAX_TILES else items
     if heads_per_section is None:
         heads_per_section = _heads_per_section(q)
-    _attn_fwd_hopper_kernel[(programs, )](
-        _descriptor(q, ROWS.value), _descriptor(k, BLOCK_N.value), _descriptor(v, BLOCK_N.value),
-        _descriptor(o, ROWS.value), lse, torch.zeros(1, dtype=torch.int32, device=q.device), B * H, H,
-        heads_per_section, T, qk_scale,
-        HEAD_DIM=D, STAGES=NUM_STAGES, GROUPS=groups, num_warps=4, maxnreg=_maxnreg(groups),
+    _launch_fwd(
+        (programs, ),
+        (_descriptor(q, ROWS.value), _descriptor(k, BLOCK_N.value), _descriptor(v, BLOCK_N.value),
+         _descriptor(o, ROWS.value), lse, torch.zeros(1, dtype=torch.int32, device=q.device), B * H, H,
+         heads_per_section, T, qk_scale),
+        dict(HEAD_DIM=D, STAGES=NUM_STAGES, GROUPS=groups), num_warps=4, maxnreg=_maxnreg(groups),
     )
 
 
@@ -905,10 +950,11 @@ def _attn_bwd(do, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, qk_scal
     B, H, T, D = q.shape
     dq_acc, dq_desc, transposed = _dq_accumulator(B, H, T, D, q.device)
     tile = TILE.value
-    _attn_bwd_hopper_kernel[(triton.cdiv(T, 2 * tile), B * H)](
-        _descriptor(q, tile, tile), _descriptor(k, tile, tile), _descriptor(v, tile, tile), _descriptor(do, tile, tile),
-        dq_desc, _descriptor(dk, tile, tile), _descriptor(dv, tile, tile), lse, delta,
-        H, T, qk_scale, softmax_scale, HEAD_DIM=D, STAGES=BWD_STAGES[D], num_warps=4,
-        maxnreg=_maxnreg(BWD_WARPGROUPS[D]),
+    _launch_bwd(
+        (triton.cdiv(T, 2 * tile), B * H),
+        (_descriptor(q, tile, tile), _descriptor(k, tile, tile), _descriptor(v, tile, tile),
+         _descriptor(do, tile, tile), dq_desc, _descriptor(dk, tile, tile), _descriptor(dv, tile, tile), lse, delta,
+         H, T, qk_scale, softmax_scale),
+        dict(HEAD_DIM=D, STAGES=BWD_STAGES[D]), num_warps=4, maxnreg=_maxnreg(BWD_WARPGROUPS[D]),
     )
     _dq_cast(dq_acc, dq, softmax_scale, transposed)  # the scale dS left out (_bwd_mma_partition), and dq's dtype

@@ -25,8 +25,8 @@ Dropout draws its mask from Philox keyed on (seed, row, column, batch*head): the
 same mask, and the seed comes from torch's generator, so torch.manual_seed makes a run reproducible.
 
 On Hopper GPUs the launchers hand long causal fp16/bf16 calls without dropout to flash_hopper.py's warp-specialized
-Gluon kernels (flash_hopper.supported says which calls they can take, the table TUNED from which length and how many
-heads on they are worth it); they fill the same o, lse and gradients, so either forward pairs with either backward.
+Gluon kernels (flash_hopper.supported says which calls they can take, the table TUNED from which length on they are
+worth it); they fill the same o, lse and gradients, so either forward pairs with either backward.
 
 Tests and tools choose what runs through arguments, never by changing this module's state: flash_attn and
 flash_attn_qkvpacked take `_backend` ("hopper", "triton", or None for TUNED's choice), `_fwd_config` and
@@ -482,7 +482,7 @@ _HALF = (torch.float16, torch.bfloat16)
 _FP32 = (torch.float32,)
 _ALL_D = SUPPORTED_HEAD_DIMS
 TUNED = (
-    # pass  dtypes  head dims     from T  backend   Triton tiles, or the fewest (batch, head) pairs of a Hopper row
+    # pass  dtypes  head dims     from T  backend   Triton tiles (None for the Hopper kernels, whose tiles are fixed)
     #
     # tune_blocks.py: up to 4096 keys, 64-row query blocks give more programs to fill the H100's 132 SMs
     ("fwd", _HALF, (16, 32, 64), 1,      "triton", (64, 64, 4, 3)),
@@ -492,24 +492,18 @@ TUNED = (
     ("fwd", _HALF, (128,),       1,      "triton", (64, 64, 4, 3)),
     # tune_blocks.py: past 2048 keys, 128-row query blocks
     ("fwd", _HALF, (128,),       2049,   "triton", (128, 64, 8, 3)),
-    # hopper_ab.py: the shortest T at which the Hopper forward beats the Triton one (docs/design.md, "Which kernel
-    # runs where"). Below it a program has few key tiles, and what it pays once (setting up three partitions, loading
-    # Q, the epilogue) is not won back. The Hopper paths also cost more host time per call (tensor-map descriptors,
-    # the zeroed buffers): in GPU time this forward already wins from T=512 at head dim 128 and T=1024 at 64, but an
-    # eager call with little GPU work is host-bound there and the Triton kernels' shorter launches win it.
-    ("fwd", _HALF, (64,),        2048,   "hopper", 1),
-    # bench.py: at T=1024 with 256 or more heads a call has the GPU work to pay for that host time (1.08x and 1.15x
-    # the Triton forward with B=16, H=32); the GPT-2 model's 144 heads do not (0.54x, hopper_ab.py)
-    ("fwd", _HALF, (64,),        1024,   "hopper", 256),
-    # hopper_ab.py, as the first Hopper row
-    ("fwd", _HALF, (128,),       1024,   "hopper", 1),
+    # hopper_ab.py and bench.py: the shortest T at which the Hopper forward beats the Triton one (docs/design.md,
+    # "Which kernel runs where"). Below it a program has few key tiles, and what it pays once (setting up three
+    # partitions, loading Q, the epilogue) is not won back; at the char model's T=256 it wins in GPU time, but an
+    # eager call there is host-bound and the Triton path costs the host less
+    ("fwd", _HALF, (64, 128),    1024,   "hopper", None),
     # tune_blocks.py: best or within 2% of the best at every swept shape, D=64 and 128, T=256 to 16384
     ("bwd", _HALF, _ALL_D,       1,      "triton", (64, 32, 64, 4, 2)),
-    # hopper_ab.py and bench.py (docs/design.md, "Which kernel runs where"): at T=1024 the Hopper backward is faster
-    # in GPU time, but eagerly it doubles the fwd+bwd of the GPT-2 model's shape (144 heads), which is host-bound
-    # there, and at head dim 128 (B=16, H=16) that fwd+bwd read 0.745-1.378 ms with the host, the Triton backward's
-    # 0.816-0.845; below 1024 its dQ reductions and launches cost more than the Triton backward's second pass
-    ("bwd", _HALF, (64, 128),    2048,   "hopper", 1),
+    # bench.py (docs/design.md, "Which kernel runs where"): from T=1024 the Hopper backward is the faster in GPU time
+    # (1.08x at head dim 64 with B=16, H=32; 1.13x at 128; 1.03x at the GPT-2 model's shape), and with the Hopper
+    # path's host cost cut (flash_hopper._Launcher) the sweep's eager calls stay GPU-bound; below 1024 its dQ
+    # reductions and launches cost more than the Triton backward's second pass
+    ("bwd", _HALF, (64, 128),    1024,   "hopper", None),
     # not swept: fp32's 4-byte elements and FMA (not tensor-core) dots take small tiles
     ("fwd", _FP32, _ALL_D,       1,      "triton", (64, 32, 4, 2)),
     # not swept, as the row above
@@ -520,29 +514,29 @@ BWD_CONFIG = ("BLOCK", "BLOCK_M1", "BLOCK_N2", "num_warps", "num_stages")
 
 
 def _index(table: tuple) -> dict:
-    # TUNED as {(pass, dtype, head dim): (((from T, fewest heads), ...) of the Hopper rows, ((from T, tiles), ...)
-    # longest first)} so that a call looks its choice up in one dict access
+    # TUNED as {(pass, dtype, head dim): (the T from which the Hopper kernels take a call or None, ((from T,
+    # tiles), ...) longest first)} so that a call looks its choice up in one dict access
     index = {}
-    for kind, dtypes, head_dims, from_t, backend, last in table:
+    for kind, dtypes, head_dims, from_t, backend, tiles in table:
         for dtype in dtypes:
             for D in head_dims:
-                hopper, rows = index.get((kind, dtype, D), ((), ()))
+                hopper_from, rows = index.get((kind, dtype, D), (None, ()))
                 if backend == "hopper":
-                    hopper += ((from_t, last),)
+                    hopper_from = from_t
                 else:
-                    rows = tuple(sorted(rows + ((from_t, last),), reverse=True))
-                index[kind, dtype, D] = (hopper, rows)
+                    rows = tuple(sorted(rows + ((from_t, tiles),), reverse=True))
+                index[kind, dtype, D] = (hopper_from, rows)
     return index
 
 
 _CHOICES = _index(TUNED)
 
 
-def _choice(kind: str, dtype: torch.dtype, D: int, T: int, heads: int = 1) -> tuple[bool, tuple]:
-    """TUNED's choice for one pass ("fwd" or "bwd") of a call with `heads` (batch, head) pairs: (whether the Hopper
-    kernels take it where they can, the Triton kernels' tiles)."""
-    hopper_rows, rows = _CHOICES[kind, dtype, D]
-    hopper = any(T >= from_t and heads >= fewest for from_t, fewest in hopper_rows)
+def _choice(kind: str, dtype: torch.dtype, D: int, T: int) -> tuple[bool, tuple]:
+    """TUNED's choice for one pass ("fwd" or "bwd") of a call: (whether the Hopper kernels take it where they can,
+    the Triton kernels' tiles)."""
+    hopper_from, rows = _CHOICES[kind, dtype, D]
+    hopper = hopper_from is not None and T >= hopper_from
     for from_t, tiles in rows:
         if T >= from_t:
             return hopper, tiles
@@ -668,7 +662,7 @@ def _attn_fwd(q, k, v, seed, causal, softmax_scale, dropout_p, backend=None, con
     B, H, T, D = q.shape
     o = _empty_bhtd(B, H, T, D, q)
     lse = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
-    hopper, tiles = _choice("fwd", q.dtype, D, T, B * H)
+    hopper, tiles = _choice("fwd", q.dtype, D, T)
     if config is None and _hopper_takes(backend, hopper, q, k, v, causal, dropout_p):
         flash_hopper._attn_fwd(q, k, v, o, lse, softmax_scale * LOG2E)  # same o and lse, warp-specialized
         return o, lse
@@ -709,7 +703,7 @@ def _attn_bwd_into(dq, dk, dv, do, q, k, v, o, lse, seed, causal, softmax_scale,
         do.stride(0), do.stride(1), do.stride(2),
         H, T, HEAD_DIM=D, BLOCK_M=DELTA_BLOCK,
     )
-    hopper, tiles = _choice("bwd", q.dtype, D, T, B * H)
+    hopper, tiles = _choice("bwd", q.dtype, D, T)
     if config is None and _hopper_takes(backend, hopper, q, k, v, causal, dropout_p, do):
         flash_hopper._attn_bwd(do, q, k, v, lse, delta, dq, dk, dv, softmax_scale, softmax_scale * LOG2E)
         return

@@ -17,11 +17,10 @@ needs_hopper = pytest.mark.skipif(not HOPPER or flash_kernel.flash_hopper is Non
                                   reason="needs a Hopper GPU (H100, H200) and a Triton with Gluon")
 
 
-def hopper_from(kind: str, D: int, heads: int = 1) -> int:
-    """The shortest T at which flash_kernel.TUNED sends a bf16 pass ("fwd" or "bwd") with this many (batch, head)
-    pairs to the Hopper kernels."""
-    return min(from_t for k, dtypes, dims, from_t, backend, fewest in flash_kernel.TUNED
-               if (k, backend) == (kind, "hopper") and torch.bfloat16 in dtypes and D in dims and heads >= fewest)
+def hopper_from(kind: str, D: int) -> int:
+    """The shortest T at which flash_kernel.TUNED sends a bf16 pass ("fwd" or "bwd") to the Hopper kernels."""
+    return min(from_t for k, dtypes, dims, from_t, backend, _ in flash_kernel.TUNED
+               if (k, backend) == (kind, "hopper") and torch.bfloat16 in dtypes and D in dims)
 
 
 def kernels_of(fn) -> set:
@@ -99,6 +98,25 @@ def test_forward_with_few_programs(D, groups, programs):
 
 
 @needs_hopper
+def test_launches_reuse_one_compiled_kernel_per_key():
+    # flash_hopper._Launcher compiles once per (device, dtype, constexprs, options) and launches the compiled kernel
+    # after that: calls with other lengths and head counts, 1 among them (a value Triton would specialize on if the
+    # kernels let it), take the same kernel and stay correct, forward and backward
+    fh = flash_kernel.flash_hopper
+    for B, H, T in [(1, 2, 1000), (1, 1, 1), (2, 1, 16), (1, 3, 77)]:
+        q, k, v = (t.detach() for t in qkv_like_the_model(B, H, T, 128, torch.float16, device="cuda"))
+        check_hopper_forward(q, k, v)
+        do = grad_like(q)
+        o, lse = flash_kernel._attn_fwd(q, k, v, None, True, 128 ** -0.5, 0.0, "hopper")
+        dq, dk, dv = flash_kernel._attn_bwd(do, q, k, v, o, lse, None, True, 128 ** -0.5, 0.0, "hopper")
+        assert_close([o, dq, dk, dv], ref_fwd_bwd(q, k, v, do, causal=True), torch.float16,
+                     f"Hopper kernels through their launcher, B={B} H={H} T={T}")
+    for launch in (fh._launch_fwd, fh._launch_bwd):
+        keys = [key for key in launch.compiled if key[1] == torch.float16 and ("HEAD_DIM", 128) in key]
+        assert len(keys) == 1, keys
+
+
+@needs_hopper
 def test_flash_attn_dispatch():
     # Long causal calls without dropout go to the Hopper forward; short ones, dropout, non-causal and fp32 do not,
     # unless a caller forces a backend. Tiles of the caller's run the Triton kernels.
@@ -122,12 +140,6 @@ def test_flash_attn_dispatch():
     q, k, v = qkv_like_the_model(1, 2, T // 2, 128, torch.bfloat16, device="cuda")
     assert "triton bwd" in kernels_of(lambda: flash_attn(q, k, v).sum().backward())
     assert "hopper bwd" in kernels_of(lambda: flash_attn(q, k, v, _backend="hopper").sum().backward())
-    # a call with many heads takes the Hopper forward from a shorter T at head dim 64; one with fewer, there, does not
-    T = hopper_from("fwd", 64, heads=256)
-    if T < hopper_from("fwd", 64):
-        many = [t.detach() for t in qkv_like_the_model(16, 16, T, 64, torch.bfloat16, device="cuda")]
-        assert kernels_of(lambda: flash_attn(*many)) == {"hopper fwd"}
-        assert kernels_of(lambda: flash_attn(*(t[:12, :12] for t in many))) == {"triton fwd"}
 
 
 @needs_hopper
