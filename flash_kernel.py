@@ -492,18 +492,19 @@ TUNED = (
     ("fwd", _HALF, (128,),       1,      "triton", (64, 64, 4, 3)),
     # tune_blocks.py: past 2048 keys, 128-row query blocks
     ("fwd", _HALF, (128,),       2049,   "triton", (128, 64, 8, 3)),
-    # hopper_ab.py and bench.py: the shortest T at which the Hopper forward beats the Triton one (docs/design.md,
-    # "Which kernel runs where"). Below it a program has few key tiles, and what it pays once (setting up three
-    # partitions, loading Q, the epilogue) is not won back; at the char model's T=256 it wins in GPU time, but an
-    # eager call there is host-bound and the Triton path costs the host less
+    # hopper_ab.py and bench.py: the shortest T at which the Hopper forward beats the Triton one, eagerly too since
+    # its launches skip Triton's argument binding (docs/design.md, "Which kernel runs where"; at the GPT-2 model's
+    # shape 0.069 against 0.076 ms). Below it a program has few key tiles, and what it pays once (setting up three
+    # partitions, loading Q, the epilogue) is not won back
     ("fwd", _HALF, (64, 128),    1024,   "hopper", None),
     # tune_blocks.py: best or within 2% of the best at every swept shape, D=64 and 128, T=256 to 16384
     ("bwd", _HALF, _ALL_D,       1,      "triton", (64, 32, 64, 4, 2)),
-    # bench.py (docs/design.md, "Which kernel runs where"): from T=1024 the Hopper backward is the faster in GPU time
-    # (1.08x at head dim 64 with B=16, H=32; 1.13x at 128; 1.03x at the GPT-2 model's shape), and with the Hopper
-    # path's host cost cut (flash_hopper._Launcher) the sweep's eager calls stay GPU-bound; below 1024 its dQ
-    # reductions and launches cost more than the Triton backward's second pass
-    ("bwd", _HALF, (64, 128),    1024,   "hopper", None),
+    # bench.py (docs/design.md, "Which kernel runs where"): at T=1024 the Hopper backward is the faster (1.08x at
+    # head dim 64 with B=16, H=32; 1.13x at 128; 1.03x at the GPT-2 model's shape, in GPU time), but its fp32 dQ
+    # buffer would raise those calls' peak memory from 260 to 388 MiB (73 -> 109 at the GPT-2 shape), and T=1024
+    # keeps the smaller footprint it has always had; below 1024 its dQ reductions and launches cost more than the
+    # Triton backward's second pass
+    ("bwd", _HALF, (64, 128),    2048,   "hopper", None),
     # not swept: fp32's 4-byte elements and FMA (not tensor-core) dots take small tiles
     ("fwd", _FP32, _ALL_D,       1,      "triton", (64, 32, 4, 2)),
     # not swept, as the row above
