@@ -818,7 +818,7 @@ def _descriptor(t: torch.Tensor, rows: int, cols: int = 0) -> TensorDescriptor:
 class _Launcher:
     """Launches one of this file's kernels. The first launch of each key goes through Triton's JIT, which compiles
     the kernel; later ones go straight to the compiled kernel, past the JIT's per-launch binding and specialization
-    of the arguments: about 25 us of host time per launch on an H100's host, more than the kernel's own time in a
+    of the arguments: 25-40 us of host time per launch on an H100's host, more than the kernel's own time in a
     short call (docs/design.md, "Host cost of the Hopper path"). The kernels' integer and pointer arguments are not
     specialized (_RUNTIME_INTS), so the key, the device and dtype with the constexprs and options, names one
     compiled kernel."""
