@@ -52,8 +52,9 @@ def _tma_add(desc, coord, src, _semantic=None):
 
 # The two kernels' integer and pointer arguments, which Triton is told not to specialize on (value 1, multiples of
 # 16, 16-byte alignment): a compiled kernel then depends only on the dtype, the constexprs and the options, the key
-# under which _Launcher keeps it. Those specializations changed no instruction of the kernels' loops (compiled for
-# sm_90 with and without them: a few more instructions of setup without)
+# under which _Launcher keeps it. Compiled for sm_90 with and without those specializations, the kernels' loops are
+# as long either way but one (4 instructions shorter without), the whole 0-16 instructions longer without
+# (docs/design.md, "Host cost of the Hopper path")
 _RUNTIME_INTS = ("BH", "H", "SECTION", "T")
 _RUNTIME_POINTERS = ("LSE", "COUNTER", "DELTA")
 

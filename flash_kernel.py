@@ -516,7 +516,8 @@ BWD_CONFIG = ("BLOCK", "BLOCK_M1", "BLOCK_N2", "num_warps", "num_stages")
 
 def _index(table: tuple) -> dict:
     # TUNED as {(pass, dtype, head dim): (the T from which the Hopper kernels take a call or None, ((from T,
-    # tiles), ...) longest first)} so that a call looks its choice up in one dict access
+    # tiles), ...) longest first)} so that a call looks its choice up in one dict access; a pass, dtype and head
+    # dim have one Hopper row at most
     index = {}
     for kind, dtypes, head_dims, from_t, backend, tiles in table:
         for dtype in dtypes:

@@ -383,6 +383,9 @@ def test_a_hopper_row_takes_calls_from_its_length_on():
     hopper_rows = [(kind, dims, from_t) for kind, dtypes, dims, from_t, backend, _ in flash_kernel.TUNED
                    if backend == "hopper"]
     assert hopper_rows
+    covered = [(kind, dtype, D) for kind, dtypes, dims, _, backend, _ in flash_kernel.TUNED if backend == "hopper"
+               for dtype in dtypes for D in dims]
+    assert len(covered) == len(set(covered)), "two Hopper rows for one pass, dtype and head dim: _index keeps one"
     for kind, dims, from_t in hopper_rows:
         for D in dims:
             assert flash_kernel._choice(kind, torch.bfloat16, D, from_t)[0]
