@@ -57,7 +57,6 @@ DROPOUT_BITS = 16  # a probability is kept when 16 random bits >= dropout_p * 2*
                   # _keep_bits cuts each 32-bit Philox word into two such draws
 MASK_BLOCK = 32  # dropout_mask's tiles are MASK_BLOCK x MASK_BLOCK: the narrowest _dropout_keep draws (32 columns)
 DELTA_BLOCK = 64  # rows per program of the backward's first pass, rowsum(dO * O): it only streams O and dO once
-DELTA_ELEMENTS, DELTA_WARPS = 8192, 4  # per program of that pass on the model's (B, T, H, D) layout: ROWS = 8192 / D
 BACKENDS = ("hopper", "triton")  # what `_backend` may force; None leaves the choice to TUNED
 
 
@@ -298,23 +297,6 @@ def _attn_bwd_delta_kernel(
     do = tl.load(DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh + offs_m[:, None] * stride_dot + offs_d[None, :], mask=rows, other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # [BLOCK_M]
     tl.store(DELTA + bh.to(tl.int64) * T + offs_m, delta, mask=offs_m < T)
-
-
-@triton.jit
-def _attn_bwd_delta_rows_kernel(O, DO, DELTA, N, H, T, HEAD_DIM: tl.constexpr, ROWS: tl.constexpr):
-    # The same pass for O and dO that both lie in the model's (B, T, H, D) order: row r = (b * T + t) * H + h of
-    # that storage is HEAD_DIM contiguous elements, so a program streams ROWS * HEAD_DIM contiguous elements of each
-    # and scatters delta[b, h, t]. The kernel above reads one head's rows, H * HEAD_DIM elements apart, and measured
-    # slower on those inputs (docs/design.md, "The delta pass in the model's layout")
-    r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    d = tl.arange(0, HEAD_DIM)
-    keep = r < N
-    offs = r.to(tl.int64)[:, None] * HEAD_DIM + d[None, :]
-    o = tl.load(O + offs, mask=keep[:, None], other=0.0)
-    do = tl.load(DO + offs, mask=keep[:, None], other=0.0)
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # [ROWS]
-    bt = r // H
-    tl.store(DELTA + (bt // T * H + r % H).to(tl.int64) * T + bt % T, delta, mask=keep)
 
 
 @triton.jit
@@ -711,37 +693,18 @@ def _unpack(qkv: torch.Tensor) -> list:
     return [t.transpose(1, 2) for t in qkv.unbind(2)]
 
 
-def _in_bthd_order(t: torch.Tensor) -> bool:
-    # A (B, H, T, D) view of dense (B, T, H, D) storage, as the model's q, k, v, o and their gradients are; a
-    # dimension of size 1 may have any stride
-    B, H, T, D = t.shape
-    return all(n == 1 or s == want for n, s, want in zip(t.shape, t.stride(), (T * H * D, D, H * D, 1)))
-
-
-def _delta(o: torch.Tensor, do: torch.Tensor) -> torch.Tensor:
-    """The backward's first pass: delta = rowsum(O * dO), fp32 (B, H, T). o and do: (B, H, T, D), unit stride in D."""
-    B, H, T, D = o.shape
-    delta = torch.empty((B, H, T), dtype=torch.float32, device=o.device)
-    if _in_bthd_order(o) and _in_bthd_order(do):
-        rows = DELTA_ELEMENTS // D
-        _attn_bwd_delta_rows_kernel[(triton.cdiv(B * T * H, rows),)](
-            o, do, delta, B * T * H, H, T, HEAD_DIM=D, ROWS=rows, num_warps=DELTA_WARPS)
-    else:
-        _attn_bwd_delta_kernel[(triton.cdiv(T, DELTA_BLOCK), B * H)](
-            o, do, delta,
-            o.stride(0), o.stride(1), o.stride(2),
-            do.stride(0), do.stride(1), do.stride(2),
-            H, T, HEAD_DIM=D, BLOCK_M=DELTA_BLOCK,
-        )
-    return delta
-
-
 def _attn_bwd_into(dq, dk, dv, do, q, k, v, o, lse, seed, causal, softmax_scale, dropout_p, backend, config):
     # backend and config as in _attn_fwd, config being the Triton backward's tiles (BWD_CONFIG)
     B, H, T, D = q.shape
     if do.stride(-1) != 1:  # autograd can hand us an expanded or transposed gradient; rare, so a copy is fine
         do = do.contiguous()
-    delta = _delta(o, do)
+    delta = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
+    _attn_bwd_delta_kernel[(triton.cdiv(T, DELTA_BLOCK), B * H)](
+        o, do, delta,
+        o.stride(0), o.stride(1), o.stride(2),
+        do.stride(0), do.stride(1), do.stride(2),
+        H, T, HEAD_DIM=D, BLOCK_M=DELTA_BLOCK,
+    )
     hopper, tiles = _choice("bwd", q.dtype, D, T)
     if config is None and _hopper_takes(backend, hopper, q, k, v, causal, dropout_p, do):
         flash_hopper._attn_bwd(do, q, k, v, lse, delta, dq, dk, dv, softmax_scale, softmax_scale * LOG2E)

@@ -79,24 +79,6 @@ def test_expanded_upstream_gradient():
     assert_close([flash_attn(q, k, v).detach(), q.grad, k.grad, v.grad], want, torch.float32, "expanded dO")
 
 
-@pytest.mark.parametrize("B,H,T,D", [(1, 1, 1, 16), (2, 3, 17, 32), (1, 2, 70, 64), (2, 1, 33, 128)], ids=str)
-def test_delta_pass_in_every_layout(B, H, T, D):
-    """The backward's first pass, rowsum(O * dO): its kernel for the model's (B, T, H, D) order and its general one
-    (one head's rows at a stride) against a float64 sum."""
-    def bthd():
-        return torch.randn(B, T, H, D, device=DEVICE).transpose(1, 2)
-
-    def bhtd():
-        return torch.randn(B, H, T, D, device=DEVICE)
-
-    assert flash_kernel._in_bthd_order(bthd()) and (H == 1 or T == 1 or not flash_kernel._in_bthd_order(bhtd()))
-    for make_o, make_do in [(bthd, bthd), (bhtd, bhtd), (bthd, bhtd)]:
-        o, do = make_o(), make_do()
-        want = (o.double() * do.double()).sum(-1).float()
-        # fp32 products summed in another order than float64's: a few ulps of sums up to ~4 sqrt(D) in size
-        torch.testing.assert_close(flash_kernel._delta(o, do), want, rtol=0, atol=1e-5)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Packed q, k, v
 
