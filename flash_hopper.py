@@ -853,9 +853,10 @@ def _num_sms(device: torch.device) -> int:
 
 
 def _heads_per_section(q: torch.Tensor) -> int:
-    # Heads whose K and V fill half of L2 (the H100's L2 is two halves of 25 MB); at least one
+    # Heads whose K and V fill a quarter of L2; at least one. Sections of half of L2 measured 1-4% slower up to
+    # T = 8192 and level above (docs/design.md, "Hopper forward: persistent grid")
     B, H, T, D = q.shape
-    return max(1, _properties(q.device).L2_cache_size // 2 // (2 * T * D * q.element_size()))
+    return max(1, _properties(q.device).L2_cache_size // 4 // (2 * T * D * q.element_size()))
 
 
 def _attn_fwd(q, k, v, o, lse, qk_scale: float, programs: Optional[int] = None,
