@@ -122,7 +122,8 @@ def test_shapes_keep_the_sweep_protocol():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the message a machine without a GPU gets")
 @pytest.mark.parametrize('command', [['bench.py'], ['bench_generate.py', '--out=x.md'], ['tools/decode_tiles.py'],
                                      ['tools/ab_kernel.py', 'HEAD'], ['tools/ncu_attention.py'],
-                                     ['tools/dq_cast.py'], ['tools/sustained.py']], ids=lambda c: c[0])
+                                     ['tools/dq_cast.py'], ['tools/sustained.py'], ['tools/fwd_sections.py']],
+                         ids=lambda c: c[0])
 def test_gpu_benchmarks_without_a_gpu_say_so_in_one_line(command, tmp_path):
     """Regression: the tools ended in torch's "no NVIDIA driver" traceback."""
     proc = subprocess.run([sys.executable, str(ROOT / command[0]), *command[1:]], cwd=tmp_path, capture_output=True,
