@@ -255,8 +255,8 @@ def _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, r, c, start
     prev = (r - 1) % STAGES
     # the turn passes round the groups in order; group 0 goes first (a fresh barrier passes a wait for the phase
     # before its first), each other group once the one before it has issued its step c
-    mbarrier.wait(k_ready.index(s), (r // STAGES) & 1)
     mbarrier.wait(turn.index(GROUP), (c & 1) ^ (1 if GROUP == 0 else 0))
+    mbarrier.wait(k_ready.index(s), (r // STAGES) & 1)
     q_a = _q_operand(q, s_zero, GROUPS)
     scores = warpgroup_mma(q_a, _keys(k_smem, s, s_zero.shape[1]).permute((1, 0)), s_zero, use_acc=False,
                            is_async=True)
