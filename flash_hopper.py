@@ -177,33 +177,8 @@ def _causal(x, q_idx, k_idx, FILL: gl.constexpr):
     return gl.where(q_idx >= k_idx, x, FILL)
 
 
-# 2^x for x <= 0: seven of every eight on the MUFU unit (ex2.approx), the eighth on the FMA pipes: floor split off,
-# a degree-3 polynomial for 2^frac (relative error 8.7e-5, c0 = 1 so exact at integers), the integer added into the
-# exponent bits; x clamped at -126 so the result stays a normal number
-_POLY_ASM = gl.constexpr("\n".join(["ex2.approx.ftz.f32 $%d, $%d;" % (i, i + 8) for i in range(7)] + [
-    "{ .reg .f32 xc, fl, fr, pp; .reg .s32 e, pb;",
-    "max.ftz.f32 xc, $15, 0fC2FC0000;",
-    "cvt.rmi.ftz.f32.f32 fl, xc;",
-    "sub.ftz.f32 fr, xc, fl;",
-    "fma.rn.ftz.f32 pp, fr, 0f3D9DD09C, 0f3E691BEC;",
-    "fma.rn.ftz.f32 pp, pp, fr, 0f3F31F393;",
-    "fma.rn.ftz.f32 pp, pp, fr, 0f3F800000;",
-    "cvt.rzi.s32.f32 e, fl;",
-    "shl.b32 e, e, 23;",
-    "mov.b32 pb, pp;",
-    "add.s32 pb, pb, e;",
-    "mov.b32 $7, pb; }"]))
-_POLY_CONSTRAINTS = gl.constexpr(",".join(["=f"] * 8 + ["f"] * 8))
-
-
 @gluon.jit
-def _exp2_mixed(x):
-    return gl.inline_asm_elementwise(_POLY_ASM, _POLY_CONSTRAINTS, [x], dtype=gl.float32,
-                                     is_pure=True, pack=8)
-
-
-@gluon.jit
-def _softmax_tile(scores, m_i, l_i, rows, start_n, qk_scale, MASKED: gl.constexpr, POLY: gl.constexpr = False):
+def _softmax_tile(scores, m_i, l_i, rows, start_n, qk_scale, MASKED: gl.constexpr):
     # The Triton forward's online softmax: base 2, the row max taken on the raw scores, one FMA per score. The
     # statistics come back in m_i's layout: a 64-key tile's rows sit on the same threads as a 128-key tile's.
     row_layout: gl.constexpr = m_i.type.layout
@@ -213,10 +188,7 @@ def _softmax_tile(scores, m_i, l_i, rows, start_n, qk_scale, MASKED: gl.constexp
         cols = start_n + gl.arange(0, scores.shape[1], layout=gl.SliceLayout(0, scores.type.layout))
         scores = _causal(scores, gl.convert_layout(rows, row)[:, None], cols[None, :], float("-inf"))
     m_new = gl.maximum(m_i, gl.max(scores, 1) * qk_scale)
-    if POLY:
-        p = _exp2_mixed(scores * qk_scale - m_new[:, None])
-    else:
-        p = gl.exp2(scores * qk_scale - m_new[:, None])
+    p = gl.exp2(scores * qk_scale - m_new[:, None])
     alpha = gl.convert_layout(gl.exp2(m_i - m_new), row_layout)
     l_new = l_i * alpha + gl.convert_layout(gl.sum(p, 1), row_layout)
     return p, gl.convert_layout(m_new, row_layout), l_new, alpha
@@ -293,8 +265,7 @@ def _step(q, k_smem, v_smem, k_ready, v_ready, k_free, v_free, turn, r, c, start
     mbarrier.arrive(turn.index((GROUP + 1) % GROUPS), count=1)
     scores = warpgroup_mma_wait(1, deps=(scores, ))  # S_j is done; P_{j-1} V_{j-1} may still run
     mbarrier.arrive(k_free.index(s), count=1)
-    p_new, m_i, l_i, alpha = _softmax_tile(scores, m_i, l_i, rows, start_n, qk_scale, MASKED,
-                                           (not MASKED) and HEAD_DIM == 64)
+    p_new, m_i, l_i, alpha = _softmax_tile(scores, m_i, l_i, rows, start_n, qk_scale, MASKED)
     acc = warpgroup_mma_wait(0, deps=(acc, ))
     mbarrier.arrive(v_free.index(prev), count=1)
     acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, acc.type.layout))[:, None]
