@@ -39,7 +39,7 @@ def variants(q: torch.Tensor) -> dict:
              "a program per SM": dict(programs=min(items, sm)), "one section": dict(heads_per_section=B * H)}
     for share in L2_SHARES:
         heads = max(1, l2 // share // head_bytes)
-        found[f"sections of L2/{share} ({heads} heads)"] = dict(heads_per_section=heads)
+        found[f"sections of L2/{share} ({heads} head{'s' if heads > 1 else ''})"] = dict(heads_per_section=heads)
     # FlashAttention-4's causal scheduler: the largest power of 2 of heads whose K and V fit 50 MiB, one block per item
     heads = 1 << max(0, (50 * 2**20 // head_bytes).bit_length() - 1)
     found[f"FA4's order ({heads} heads, a program per item)"] = dict(programs=items, heads_per_section=heads)
