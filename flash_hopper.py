@@ -26,7 +26,6 @@ these kernels can run and that flash_kernel.TUNED says they are worth it for. Ev
 kernels, which are also the reference these are tested against. Gluon has no interpreter, so this file runs on a
 Hopper GPU only; its tests skip elsewhere.
 """
-import copy
 import dataclasses
 import functools
 from typing import Optional
@@ -455,9 +454,6 @@ TILE = gl.constexpr(64)
 # serializes every wgmma of the kernel, and the 200 left to each MMA group cost them 1% at most where 196 cost 3%
 BWD_WORKER_WARPS_D64 = gl.constexpr((4, 4, 1))
 BWD_WORKER_REGS_D64 = gl.constexpr((200, 88, 24))
-# The cluster backward's (_attn_bwd_cluster_kernel): the same, with the loader given a whole warpgroup, so that no
-# warp idles outside the partitions (the registers are the same: setmaxnreg gives them per warpgroup)
-BWD_CLUSTER_WORKER_WARPS = gl.constexpr((4, 4, 4))
 # Head dim 128, 12 warps: MMA group 1, the loader and the reduce warp, which share the third warpgroup; 240
 # registers for each MMA group
 BWD_WORKER_WARPS_D128 = gl.constexpr((4, 1, 1))
@@ -751,289 +747,6 @@ def _attn_bwd_hopper_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, d
         ], BWD_WORKER_WARPS_D128, BWD_WORKER_REGS_D128)
 
 
-# Head dim 64 up to T = 2048: the backward without the fp32 dQ buffer. A thread-block cluster holds one (batch, head);
-# its program p takes key blocks p and n - 1 - p of the n = cdiv(T, 128) (two blocks whose query steps add up to
-# the same count in every program, so that no program of the cluster waits long for the others at its end) and owns
-# dQ's 128-row query blocks p and n - 1 - p, in fp32, in its shared memory. Every program adds its dQ^T tiles into
-# the owners' shared memory (red.shared::cluster); once all have, each owner writes its rows of dQ once, scaled and
-# in dQ's dtype. No buffer, no zero-fill, no cast pass: peak memory as the Triton backward's, where the grid kernel
-# above adds B*H*T*D*4 bytes (docs/design.md, "Hopper backward, head dim 64: dQ in a cluster's shared memory").
-# Gluon in triton 3.6 gives a shared-memory allocation no address, so the accumulator lies past Triton's own
-# allocation (the launch asks for that much more dynamic shared memory) and is reached by inline PTX from the
-# global_smem symbol. A cluster holds at most 8 programs, so n <= 16.
-BWD_CLUSTER_MAX_T = 16 * 2 * TILE.value
-CLUSTER_ACC_BYTES = gl.constexpr(2 * 2 * TILE.value * TILE.value * 4)  # two query blocks of 128 x 64 fp32
-
-
-@gluon.jit
-def _cluster_barrier(WARPS: gl.constexpr):
-    # Every thread of every program in the cluster arrives, then waits (release/acquire: what each wrote before is
-    # visible after). Each partition calls it as many times: a warp that never arrives stalls the whole cluster,
-    # which is why this kernel's partitions leave no warp idle
-    x = gl.arange(0, 32 * WARPS, layout=gl.BlockedLayout([1], [32], [WARPS], [0]))
-    gl.inline_asm_elementwise("barrier.cluster.arrive.release.aligned; barrier.cluster.wait.acquire.aligned; "
-                              "mov.u32 $0, 0;", "=r,r", [x], dtype=gl.int32, is_pure=False, pack=1)
-
-
-@gluon.jit
-def _smem_address(offset):
-    # The shared-memory address of a byte offset from the start of the program's dynamic shared memory
-    return gl.inline_asm_elementwise("{ .reg .u32 b; mov.u32 b, global_smem; add.u32 $0, b, $1; }", "=r,r", [offset],
-                                     dtype=gl.int32, is_pure=True, pack=1)
-
-
-@gluon.jit
-def _cluster_add(address, rank, x):
-    # Add x into the fp32 at this shared-memory address of program `rank` of the cluster
-    return gl.inline_asm_elementwise(
-        "{ .reg .u32 a; mapa.shared::cluster.u32 a, $1, $2; red.relaxed.cluster.shared::cluster.add.f32 [a], $3; "
-        "mov.u32 $0, 0; }", "=r,r,r,f", [address, rank, x], dtype=gl.int32, is_pure=False, pack=1)
-
-
-@gluon.jit
-def _smem_store(address, x):
-    return gl.inline_asm_elementwise("st.shared.f32 [$1], $2; mov.u32 $0, 0;", "=r,r,f", [address, x],
-                                     dtype=gl.int32, is_pure=False, pack=1)
-
-
-@gluon.jit
-def _smem_load(address):
-    return gl.inline_asm_elementwise("ld.shared.f32 $0, [$1];", "=f,r", [address], dtype=gl.float32, is_pure=False,
-                                     pack=1)
-
-
-@gluon.jit
-def _cluster_key_block(blk, p, n):
-    # The first key block of program p of the cluster is p, the second n - 1 - p
-    return p if blk == 0 else n - 1 - p
-
-
-@gluon.jit
-def _bwd_cluster_load_partition(q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, lse_smem,
-                                delta_smem, kv_bar, kv_free, epi_done, q_ready, q_free, LSE, DELTA, b, h, bh, T, p, n,
-                                n_blocks):
-    # _bwd_load_partition for each of the program's key blocks; the ring's steps count on across them. The second
-    # block's K and V wait until every group holds the first's in registers (kv_free), its Q and dO until the MMA
-    # groups' dK and dV, staged in the ring, have left (epi_done)
-    _cluster_barrier(4)
-    STAGES: gl.constexpr = q_smem.shape[0]
-    vec: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
-    step = 0
-    for blk in range(n_blocks):
-        start_n = _cluster_key_block(blk, p, n) * 2 * TILE
-        if blk == 1:
-            mbarrier.wait(kv_free, 0)
-            mbarrier.wait(epi_done, 0)
-        mbarrier.expect(kv_bar, 4 * k_desc.block_type.nbytes)
-        for g in gl.static_range(2):
-            tma.async_copy_global_to_shared(k_desc, [b, h, start_n + g * TILE, 0], kv_bar, k_smem.index(g))
-            tma.async_copy_global_to_shared(v_desc, [b, h, start_n + g * TILE, 0], kv_bar, v_smem.index(g))
-        for i in range(gl.cdiv(T - start_n, TILE)):
-            s = step % STAGES
-            rows = start_n + i * TILE + gl.arange(0, TILE, layout=vec)
-            lse = gl.load(LSE + bh.to(gl.int64) * T + rows, mask=rows < T, other=float("inf"))
-            delta = gl.load(DELTA + bh.to(gl.int64) * T + rows, mask=rows < T, other=0.0)
-            mbarrier.wait(q_free.index(s), ((step // STAGES) & 1) ^ 1)
-            lse_smem.index(s).store(lse)
-            delta_smem.index(s).store(delta)
-            mbarrier.expect(q_ready.index(s), 2 * q_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(q_desc, [b, h, start_n + i * TILE, 0], q_ready.index(s), q_smem.index(s))
-            tma.async_copy_global_to_shared(do_desc, [b, h, start_n + i * TILE, 0], q_ready.index(s),
-                                            do_smem.index(s))
-            step += 1
-    _cluster_barrier(4)
-
-
-@gluon.jit
-def _bwd_cluster_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_bar, kv_bar, kv_free, epi_done, q_ready,
-                               q_free, ds_ready, ds_free, dk_desc, dv_desc, lse_smem, delta_smem, b, h, T, p, n,
-                               n_blocks, qk_scale, sm_scale, GROUP: gl.constexpr):
-    # _bwd_mma_partition at head dim 64, for each of the program's key blocks
-    _cluster_barrier(4)
-    STAGES: gl.constexpr = q_smem.shape[0]
-    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16])
-    op_a: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
-    dtype: gl.constexpr = q_smem.dtype
-    cols = gl.arange(0, TILE, layout=gl.SliceLayout(0, mma))
-    zero = gl.zeros([TILE, TILE], gl.float32, layout=mma)
-    q_rows = _rows(q_smem, STAGES, TILE)
-    do_rows = _rows(do_smem, STAGES, TILE)
-    step = 0
-    for blk in range(n_blocks):
-        start_n = _cluster_key_block(blk, p, n) * 2 * TILE
-        n_steps = gl.cdiv(T - start_n, TILE)
-        keys = start_n + GROUP * TILE + gl.arange(0, TILE, layout=gl.SliceLayout(1, mma))
-        dk = gl.zeros([TILE, TILE], gl.float32, layout=mma)
-        dv = gl.zeros([TILE, TILE], gl.float32, layout=mma)
-        mbarrier.wait(kv_bar, blk & 1)
-        k = _rows(k_smem, 2, TILE).index(GROUP).load(op_a)
-        v = _rows(v_smem, 2, TILE).index(GROUP).load(op_a)
-        mbarrier.arrive(kv_free, count=1)
-        if GROUP == 1 and blk == 0:  # half a step behind group 0, as in _bwd_mma_partition
-            mbarrier.wait(dq_bar, 0)
-        for i in range(n_steps):
-            s = step % STAGES
-            buf = step % 2
-            mbarrier.wait(q_ready.index(s), (step // STAGES) & 1)
-            q = q_rows.index(s)
-            do = do_rows.index(s)
-            st = warpgroup_mma(k, q.permute((1, 0)), zero, use_acc=False, is_async=True)
-            dpt = warpgroup_mma(v, do.permute((1, 0)), zero, use_acc=False, is_async=True)
-            rows = start_n + i * TILE + cols
-            st, dpt = warpgroup_mma_wait(0, deps=(st, dpt))
-            if GROUP == 0:
-                mbarrier.arrive(dq_bar, count=1, pred=step == 0)
-            lse = lse_smem.index(s).load(gl.SliceLayout(0, mma))
-            pt = gl.exp2(st * qk_scale - lse[None, :])
-            if i < 2:
-                pt = _causal(pt, rows[None, :], keys[:, None], 0.0)
-            delta = delta_smem.index(s).load(gl.SliceLayout(0, mma))
-            dst = (pt * (dpt - delta[None, :])).to(dtype)
-            dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), op_a), do, dv, is_async=True)
-            dk = warpgroup_mma(gl.convert_layout(dst, op_a), q, dk, is_async=True)
-            mbarrier.wait(ds_free.index(buf), ((step // 2) & 1) ^ 1)
-            ds_smem.index(buf * 2 + GROUP).store(dst)
-            fence_async_shared()
-            mbarrier.arrive(ds_ready.index(buf), count=1)
-            dv, dk = warpgroup_mma_wait(0, deps=(dv, dk))
-            mbarrier.arrive(q_free.index(s), count=1)
-            step += 1
-        # dK and dV through the ring, once both groups' products have read the stages of this block's last steps
-        for j in gl.static_range(STAGES):
-            last = step - 1 - j
-            if last >= step - n_steps:
-                mbarrier.wait(q_free.index(last % STAGES), (last // STAGES) & 1)
-        q_rows.index(GROUP).store((dk * sm_scale).to(dtype))
-        do_rows.index(GROUP).store(dv.to(dtype))
-        fence_async_shared()
-        tma.async_copy_shared_to_global(dk_desc, [b, h, start_n + GROUP * TILE, 0], q_smem.index(GROUP))
-        tma.async_copy_shared_to_global(dv_desc, [b, h, start_n + GROUP * TILE, 0], do_smem.index(GROUP))
-        tma.store_wait(0)
-        mbarrier.arrive(epi_done, count=1)
-    _cluster_barrier(4)
-
-
-@gluon.jit
-def _bwd_cluster_mma_partition_1(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_bar, kv_bar, kv_free, epi_done,
-                                 q_ready, q_free, ds_ready, ds_free, dk_desc, dv_desc, lse_smem, delta_smem, b, h, T,
-                                 p, n, n_blocks, qk_scale, sm_scale):
-    _bwd_cluster_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_bar, kv_bar, kv_free, epi_done, q_ready,
-                               q_free, ds_ready, ds_free, dk_desc, dv_desc, lse_smem, delta_smem, b, h, T, p, n,
-                               n_blocks, qk_scale, sm_scale, 1)
-
-
-@gluon.jit
-def _bwd_cluster_dq_partition(k_smem, ds_smem, kv_bar, kv_free, ds_ready, ds_free, DQ, stride_qb, stride_qh,
-                              stride_qt, ACC, b, h, T, p, n, n_blocks, sm_scale):
-    # _bwd_dq_partition's dQ^T = K^T dS^T, added into the owning programs' fp32 query blocks instead of a global
-    # buffer; then this program's two query blocks out to dQ
-    HALF: gl.constexpr = TILE // 2
-    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, HALF, 16])
-    op_a: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
-    zero = gl.zeros([TILE, HALF], gl.float32, layout=mma)
-    flat: gl.constexpr = gl.BlockedLayout([4], [32], [4], [0])
-    for c in gl.static_range(CLUSTER_ACC_BYTES // 4 // 512):
-        _smem_store(_smem_address(ACC + (c * 512 + gl.arange(0, 512, layout=flat)) * 4), gl.zeros([512], gl.float32,
-                                                                                               flat))
-    _cluster_barrier(4)  # every program's query blocks are zero before anyone adds into them
-    d = gl.arange(0, TILE, layout=gl.SliceLayout(1, mma))
-    qq = gl.arange(0, HALF, layout=gl.SliceLayout(0, mma))
-    step = 0
-    for blk in range(n_blocks):
-        start_n = _cluster_key_block(blk, p, n) * 2 * TILE
-        mbarrier.wait(kv_bar, blk & 1)
-        kt0 = k_smem.index(0).reshape([TILE, TILE]).permute((1, 0)).load(op_a)
-        kt1 = k_smem.index(1).reshape([TILE, TILE]).permute((1, 0)).load(op_a)
-        mbarrier.arrive(kv_free, count=1)
-        for i in range(gl.cdiv(T - start_n, TILE)):
-            buf = step % 2
-            mbarrier.wait(ds_ready.index(buf), (step // 2) & 1)
-            for half in gl.static_range(2):
-                ds0 = ds_smem.index(buf * 2).slice(half * HALF, HALF, dim=1)
-                ds1 = ds_smem.index(buf * 2 + 1).slice(half * HALF, HALF, dim=1)
-                dqt = warpgroup_mma(kt0, ds0, zero, use_acc=False, is_async=True)
-                dqt = warpgroup_mma(kt1, ds1, dqt, is_async=True)
-                dqt = warpgroup_mma_wait(0, deps=(dqt, ))
-                if half == 1:
-                    mbarrier.arrive(ds_free.index(buf), count=1)
-                # these 32 queries lie in one 128-row query block, owned by program min(qb, n - 1 - qb) as its
-                # first (qb <= n - 1 - qb) or second
-                row0 = start_n + i * TILE + half * HALF
-                qb = row0 // (2 * TILE)
-                owner = gl.minimum(qb, n - 1 - qb)
-                slot = (qb != owner).to(gl.int32)
-                offsets = ((slot * 2 * TILE + row0 % (2 * TILE) + qq[None, :]) * TILE + d[:, None]) * 4
-                _cluster_add(_smem_address(ACC + offsets), owner + gl.zeros_like(offsets), dqt)
-            step += 1
-    _cluster_barrier(4)  # every program's additions have landed
-    out: gl.constexpr = gl.BlockedLayout([1, 4], [4, 8], [4, 1], [1, 0])
-    r = gl.arange(0, 2 * TILE, layout=gl.SliceLayout(1, out))
-    c = gl.arange(0, TILE, layout=gl.SliceLayout(0, out))
-    for slot in gl.static_range(2):
-        qb = p if slot == 0 else n - 1 - p
-        if slot == 0 or qb != p:
-            acc = _smem_load(_smem_address(ACC + ((slot * 2 * TILE + r[:, None]) * TILE + c[None, :]) * 4))
-            rows = qb * 2 * TILE + r[:, None]
-            ptrs = DQ + b.to(gl.int64) * stride_qb + h.to(gl.int64) * stride_qh + rows * stride_qt + c[None, :]
-            gl.store(ptrs, (acc * sm_scale).to(DQ.dtype.element_ty), mask=rows < T)
-
-
-@gluon.jit(do_not_specialize=_RUNTIME_INTS + ("stride_qb", "stride_qh", "stride_qt", "CLUSTER", "ACC"),
-           do_not_specialize_on_alignment=_RUNTIME_POINTERS + ("DQ", ))
-def _attn_bwd_cluster_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, DQ, stride_qb, stride_qh, stride_qt,
-                             LSE, DELTA, H, T, CLUSTER, qk_scale, sm_scale, ACC, STAGES: gl.constexpr):
-    # grid: B * H clusters of CLUSTER = cdiv(n, 2) programs; ACC: the accumulator's offset in shared memory, past
-    # Triton's allocation (_attn_bwd_cluster)
-    pid = gl.program_id(0)
-    bh = pid // CLUSTER
-    p = pid % CLUSTER  # the program's rank in its cluster: clusters are CLUSTER consecutive programs
-    b = bh // H
-    h = bh % H
-    n = gl.cdiv(T, 2 * TILE)
-    n_blocks = 1 if 2 * p + 1 == n else 2  # the middle key block of an odd n is one program's only one
-    dtype: gl.constexpr = q_desc.dtype
-    layout: gl.constexpr = q_desc.layout
-    k_smem = gl.allocate_shared_memory(dtype, [2] + q_desc.block_type.shape, layout)
-    v_smem = gl.allocate_shared_memory(dtype, [2] + q_desc.block_type.shape, layout)
-    q_smem = gl.allocate_shared_memory(dtype, [STAGES] + q_desc.block_type.shape, layout)
-    do_smem = gl.allocate_shared_memory(dtype, [STAGES] + q_desc.block_type.shape, layout)
-    vec_layout: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[0])
-    lse_smem = gl.allocate_shared_memory(gl.float32, [STAGES, TILE], vec_layout)
-    delta_smem = gl.allocate_shared_memory(gl.float32, [STAGES, TILE], vec_layout)
-    ds_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
-    ds_smem = gl.allocate_shared_memory(dtype, [4, TILE, TILE], ds_layout)  # 2 buffers x 2 groups
-    dq_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    kv_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    epi_done = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    q_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    q_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    ds_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    ds_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(dq_bar, count=1)
-    mbarrier.init(kv_bar, count=1)
-    mbarrier.init(kv_free, count=3)  # both MMA groups and the dQ group
-    mbarrier.init(epi_done, count=2)
-    for i in gl.static_range(STAGES):
-        mbarrier.init(q_ready.index(i), count=1)
-        mbarrier.init(q_free.index(i), count=2)
-    for i in gl.static_range(2):
-        mbarrier.init(ds_ready.index(i), count=2)
-        mbarrier.init(ds_free.index(i), count=1)
-    mma_args = (q_smem, k_smem, v_smem, do_smem, ds_smem, dq_bar, kv_bar, kv_free, epi_done, q_ready, q_free,
-                ds_ready, ds_free, dk_desc, dv_desc, lse_smem, delta_smem, b, h, T, p, n, n_blocks, qk_scale,
-                sm_scale)
-    gl.warp_specialize([
-        (_bwd_cluster_mma_partition, mma_args + (0, )),
-        (_bwd_cluster_mma_partition_1, mma_args),
-        (_bwd_cluster_dq_partition, (k_smem, ds_smem, kv_bar, kv_free, ds_ready, ds_free, DQ, stride_qb, stride_qh,
-                                     stride_qt, ACC, b, h, T, p, n, n_blocks, sm_scale)),
-        (_bwd_cluster_load_partition, (q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, lse_smem,
-                                       delta_smem, kv_bar, kv_free, epi_done, q_ready, q_free, LSE, DELTA, b, h, bh,
-                                       T, p, n, n_blocks)),
-    ], BWD_CLUSTER_WORKER_WARPS, BWD_WORKER_REGS_D64)
-
-
 _GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}
 HEAD_DIMS = (64, 128)
 PERSISTENT_MAX_TILES = 64  # the forward's grid is persistent up to T = 64 * 128 (_attn_fwd)
@@ -1128,33 +841,6 @@ class _Launcher:
 
 _launch_fwd = _Launcher(_attn_fwd_hopper_kernel)
 _launch_bwd = _Launcher(_attn_bwd_hopper_kernel)
-
-
-class _ClusterLauncher:
-    """Launches _attn_bwd_cluster_kernel in clusters of `cluster` consecutive programs, with CLUSTER_ACC_BYTES of
-    dynamic shared memory past Triton's own allocation, whose offset the kernel gets as its last runtime argument.
-    Triton launches clusters of a kernel's num_ctas, but in Gluon that option also spreads every layout over that
-    many programs; this kernel is compiled for one program and launched with a cluster size of the call's."""
-
-    def __init__(self, kernel):
-        self.kernel = kernel
-        self.compiled = {}
-
-    def __call__(self, clusters: int, cluster: int, args: tuple, constexprs: dict, **options) -> None:
-        key = (torch.cuda.current_device(), args[0].base.dtype, cluster, *constexprs.items(), *options.items())
-        entry = self.compiled.get(key)
-        if entry is None:
-            compiled = self.kernel.warmup(*args, 0, **constexprs, grid=(clusters * cluster, ), **options)
-            acc = triton.cdiv(compiled.metadata.shared, 128) * 128
-            launch = copy.copy(compiled)  # the cached kernel keeps its own launch metadata
-            launch.packed_metadata = (compiled.metadata.num_warps, cluster, acc + CLUSTER_ACC_BYTES.value)
-            entry = self.compiled[key] = (launch, acc)
-        launch, acc = entry
-        constants = [constexprs[name] for name in self.kernel.arg_names[len(args) + 1:]]
-        launch[(clusters, 1, 1)](*args, acc, *constants)
-
-
-_launch_bwd_cluster = _ClusterLauncher(_attn_bwd_cluster_kernel)
 
 
 @functools.lru_cache(maxsize=None)
@@ -1260,28 +946,10 @@ def _dq_accumulator(B: int, H: int, T: int, D: int, device) -> tuple:
     return acc, _descriptor(acc, tile, tile // 2 if transposed else tile), transposed
 
 
-def _attn_bwd(do, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, qk_scale: float,
-              cluster: Optional[bool] = None) -> None:
+def _attn_bwd(do, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, qk_scale: float) -> None:
     """Fill dq, dk, dv as flash_kernel's Triton backward does, from delta = rowsum(dO * O); qk_scale as in
-    _attn_fwd. dk and dv are written by TMA, like o in _attn_fwd. cluster: whether head dim 64 sums dQ in a
-    cluster's shared memory (_attn_bwd_cluster_kernel) rather than a global fp32 buffer; by default it does up to
-    BWD_CLUSTER_MAX_T, the longest it can. A test passes False to run the other kernel at any length."""
+    _attn_fwd. dk and dv are written by TMA, like o in _attn_fwd."""
     B, H, T, D = q.shape
-    if cluster is None:
-        cluster = D == 64 and T <= BWD_CLUSTER_MAX_T
-    if cluster:
-        if D != 64 or T > BWD_CLUSTER_MAX_T:
-            raise ValueError(f"the cluster backward takes head dim 64 up to T={BWD_CLUSTER_MAX_T}, not D={D}, T={T}")
-        tile = TILE.value
-        size = triton.cdiv(triton.cdiv(T, 2 * tile), 2)
-        _launch_bwd_cluster(
-            B * H, size,
-            (_descriptor(q, tile), _descriptor(k, tile), _descriptor(v, tile), _descriptor(do, tile),
-             _descriptor(dk, tile), _descriptor(dv, tile), dq, dq.stride(0), dq.stride(1), dq.stride(2), lse, delta,
-             H, T, size, qk_scale, softmax_scale),
-            dict(STAGES=BWD_STAGES[64]), num_warps=4, maxnreg=_maxnreg(BWD_WARPGROUPS[64]),
-        )
-        return
     dq_acc, dq_desc, transposed = _dq_accumulator(B, H, T, D, q.device)
     tile = TILE.value
     _launch_bwd(

@@ -499,14 +499,12 @@ TUNED = (
     ("fwd", _HALF, (64, 128),    1024,   "hopper", None),
     # tune_blocks.py: best or within 2% of the best at every swept shape, D=64 and 128, T=256 to 16384
     ("bwd", _HALF, _ALL_D,       1,      "triton", (64, 32, 64, 4, 2)),
-    # the cluster backward (flash_hopper._attn_bwd_cluster_kernel): dQ summed without an fp32 buffer, so T=1024
-    # keeps its peak memory
-    ("bwd", _HALF, (64,),        1024,   "hopper", None),
-    # bench.py (docs/design.md, "Which kernel runs where"): at T=1024 the Hopper backward is the faster (1.13x at
-    # head dim 128 with B=16, H=16, in GPU time), but its fp32 dQ buffer would raise those calls' peak memory from
-    # 258 to 386 MiB, and T=1024 keeps the smaller footprint it has always had; below 1024 its dQ reductions and
-    # launches cost more than the Triton backward's second pass
-    ("bwd", _HALF, (128,),       2048,   "hopper", None),
+    # bench.py (docs/design.md, "Which kernel runs where"): at T=1024 the Hopper backward is the faster (1.08x at
+    # head dim 64 with B=16, H=32; 1.13x at 128; 1.03x at the GPT-2 model's shape, in GPU time), but its fp32 dQ
+    # buffer would raise those calls' peak memory from 260 to 388 MiB (73 -> 109 at the GPT-2 shape), and T=1024
+    # keeps the smaller footprint it has always had; below 1024 its dQ reductions and launches cost more than the
+    # Triton backward's second pass
+    ("bwd", _HALF, (64, 128),    2048,   "hopper", None),
     # not swept: fp32's 4-byte elements and FMA (not tensor-core) dots take small tiles
     ("fwd", _FP32, _ALL_D,       1,      "triton", (64, 32, 4, 2)),
     # not swept, as the row above
