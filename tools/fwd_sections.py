@@ -8,7 +8,8 @@ program per item), the shipped choice against others, at the GPT-2 model's shape
 Each variant is flash_hopper._attn_fwd with its `programs` or `heads_per_section` argument set; every variant's output
 must equal the shipped one's bit for bit (the order of the items changes, not what a program computes). The variants
 take turns within each round, each timed by do_bench (median), so all see the GPU's clocks drift alike. Sections are
-named by the share of L2 that their heads' K and V fill. section_times() returns the times; main prints them with each
+named by the share of L2 that their heads' K and V fill; L2/4 is the shipped choice again, so its row is a control:
+the spread between two timings of the same order. section_times() returns the times; main prints them with each
 variant's speed against the shipped choice (shipped ms / variant ms, above 1 means the variant is faster).
 """
 import argparse
