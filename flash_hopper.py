@@ -26,6 +26,7 @@ these kernels can run and that flash_kernel.TUNED says they are worth it for. Ev
 kernels, which are also the reference these are tested against. Gluon has no interpreter, so this file runs on a
 Hopper GPU only; its tests skip elsewhere.
 """
+import copy
 import dataclasses
 import functools
 from typing import Optional
@@ -454,6 +455,9 @@ TILE = gl.constexpr(64)
 # serializes every wgmma of the kernel, and the 200 left to each MMA group cost them 1% at most where 196 cost 3%
 BWD_WORKER_WARPS_D64 = gl.constexpr((4, 4, 1))
 BWD_WORKER_REGS_D64 = gl.constexpr((200, 88, 24))
+# The cluster backward's (_attn_bwd_cluster_kernel): the same, with the loader given a whole warpgroup, so that no
+# warp idles outside the partitions (the registers are the same: setmaxnreg gives them per warpgroup)
+BWD_CLUSTER_WORKER_WARPS = gl.constexpr((4, 4, 4))
 # Head dim 128, 12 warps: MMA group 1, the loader and the reduce warp, which share the third warpgroup; 240
 # registers for each MMA group
 BWD_WORKER_WARPS_D128 = gl.constexpr((4, 1, 1))
@@ -747,6 +751,497 @@ def _attn_bwd_hopper_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, dk_desc, d
         ], BWD_WORKER_WARPS_D128, BWD_WORKER_REGS_D128)
 
 
+# Head dim 64, 256 < T <= 1024: the backward without the fp32 dQ buffer. A thread-block cluster holds one (batch,
+# head); its program p takes key blocks p and n - 1 - p of the n = cdiv(T, 128) (two blocks whose query steps add up
+# to the same count in every program, so that no program of the cluster waits long for the others at its end) and
+# owns dQ's 128-row query blocks p and n - 1 - p, in fp32, in its shared memory. A dQ^T half-tile (64 x 32, 8 KiB)
+# for another program's block is stored into this program's outbox and rung in on the owner's doorbell (a remote
+# mbarrier arrive); the owner pulls it with loads from the cluster's shared memory, adds it into its block and frees
+# the outbox slot (another remote arrive). Each pair of programs has two outbox slots, so a sender waits only when
+# the owner has not taken its last two. The dQ group takes what has been rung in between its own half-tiles and
+# while it waits for a slot or for dS, so no program waits on another that waits on it. Once a program has taken all that is
+# due to it, it writes its query blocks of dQ once, scaled and in dQ's dtype. No buffer, no zero-fill, no cast pass:
+# peak memory as the Triton backward's, where the grid kernel above adds B*H*T*D*4 bytes (docs/design.md, "dQ
+# pulled from the owners' outboxes, built").
+# Gluon in triton 3.6 gives a shared-memory allocation no address, so these buffers lie past Triton's own
+# allocation (the launch asks for that much more dynamic shared memory) and are reached by inline PTX from the
+# global_smem symbol. Their size bounds the cluster at 4 programs (T <= 1024); a cluster of one has no cluster
+# attribute at launch, which mapa and barrier.cluster need (T > 256).
+BWD_CLUSTER_MIN_T = 2 * 2 * TILE.value + 1  # up to two key blocks make a cluster of one
+BWD_CLUSTER_MAX_T = 8 * 2 * TILE.value
+CLUSTER_MSG = gl.constexpr(TILE.value * TILE.value // 2 * 4)  # a dQ^T half-tile, 64 x 32 fp32
+# byte offsets past Triton's allocation: two query blocks of 128 x 64 fp32 (each 4 half-tiles), then per other
+# program 2 outbox slots, their headers (the owner's half-tile the message adds into), the doorbells (per sender
+# and slot) and the outbox slots' free barriers (per owner and slot)
+CLUSTER_OUT = gl.constexpr(8 * CLUSTER_MSG.value)
+CLUSTER_HDR = gl.constexpr(CLUSTER_OUT.value + 3 * 2 * CLUSTER_MSG.value)
+CLUSTER_BELL = gl.constexpr(CLUSTER_HDR.value + 32)
+CLUSTER_FREE = gl.constexpr(CLUSTER_BELL.value + 3 * 2 * 8)
+CLUSTER_READY = gl.constexpr(CLUSTER_FREE.value + 3 * 2 * 8)  # ds_ready, which the dQ group polls
+CLUSTER_SMEM_BYTES = CLUSTER_READY.value + 2 * 8
+
+
+@gluon.jit
+def _cluster_barrier(WARPS: gl.constexpr):
+    # Every thread of every program in the cluster arrives, then waits (release/acquire: what each wrote before is
+    # visible after). Each partition calls it as many times: a warp that never arrives stalls the whole cluster,
+    # which is why this kernel's partitions leave no warp idle
+    x = gl.arange(0, 32 * WARPS, layout=gl.BlockedLayout([1], [32], [WARPS], [0]))
+    gl.inline_asm_elementwise("barrier.cluster.arrive.release.aligned; barrier.cluster.wait.acquire.aligned; "
+                              "mov.u32 $0, 0;", "=r,r", [x], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def _smem_address(offset):
+    # The shared-memory address of a byte offset from the start of the program's dynamic shared memory
+    return gl.inline_asm_elementwise("{ .reg .u32 b; mov.u32 b, global_smem; add.u32 $0, b, $1; }", "=r,r", [offset],
+                                     dtype=gl.int32, is_pure=True, pack=1)
+
+
+@gluon.jit
+def _smem_store(address, x):
+    return gl.inline_asm_elementwise("st.shared.f32 [$1], $2; mov.u32 $0, 0;", "=r,r,f", [address, x],
+                                     dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def _smem_load(address):
+    return gl.inline_asm_elementwise("ld.shared.f32 $0, [$1];", "=f,r", [address], dtype=gl.float32, is_pure=False,
+                                     pack=1)
+
+
+@gluon.jit
+def _thread_ids():
+    # one element per thread of a 4-warp partition: the operand of the PTX below that runs once per thread
+    return gl.arange(0, 128, layout=gl.BlockedLayout([1], [32], [4], [0]))
+
+
+@gluon.jit
+def _thread0(code: gl.constexpr, offset, x):
+    # PTX run by the partition's thread 0 only, on the address of a byte offset of dynamic shared memory ($1) and
+    # a u32 ($2)
+    t = _thread_ids()
+    gl.inline_asm_elementwise(code, "=r,r,r,r", [_smem_address(t * 0 + offset), t * 0 + x, t], dtype=gl.int32,
+                              is_pure=False, pack=1)
+
+
+@gluon.jit
+def _bar_init(offset, count):
+    _thread0("{ .reg .pred p; setp.eq.u32 p, $3, 0; @p mbarrier.init.shared::cta.b64 [$1], $2; mov.u32 $0, $2; }",
+             offset, count)
+
+
+@gluon.jit
+def _local_arrive(offset):
+    # arrive on a local mbarrier once for the partition, after every thread's writes (the callers fence first)
+    gl.thread_barrier()
+    _thread0("{ .reg .pred p; setp.eq.u32 p, $3, 0; @p mbarrier.arrive.shared::cta.b64 _, [$1]; mov.u32 $0, $2; }",
+             offset, 0)
+
+
+@gluon.jit
+def _remote_arrive(offset, rank):
+    # arrive on the mbarrier at this offset in program `rank` of the cluster, releasing what this partition wrote
+    # before (every thread's writes: the callers pass a thread barrier first)
+    _thread0("{ .reg .pred p; .reg .u32 a; setp.eq.u32 p, $3, 0; mapa.shared::cluster.u32 a, $1, $2; "
+             "@p mbarrier.arrive.release.cluster.shared::cluster.b64 _, [a]; "
+             "mov.u32 $0, 0; }", offset, rank)
+
+
+@gluon.jit
+def _bar_wait(offset, parity):
+    # every thread waits for the phase of this parity of a local mbarrier, acquiring at cluster scope
+    t = _thread_ids()
+    gl.inline_asm_elementwise("{ .reg .pred p; WAIT: mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, "
+                              "[$1], $2; @!p bra WAIT; mov.u32 $0, 0; }", "=r,r,r", [_smem_address(t * 0 + offset),
+                                                                                   t * 0 + parity],
+                              dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def _bar_test(offset, parity):
+    # 1 in the threads that see the phase of this parity of a local mbarrier complete, else 0
+    t = _thread_ids()
+    return gl.inline_asm_elementwise("{ .reg .pred p; mbarrier.test_wait.parity.acquire.cluster.shared::cta.b64 p, "
+                                     "[$1], $2; selp.u32 $0, 1, 0, p; }", "=r,r,r",
+                                     [_smem_address(t * 0 + offset), t * 0 + parity], dtype=gl.int32,
+                                     is_pure=False, pack=1)
+
+
+@gluon.jit
+def _or(a, b):
+    return a | b
+
+
+@gluon.jit
+def _half_tile_offsets(d, qq):
+    # A bijection of a 64 x 32 half-tile's (d, q) onto its 8 KiB, by the register and thread that hold the element
+    # in the wgmma accumulator layout (register c + 2 r8 + 4 j of thread 32 warp + lane, at ((register * 128) +
+    # thread) * 4): a warp's store of one register is 128 contiguous bytes, free of bank conflicts
+    dd = d[:, None]
+    q = qq[None, :]
+    register = q % 2 + 2 * ((dd % 16) // 8) + 4 * (q // 8)
+    thread = (dd // 16) * 32 + 4 * (dd % 8) + (q % 8) // 2
+    return (register * 128 + thread) * 4
+
+
+@gluon.jit
+def _cluster_take(SMEM, p, C, k, r):
+    # Take message r of the sender k + 1 ranks after p: wait its doorbell, add the half-tile it holds into the
+    # accumulator (the header names which), free the sender's outbox slot
+    gl.thread_barrier()  # this partition's own additions into the accumulator have landed
+    s = (p + 1 + k) % C
+    d = r % 2
+    slot = ((p - s - 1 + C) % C) * 2 + d  # where the sender keeps messages for p
+    _bar_wait(SMEM + CLUSTER_BELL + (k * 2 + d) * 8, (r // 2) & 1)
+    flat: gl.constexpr = gl.BlockedLayout([4], [32], [4], [0])
+    for chunk in gl.static_range(2):  # in halves, for the registers
+        e = (chunk * CLUSTER_MSG // 8 + gl.arange(0, CLUSTER_MSG // 8, layout=flat)) * 4
+        z = e * 0
+        # the chunk's loads from the sender before its stores here, which they could alias for all ptxas knows
+        header = gl.inline_asm_elementwise(
+            "{ .reg .u32 a; mapa.shared::cluster.u32 a, $4, $8; ld.shared::cluster.u32 $0, [a]; mov.u32 $1, $0; "
+            "mov.u32 $2, $0; mov.u32 $3, $0; }", "=r,=r,=r,=r,r,r,r,r,r,r,r,r",
+            [_smem_address(SMEM + CLUSTER_HDR + slot * 4 + z), z + s], dtype=gl.int32, is_pure=False, pack=4)
+        x = gl.inline_asm_elementwise(
+            "{ .reg .u32 a; mapa.shared::cluster.u32 a, $4, $8; ld.shared::cluster.v4.f32 {$0, $1, $2, $3}, [a]; }",
+            "=f,=f,=f,=f,r,r,r,r,r,r,r,r", [_smem_address(SMEM + CLUSTER_OUT + slot * CLUSTER_MSG + e), z + s],
+            dtype=gl.float32, is_pure=False, pack=4)
+        acc = _smem_address(SMEM + header * CLUSTER_MSG + e)
+        y = gl.inline_asm_elementwise("ld.shared.v4.f32 {$0, $1, $2, $3}, [$4];", "=f,=f,=f,=f,r,r,r,r", [acc],
+                                      dtype=gl.float32, is_pure=False, pack=4)
+        gl.inline_asm_elementwise("st.shared.v4.f32 [$4], {$8, $9, $10, $11}; mov.u32 $0, 0; mov.u32 $1, 0; "
+                                  "mov.u32 $2, 0; mov.u32 $3, 0;", "=r,=r,=r,=r,r,r,r,r,f,f,f,f", [acc, x + y],
+                                  dtype=gl.int32, is_pure=False, pack=4)
+    gl.thread_barrier()  # every thread's loads from the slot are done
+    _remote_arrive(SMEM + CLUSTER_FREE + slot * 8, s)
+
+
+@gluon.jit
+def _cluster_poll(SMEM, p, C, r0, r1, r2, got):
+    # Take every message rung in on this program's doorbells, in order per sender (r0-r2: how many taken from the
+    # senders 1-3 ranks after p; got: in all). A thread that sees a doorbell rung tells the others through the
+    # reduction, so that all take the same messages
+    rung = _bar_test(SMEM + CLUSTER_BELL + (r0 % 2) * 8, (r0 // 2) & 1)
+    rung |= _bar_test(SMEM + CLUSTER_BELL + (2 + r1 % 2) * 8, (r1 // 2) & 1) * 2 * (C > 2).to(gl.int32)
+    rung |= _bar_test(SMEM + CLUSTER_BELL + (4 + r2 % 2) * 8, (r2 // 2) & 1) * 4 * (C > 3).to(gl.int32)
+    rung = gl.reduce(rung, 0, _or)
+    if (rung & 1) != 0:
+        _cluster_take(SMEM, p, C, 0, r0)
+        r0 += 1
+        got += 1
+    if (rung & 2) != 0:
+        _cluster_take(SMEM, p, C, 1, r1)
+        r1 += 1
+        got += 1
+    if (rung & 4) != 0:
+        _cluster_take(SMEM, p, C, 2, r2)
+        r2 += 1
+        got += 1
+    return r0, r1, r2, got
+
+
+@gluon.jit
+def _wait_polling(offset, parity, SMEM, p, C, r0, r1, r2, got):
+    # Wait for the phase of this parity of a local mbarrier, taking what is rung in meanwhile
+    ready = gl.max(_bar_test(offset, parity), axis=0)
+    while ready == 0:
+        r0, r1, r2, got = _cluster_poll(SMEM, p, C, r0, r1, r2, got)
+        ready = gl.max(_bar_test(offset, parity), axis=0)
+    _bar_wait(offset, parity)  # every thread's acquire
+    return r0, r1, r2, got
+
+
+@gluon.jit
+def _cluster_send(dqt, offsets, SMEM, p, C, owner, c, tile, r0, r1, r2, got):
+    # Message c of this program to `owner`: wait until the owner has taken message c - 2 from its outbox slot
+    # (taking what is rung in here meanwhile), store the half-tile and its header, ring the owner's doorbell
+    k = (owner - p - 1 + C) % C
+    d = c % 2
+    slot = k * 2 + d
+    r0, r1, r2, got = _wait_polling(SMEM + CLUSTER_FREE + slot * 8, ((c // 2) & 1) ^ 1, SMEM, p, C, r0, r1, r2,
+                                    got)
+    _smem_store(_smem_address(SMEM + CLUSTER_OUT + slot * CLUSTER_MSG + offsets), dqt)
+    _thread0("{ .reg .pred p; setp.eq.u32 p, $3, 0; @p st.shared.u32 [$1], $2; mov.u32 $0, 0; }",
+             SMEM + CLUSTER_HDR + slot * 4, tile)
+    gl.thread_barrier()
+    _remote_arrive(SMEM + CLUSTER_BELL + (((p - owner - 1 + C) % C) * 2 + d) * 8, owner)
+    return r0, r1, r2, got
+
+
+@gluon.jit
+def _cluster_key_block(blk, p, n):
+    # The first key block of program p of the cluster is p, the second n - 1 - p
+    return p if blk == 0 else n - 1 - p
+
+
+@gluon.jit
+def _bwd_cluster_load_partition(q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, lse_smem,
+                                delta_smem, kv_bar, kv_free, epi_done, q_ready, q_free, LSE, DELTA, b, h, bh, T, p, n,
+                                n_blocks):
+    # _bwd_load_partition for each of the program's key blocks; the ring's steps count on across them. The second
+    # block's K and V wait until every group holds the first's in registers (kv_free), its Q and dO until the MMA
+    # groups' dK and dV, staged in the ring, have left (epi_done)
+    _cluster_barrier(4)
+    STAGES: gl.constexpr = q_smem.shape[0]
+    vec: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
+    step = 0
+    for blk in range(n_blocks):
+        start_n = _cluster_key_block(blk, p, n) * 2 * TILE
+        if blk == 1:
+            mbarrier.wait(kv_free, 0)
+            mbarrier.wait(epi_done, 0)
+        mbarrier.expect(kv_bar, 4 * k_desc.block_type.nbytes)
+        for g in gl.static_range(2):
+            tma.async_copy_global_to_shared(k_desc, [b, h, start_n + g * TILE, 0], kv_bar, k_smem.index(g))
+            tma.async_copy_global_to_shared(v_desc, [b, h, start_n + g * TILE, 0], kv_bar, v_smem.index(g))
+        for i in range(gl.cdiv(T - start_n, TILE)):
+            s = step % STAGES
+            rows = start_n + i * TILE + gl.arange(0, TILE, layout=vec)
+            lse = gl.load(LSE + bh.to(gl.int64) * T + rows, mask=rows < T, other=float("inf"))
+            delta = gl.load(DELTA + bh.to(gl.int64) * T + rows, mask=rows < T, other=0.0)
+            mbarrier.wait(q_free.index(s), ((step // STAGES) & 1) ^ 1)
+            lse_smem.index(s).store(lse)
+            delta_smem.index(s).store(delta)
+            mbarrier.expect(q_ready.index(s), 2 * q_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(q_desc, [b, h, start_n + i * TILE, 0], q_ready.index(s), q_smem.index(s))
+            tma.async_copy_global_to_shared(do_desc, [b, h, start_n + i * TILE, 0], q_ready.index(s),
+                                            do_smem.index(s))
+            step += 1
+    _cluster_barrier(4)
+
+
+@gluon.jit
+def _bwd_cluster_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_bar, kv_bar, kv_free, epi_done, q_ready,
+                               q_free, ds_ready, ds_free, dk_desc, dv_desc, lse_smem, delta_smem, b, h, T, p, n,
+                               n_blocks, qk_scale, sm_scale, SMEM, GROUP: gl.constexpr):
+    # _bwd_mma_partition at head dim 64, for each of the program's key blocks; ds_ready is the dQ group's raw
+    # mbarrier at SMEM + CLUSTER_READY, which it polls
+    _cluster_barrier(4)
+    STAGES: gl.constexpr = q_smem.shape[0]
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16])
+    op_a: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+    dtype: gl.constexpr = q_smem.dtype
+    cols = gl.arange(0, TILE, layout=gl.SliceLayout(0, mma))
+    zero = gl.zeros([TILE, TILE], gl.float32, layout=mma)
+    q_rows = _rows(q_smem, STAGES, TILE)
+    do_rows = _rows(do_smem, STAGES, TILE)
+    step = 0
+    for blk in range(n_blocks):
+        start_n = _cluster_key_block(blk, p, n) * 2 * TILE
+        n_steps = gl.cdiv(T - start_n, TILE)
+        keys = start_n + GROUP * TILE + gl.arange(0, TILE, layout=gl.SliceLayout(1, mma))
+        dk = gl.zeros([TILE, TILE], gl.float32, layout=mma)
+        dv = gl.zeros([TILE, TILE], gl.float32, layout=mma)
+        mbarrier.wait(kv_bar, blk & 1)
+        k = _rows(k_smem, 2, TILE).index(GROUP).load(op_a)
+        v = _rows(v_smem, 2, TILE).index(GROUP).load(op_a)
+        mbarrier.arrive(kv_free, count=1)
+        if GROUP == 1 and blk == 0:  # half a step behind group 0, as in _bwd_mma_partition
+            mbarrier.wait(dq_bar, 0)
+        for i in range(n_steps):
+            s = step % STAGES
+            buf = step % 2
+            mbarrier.wait(q_ready.index(s), (step // STAGES) & 1)
+            q = q_rows.index(s)
+            do = do_rows.index(s)
+            st = warpgroup_mma(k, q.permute((1, 0)), zero, use_acc=False, is_async=True)
+            dpt = warpgroup_mma(v, do.permute((1, 0)), zero, use_acc=False, is_async=True)
+            rows = start_n + i * TILE + cols
+            st, dpt = warpgroup_mma_wait(0, deps=(st, dpt))
+            if GROUP == 0:
+                mbarrier.arrive(dq_bar, count=1, pred=step == 0)
+            lse = lse_smem.index(s).load(gl.SliceLayout(0, mma))
+            pt = gl.exp2(st * qk_scale - lse[None, :])
+            if i < 2:
+                pt = _causal(pt, rows[None, :], keys[:, None], 0.0)
+            delta = delta_smem.index(s).load(gl.SliceLayout(0, mma))
+            dst = (pt * (dpt - delta[None, :])).to(dtype)
+            dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), op_a), do, dv, is_async=True)
+            dk = warpgroup_mma(gl.convert_layout(dst, op_a), q, dk, is_async=True)
+            mbarrier.wait(ds_free.index(buf), ((step // 2) & 1) ^ 1)
+            ds_smem.index(buf * 2 + GROUP).store(dst)
+            fence_async_shared()
+            _local_arrive(SMEM + CLUSTER_READY + buf * 8)
+            dv, dk = warpgroup_mma_wait(0, deps=(dv, dk))
+            mbarrier.arrive(q_free.index(s), count=1)
+            step += 1
+        # dK and dV through the ring, once both groups' products have read the stages of this block's last steps
+        for j in gl.static_range(STAGES):
+            last = step - 1 - j
+            if last >= step - n_steps:
+                mbarrier.wait(q_free.index(last % STAGES), (last // STAGES) & 1)
+        q_rows.index(GROUP).store((dk * sm_scale).to(dtype))
+        do_rows.index(GROUP).store(dv.to(dtype))
+        fence_async_shared()
+        tma.async_copy_shared_to_global(dk_desc, [b, h, start_n + GROUP * TILE, 0], q_smem.index(GROUP))
+        tma.async_copy_shared_to_global(dv_desc, [b, h, start_n + GROUP * TILE, 0], do_smem.index(GROUP))
+        tma.store_wait(0)
+        mbarrier.arrive(epi_done, count=1)
+    _cluster_barrier(4)
+
+
+@gluon.jit
+def _bwd_cluster_mma_partition_1(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_bar, kv_bar, kv_free, epi_done,
+                                 q_ready, q_free, ds_ready, ds_free, dk_desc, dv_desc, lse_smem, delta_smem, b, h, T,
+                                 p, n, n_blocks, qk_scale, sm_scale, SMEM):
+    _bwd_cluster_mma_partition(q_smem, k_smem, v_smem, do_smem, ds_smem, dq_bar, kv_bar, kv_free, epi_done, q_ready,
+                               q_free, ds_ready, ds_free, dk_desc, dv_desc, lse_smem, delta_smem, b, h, T, p, n,
+                               n_blocks, qk_scale, sm_scale, SMEM, 1)
+
+
+@gluon.jit
+def _bwd_cluster_dq_partition(k_smem, ds_smem, kv_bar, kv_free, ds_ready, ds_free, DQ, stride_qb, stride_qh,
+                              stride_qt, SMEM, b, h, T, p, n, C, n_blocks, sm_scale, EXCHANGE: gl.constexpr,
+                              POLL: gl.constexpr):
+    # _bwd_dq_partition's dQ^T = K^T dS^T, each half-tile added into this program's query blocks or sent to the
+    # program that owns its rows; then this program's query blocks out to dQ
+    HALF: gl.constexpr = TILE // 2
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, HALF, 16])
+    op_a: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+    zero = gl.zeros([TILE, HALF], gl.float32, layout=mma)
+    flat: gl.constexpr = gl.BlockedLayout([4], [32], [4], [0])
+    for chunk in gl.static_range(CLUSTER_OUT // 4 // 512):
+        _smem_store(_smem_address(SMEM + (chunk * 512 + gl.arange(0, 512, layout=flat)) * 4),
+                    gl.zeros([512], gl.float32, flat))
+    for j in gl.static_range(6):
+        _bar_init(SMEM + CLUSTER_BELL + j * 8, 1)
+        _bar_init(SMEM + CLUSTER_FREE + j * 8, 1)
+    for j in gl.static_range(2):
+        _bar_init(SMEM + CLUSTER_READY + j * 8, 2)  # both MMA groups
+    _thread0("{ .reg .pred p; setp.eq.u32 p, $3, 0; @p fence.mbarrier_init.release.cluster; mov.u32 $0, $2; }",
+             SMEM, 0)
+    _cluster_barrier(4)  # every program's barriers are set up before anyone rings or frees them
+    d = gl.arange(0, TILE, layout=gl.SliceLayout(1, mma))
+    qq = gl.arange(0, HALF, layout=gl.SliceLayout(0, mma))
+    # messages due to this program: each of its query blocks gets 4 half-tiles (fewer in the last block, by T
+    # rounded up to the step) from every key block up to its own, this program's own key blocks' not sent
+    rounded = gl.cdiv(T, TILE) * TILE
+    second = n - 1 - p
+    due = gl.minimum(4, (rounded - p * 2 * TILE) // HALF) * p
+    due += gl.minimum(4, (rounded - second * 2 * TILE) // HALF) * (n - 2 - p) * (second != p).to(gl.int32)
+    if not EXCHANGE:
+        due = 0
+    r0 = 0
+    r1 = 0
+    r2 = 0
+    got = 0
+    c0 = 0
+    c1 = 0
+    c2 = 0
+    step = 0
+    for blk in range(n_blocks):
+        start_n = _cluster_key_block(blk, p, n) * 2 * TILE
+        mbarrier.wait(kv_bar, blk & 1)
+        kt0 = k_smem.index(0).reshape([TILE, TILE]).permute((1, 0)).load(op_a)
+        kt1 = k_smem.index(1).reshape([TILE, TILE]).permute((1, 0)).load(op_a)
+        mbarrier.arrive(kv_free, count=1)
+        for i in range(gl.cdiv(T - start_n, TILE)):
+            buf = step % 2
+            if POLL:
+                r0, r1, r2, got = _wait_polling(SMEM + CLUSTER_READY + buf * 8, (step // 2) & 1, SMEM, p, C, r0,
+                                                r1, r2, got)
+            else:
+                _bar_wait(SMEM + CLUSTER_READY + buf * 8, (step // 2) & 1)
+            for half in gl.static_range(2):
+                ds0 = ds_smem.index(buf * 2).slice(half * HALF, HALF, dim=1)
+                ds1 = ds_smem.index(buf * 2 + 1).slice(half * HALF, HALF, dim=1)
+                dqt = warpgroup_mma(kt0, ds0, zero, use_acc=False, is_async=True)
+                dqt = warpgroup_mma(kt1, ds1, dqt, is_async=True)
+                dqt = warpgroup_mma_wait(0, deps=(dqt, ))
+                if half == 1:
+                    mbarrier.arrive(ds_free.index(buf), count=1)
+                # these 32 queries lie in one 128-row query block, owned by program min(qb, n - 1 - qb) as its
+                # first (qb <= n - 1 - qb) or second
+                row0 = start_n + i * TILE + half * HALF
+                qb = row0 // (2 * TILE)
+                owner = gl.minimum(qb, n - 1 - qb)
+                tile = (qb != owner).to(gl.int32) * 4 + (row0 % (2 * TILE)) // HALF
+                offsets = _half_tile_offsets(d, qq)  # recomputed where used: kept, they spill
+                if owner == p:
+                    address = _smem_address(SMEM + tile * CLUSTER_MSG + offsets)
+                    _smem_store(address, _smem_load(address) + dqt)
+                elif EXCHANGE:
+                    k = (owner - p - 1 + C) % C
+                    sent = gl.where(k == 0, c0, gl.where(k == 1, c1, c2))
+                    r0, r1, r2, got = _cluster_send(dqt, offsets, SMEM, p, C, owner, sent, tile, r0, r1, r2, got)
+                    c0 += (k == 0).to(gl.int32)
+                    c1 += (k == 1).to(gl.int32)
+                    c2 += (k == 2).to(gl.int32)
+                r0, r1, r2, got = _cluster_poll(SMEM, p, C, r0, r1, r2, got)
+            step += 1
+    while got < due:
+        r0, r1, r2, got = _cluster_poll(SMEM, p, C, r0, r1, r2, got)
+    gl.thread_barrier()
+    for slot in gl.static_range(2):
+        qb = p if slot == 0 else second
+        if slot == 0 or qb != p:
+            for piece in gl.static_range(4):
+                acc = _smem_load(_smem_address(SMEM + (slot * 4 + piece) * CLUSTER_MSG + _half_tile_offsets(d, qq)))
+                rows = qb * 2 * TILE + piece * HALF + qq[None, :]
+                ptrs = DQ + b.to(gl.int64) * stride_qb + h.to(gl.int64) * stride_qh + rows * stride_qt + d[:, None]
+                gl.store(ptrs, (acc * sm_scale).to(DQ.dtype.element_ty), mask=rows < T)
+    _cluster_barrier(4)  # no program leaves while another may still take from its outbox or free its slots
+
+
+@gluon.jit(do_not_specialize=_RUNTIME_INTS + ("stride_qb", "stride_qh", "stride_qt", "CLUSTER", "SMEM"),
+           do_not_specialize_on_alignment=_RUNTIME_POINTERS + ("DQ", ))
+def _attn_bwd_cluster_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, DQ, stride_qb, stride_qh, stride_qt,
+                             LSE, DELTA, H, T, CLUSTER, qk_scale, sm_scale, SMEM, STAGES: gl.constexpr,
+                             EXCHANGE: gl.constexpr, POLL: gl.constexpr):
+    # grid: B * H clusters of CLUSTER = cdiv(n, 2) programs; SMEM: the offset in shared memory of the buffers past
+    # Triton's allocation (_ClusterLauncher)
+    pid = gl.program_id(0)
+    bh = pid // CLUSTER
+    p = pid % CLUSTER  # the program's rank in its cluster: clusters are CLUSTER consecutive programs
+    b = bh // H
+    h = bh % H
+    n = gl.cdiv(T, 2 * TILE)
+    n_blocks = 1 if 2 * p + 1 == n else 2  # the middle key block of an odd n is one program's only one
+    dtype: gl.constexpr = q_desc.dtype
+    layout: gl.constexpr = q_desc.layout
+    k_smem = gl.allocate_shared_memory(dtype, [2] + q_desc.block_type.shape, layout)
+    v_smem = gl.allocate_shared_memory(dtype, [2] + q_desc.block_type.shape, layout)
+    q_smem = gl.allocate_shared_memory(dtype, [STAGES] + q_desc.block_type.shape, layout)
+    do_smem = gl.allocate_shared_memory(dtype, [STAGES] + q_desc.block_type.shape, layout)
+    vec_layout: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[0])
+    lse_smem = gl.allocate_shared_memory(gl.float32, [STAGES, TILE], vec_layout)
+    delta_smem = gl.allocate_shared_memory(gl.float32, [STAGES, TILE], vec_layout)
+    ds_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+    ds_smem = gl.allocate_shared_memory(dtype, [4, TILE, TILE], ds_layout)  # 2 buffers x 2 groups
+    dq_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    kv_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    epi_done = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    q_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    q_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    ds_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    ds_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(dq_bar, count=1)
+    mbarrier.init(kv_bar, count=1)
+    mbarrier.init(kv_free, count=3)  # both MMA groups and the dQ group
+    mbarrier.init(epi_done, count=2)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(q_ready.index(i), count=1)
+        mbarrier.init(q_free.index(i), count=2)
+    for i in gl.static_range(2):
+        mbarrier.init(ds_ready.index(i), count=2)
+        mbarrier.init(ds_free.index(i), count=1)
+    mma_args = (q_smem, k_smem, v_smem, do_smem, ds_smem, dq_bar, kv_bar, kv_free, epi_done, q_ready, q_free,
+                ds_ready, ds_free, dk_desc, dv_desc, lse_smem, delta_smem, b, h, T, p, n, n_blocks, qk_scale,
+                sm_scale, SMEM)
+    gl.warp_specialize([
+        (_bwd_cluster_mma_partition, mma_args + (0, )),
+        (_bwd_cluster_mma_partition_1, mma_args),
+        (_bwd_cluster_dq_partition, (k_smem, ds_smem, kv_bar, kv_free, ds_ready, ds_free, DQ, stride_qb, stride_qh,
+                                     stride_qt, SMEM, b, h, T, p, n, CLUSTER, n_blocks, sm_scale, EXCHANGE,
+                                     POLL)),
+        (_bwd_cluster_load_partition, (q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, lse_smem,
+                                       delta_smem, kv_bar, kv_free, epi_done, q_ready, q_free, LSE, DELTA, b, h, bh,
+                                       T, p, n, n_blocks)),
+    ], BWD_CLUSTER_WORKER_WARPS, BWD_WORKER_REGS_D64)
+
+
 _GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}
 HEAD_DIMS = (64, 128)
 PERSISTENT_MAX_TILES = 64  # the forward's grid is persistent up to T = 64 * 128 (_attn_fwd)
@@ -841,6 +1336,33 @@ class _Launcher:
 
 _launch_fwd = _Launcher(_attn_fwd_hopper_kernel)
 _launch_bwd = _Launcher(_attn_bwd_hopper_kernel)
+
+
+class _ClusterLauncher:
+    """Launches _attn_bwd_cluster_kernel in clusters of `cluster` consecutive programs, with CLUSTER_SMEM_BYTES of
+    dynamic shared memory past Triton's own allocation, whose offset the kernel gets as its last runtime argument.
+    Triton launches clusters of a kernel's num_ctas, but in Gluon that option also spreads every layout over that
+    many programs; this kernel is compiled for one program and launched with a cluster size of the call's."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self.compiled = {}
+
+    def __call__(self, clusters: int, cluster: int, args: tuple, constexprs: dict, **options) -> None:
+        key = (torch.cuda.current_device(), args[0].base.dtype, cluster, *constexprs.items(), *options.items())
+        entry = self.compiled.get(key)
+        if entry is None:
+            compiled = self.kernel.warmup(*args, 0, **constexprs, grid=(clusters * cluster, ), **options)
+            acc = triton.cdiv(compiled.metadata.shared, 128) * 128
+            launch = copy.copy(compiled)  # the cached kernel keeps its own launch metadata
+            launch.packed_metadata = (compiled.metadata.num_warps, cluster, acc + CLUSTER_SMEM_BYTES)
+            entry = self.compiled[key] = (launch, acc)
+        launch, acc = entry
+        constants = [constexprs[name] for name in self.kernel.arg_names[len(args) + 1:]]
+        launch[(clusters, 1, 1)](*args, acc, *constants)
+
+
+_launch_bwd_cluster = _ClusterLauncher(_attn_bwd_cluster_kernel)
 
 
 @functools.lru_cache(maxsize=None)
@@ -946,10 +1468,30 @@ def _dq_accumulator(B: int, H: int, T: int, D: int, device) -> tuple:
     return acc, _descriptor(acc, tile, tile // 2 if transposed else tile), transposed
 
 
-def _attn_bwd(do, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, qk_scale: float) -> None:
+def _attn_bwd(do, q, k, v, lse, delta, dq, dk, dv, softmax_scale: float, qk_scale: float, cluster: bool = False,
+              exchange: bool = True, poll: bool = True) -> None:
     """Fill dq, dk, dv as flash_kernel's Triton backward does, from delta = rowsum(dO * O); qk_scale as in
-    _attn_fwd. dk and dv are written by TMA, like o in _attn_fwd."""
+    _attn_fwd. dk and dv are written by TMA, like o in _attn_fwd. cluster: head dim 64 sums dQ in a cluster's shared
+    memory (_attn_bwd_cluster_kernel, BWD_CLUSTER_MIN_T <= T <= BWD_CLUSTER_MAX_T) rather than a global fp32 buffer;
+    TUNED does not send calls there (it is slower: docs/design.md, "dQ pulled from the owners' outboxes, built").
+    exchange and poll are the switches of its measurements: False sends no half-tile to its owner (a wrong dQ, the
+    cost without the exchange), or waits for dS without taking messages meanwhile."""
     B, H, T, D = q.shape
+    if cluster:
+        if D != 64 or not BWD_CLUSTER_MIN_T <= T <= BWD_CLUSTER_MAX_T:
+            raise ValueError(f"the cluster backward takes head dim 64 at T={BWD_CLUSTER_MIN_T}-{BWD_CLUSTER_MAX_T}, "
+                             f"not D={D}, T={T}")
+        tile = TILE.value
+        size = triton.cdiv(triton.cdiv(T, 2 * tile), 2)
+        _launch_bwd_cluster(
+            B * H, size,
+            (_descriptor(q, tile), _descriptor(k, tile), _descriptor(v, tile), _descriptor(do, tile),
+             _descriptor(dk, tile), _descriptor(dv, tile), dq, dq.stride(0), dq.stride(1), dq.stride(2), lse, delta,
+             H, T, size, qk_scale, softmax_scale),
+            dict(STAGES=BWD_STAGES[64], EXCHANGE=exchange, POLL=poll), num_warps=4,
+            maxnreg=_maxnreg(BWD_WARPGROUPS[64]),
+        )
+        return
     dq_acc, dq_desc, transposed = _dq_accumulator(B, H, T, D, q.device)
     tile = TILE.value
     _launch_bwd(
