@@ -160,53 +160,6 @@ def test_backward_matches_reference(B, H, T, D, dtype, forward):
 
 
 @needs_hopper
-@pytest.mark.parametrize("B,H,T,cluster", [
-    (1, 1, 1, False), (2, 3, 77, False), (1, 2, 128, False), (2, 2, 129, False), (1, 3, 384, False),
-    (1, 2, 1000, False), (2, 1, 2048, False),
-    (2, 2, 257, True), (1, 3, 384, True), (2, 1, 640, True), (1, 2, 1000, True), (2, 2, 1024, True),
-], ids=str)
-def test_head_dim_64_backwards_match_reference(B, H, T, cluster):
-    # Head dim 64 has two Hopper backwards, which differ in where dQ is summed: a global fp32 buffer, or the shared
-    # memory of a cluster of programs (cluster=True, for T from BWD_CLUSTER_MIN_T to BWD_CLUSTER_MAX_T). The buffer at
-    # one key block, ragged tails, odd numbers of key blocks; the cluster at its shortest T (2 programs, one with a
-    # single key block), 3 programs, a ragged tail and the largest cluster (4 programs); the tolerances are the
-    # Triton kernels'
-    fh = flash_kernel.flash_hopper
-    q, k, v = (t.detach() for t in qkv_like_the_model(B, H, T, 64, torch.bfloat16, device="cuda"))
-    do = grad_like(q)
-    scale = 1 / math.sqrt(64)
-    o, lse = flash_kernel._attn_fwd(q, k, v, None, True, scale, 0.0, "hopper")
-    delta = (o.float() * do.float()).sum(-1)
-    dq, dk, dv = (flash_kernel._empty_grad(t) for t in (q, k, v))
-    fh._attn_bwd(do, q, k, v, lse, delta, dq, dk, dv, scale, scale * flash_kernel.LOG2E, cluster=cluster)
-    assert_close([o, dq, dk, dv], ref_fwd_bwd(q, k, v, do, causal=True), torch.bfloat16,
-                 f"head-dim-64 Hopper backward, cluster={cluster}, B={B} H={H} T={T}")
-
-
-@needs_hopper
-def test_cluster_backward_allocates_nothing():
-    # The cluster backward sums dQ in shared memory: the call allocates no device memory, where the other kernel
-    # allocates its fp32 dQ buffer, B*H*T*D*4 bytes
-    fh = flash_kernel.flash_hopper
-    B, H, T = 2, 4, 1024
-    q, k, v = (t.detach() for t in qkv_like_the_model(B, H, T, 64, torch.bfloat16, device="cuda"))
-    do = grad_like(q)
-    o, lse = flash_kernel._attn_fwd(q, k, v, None, True, 0.125, 0.0, "hopper")
-    delta = (o.float() * do.float()).sum(-1)
-    grads = [flash_kernel._empty_grad(t) for t in (q, k, v)]
-    extra = {}
-    for cluster in (False, True):
-        fh._attn_bwd(do, q, k, v, lse, delta, *grads, 0.125, 0.125 * flash_kernel.LOG2E, cluster=cluster)  # compile
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        fh._attn_bwd(do, q, k, v, lse, delta, *grads, 0.125, 0.125 * flash_kernel.LOG2E, cluster=cluster)
-        torch.cuda.synchronize()
-        extra[cluster] = torch.cuda.max_memory_allocated() - before
-    assert extra[True] == 0 and extra[False] >= B * H * T * 64 * 4, extra
-
-
-@needs_hopper
 @pytest.mark.parametrize("D", [64, 128])
 def test_gradients_through_the_hopper_kernels(D):
     # At a length where flash_attn sends both passes to the Hopper kernels, with a ragged last tile
